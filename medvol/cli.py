@@ -1,0 +1,159 @@
+"""The `medvol` command: argument parsing and dispatch.
+
+Each sub-command's work lives in `medvol.commands.<name>.run(args) -> int`; this module only parses, dispatches
+and turns user errors (`MedvolInputError`) into one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from medvol import __version__
+from medvol.errors import MedvolInputError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _batch_size(text: str) -> str | int:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"batch size must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full command-line contract of DESIGN.md."""
+    parser = argparse.ArgumentParser(
+        prog="medvol",
+        description="Synthetic volumetric (3D) and slice-wise (2D) medical images on top of MONAI.",
+    )
+    parser.add_argument("--version", action="version", version=f"medvol {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "inspect",
+        help="list every image series under PATH with its geometry and problems",
+        description="PATH is a DICOM file or folder tree, a NIfTI file, or a folder of 2D images. For every series "
+        "prints uid, description, modality, files, shape [x, y, z], spacing [x, y, z] mm, origin and direction "
+        "(3x3 row-major, LPS patient frame, as SimpleITK reports them) and a list of problems.",
+    )
+    p.add_argument("path", help="DICOM file or folder, NIfTI file, or image folder")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
+
+    p = sub.add_parser(
+        "convert",
+        help="convert one DICOM series or 2D image to NIfTI with geometry preserved",
+        description="Reads one series (DICOM folder or file, NIfTI, PNG/JPEG) and writes it as .nii or .nii.gz with "
+        "spacing, origin and direction preserved. A folder with several series needs --series.",
+    )
+    p.add_argument("input", help="DICOM folder/file, NIfTI or 2D image")
+    p.add_argument("output", help="output path ending in .nii or .nii.gz")
+    p.add_argument("--series", help="SeriesInstanceUID or SeriesDescription to pick when INPUT holds several series")
+
+    p = sub.add_parser(
+        "prepare",
+        help="build a datalist (subjects, labels, patient-level splits) and a report of every input file",
+        description="Discovers images under SOURCE (DICOM series, NIfTI files, one folder per class of 2D images, "
+        "or a Decathlon dataset.json), validates them, and writes DIR/datalist.json and DIR/report.json "
+        "(every input file with its status and, when skipped, the reason).",
+    )
+    p.add_argument("source", help="folder of images, DICOM tree, or a Decathlon dataset.json")
+    p.add_argument("--out", required=True, help="output folder for datalist.json and report.json")
+    p.add_argument("--mode", choices=["slice", "volume"], default="volume", help="slice-wise 2D or volumetric 3D samples")
+    p.add_argument("--labels", help="CSV of id,label (ids are subject ids or file stems)")
+    p.add_argument("--size", type=_ints, help="target shape, comma separated (e.g. 64,64,64 or 64,64)")
+    p.add_argument("--spacing", type=_floats, help="target spacing in mm, comma separated (e.g. 1,1,1)")
+    p.add_argument("--split", type=_floats, default=[0.6, 0.2, 0.2], help="train,validation,test fractions (default 0.6,0.2,0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the patient-level split (default 0)")
+
+    p = sub.add_parser(
+        "train",
+        help="train a generative bundle; the same command on an existing RUN resumes",
+        description="Resolves the bundle, prepares the data, plans memory and trains. Checkpoints live in "
+        "RUN/checkpoints/; running the same command again resumes from the latest one.",
+    )
+    p.add_argument("--bundle", required=True, help="bundle name (cae, vae, gan, dcgan, wgan, wgan_gp, cgan, acwgan_gp) or path")
+    p.add_argument("--data", required=True, help="folder written by `medvol prepare`, or raw data to prepare on the fly")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--spatial-dims", type=int, choices=[2, 3], help="2 (slice-wise) or 3 (volumetric)")
+    p.add_argument("--iterations", type=int, help="generator iterations to train")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--checkpoint-every", type=int, help="save a checkpoint every K iterations")
+    p.add_argument("--batch-size", type=_batch_size, default="auto", help="'auto' (memory plan) or an effective batch size")
+    p.add_argument("--max-memory", type=float, help="memory budget in GB for the planner")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto", help="training precision")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="device (default: cuda when available)")
+    p.add_argument("--nproc", type=int, default=1, help="processes for distributed training (torchrun)")
+
+    p = sub.add_parser("sample", help="generate synthetic NIfTI or DICOM files from a trained run")
+    p.add_argument("run", help="run folder written by `medvol train`")
+    p.add_argument("--n", type=int, required=True, help="number of samples (per class for conditional models)")
+    p.add_argument("--label", help="only this class label")
+    p.add_argument("--format", choices=["nifti", "dicom"], default="nifti", help="output format (default nifti)")
+    p.add_argument("--out", required=True, help="output folder (gets datalist.json)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+
+    p = sub.add_parser("evaluate", help="fidelity, diversity, privacy and utility of synthetic data")
+    p.add_argument("--real", required=True, help="datalist.json of the real data")
+    p.add_argument("--synthetic", required=True, help="folder written by `medvol sample`")
+    p.add_argument("--out", required=True, help="output folder for metrics.json and report.html")
+    p.add_argument("--utility", action="store_true", help="also train classifiers on real / synthetic / real+synthetic")
+    p.add_argument("--seeds", type=int, default=1, help="seeds for the utility experiment")
+
+    p = sub.add_parser("bench", help="benchmark loading, caching and training speed")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("demo", help="the main job on built-in phantoms: prepare, train, sample, write a run folder")
+    p.add_argument("--out", default="medvol-demo", help="output folder (default ./medvol-demo)")
+    p.add_argument("--minutes", type=float, default=3.0, help="rough training time budget in minutes (default 3)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `medvol` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if args.command is None:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    module = importlib.import_module(f"medvol.commands.{args.command}")
+    try:
+        return int(module.run(args) or EXIT_OK)
+    except MedvolInputError as err:
+        print(f"medvol {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"medvol {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
