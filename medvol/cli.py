@@ -118,13 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (gets datalist.json)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
 
-    p = sub.add_parser("evaluate", help="fidelity, diversity, privacy and utility of synthetic data")
-    p.add_argument("--real", required=True, help="datalist.json of the real data")
-    p.add_argument("--synthetic", required=True, help="folder written by `medvol sample`")
-    p.add_argument("--out", required=True, help="output folder for metrics.json and report.html")
-    p.add_argument("--utility", action="store_true", help="also train classifiers on real / synthetic / real+synthetic")
-    p.add_argument("--seeds", type=int, default=1, help="seeds for the utility experiment")
-
     p = sub.add_parser("bench", help="benchmark loading, caching and training speed")
     p.add_argument("--json", action="store_true", help="print JSON")
 
