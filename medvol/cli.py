@@ -82,9 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
         "or a Decathlon dataset.json), validates them, and writes DIR/datalist.json and DIR/report.json "
         "(every input file with its status and, when skipped, the reason).",
     )
-    p.add_argument("source", help="folder of images, DICOM tree, or a Decathlon dataset.json")
+    p.add_argument(
+        "source",
+        help="folder of images, DICOM tree, a Decathlon dataset.json, or built-in phantoms: 'builtin:phantoms3d', "
+        "'builtin:phantoms2d', or 'phantoms' (3D with --mode volume, 2D with --mode slice)",
+    )
     p.add_argument("--out", required=True, help="output folder for datalist.json and report.json")
-    p.add_argument("--mode", choices=["slice", "volume"], default="volume", help="slice-wise 2D or volumetric 3D samples")
+    p.add_argument(
+        "--mode",
+        choices=["slice", "volume"],
+        default=None,
+        help="slice-wise 2D or volumetric 3D samples (default: volume for 3D sources, slice for 2D images)",
+    )
     p.add_argument("--labels", help="CSV of id,label (ids are subject ids or file stems)")
     p.add_argument("--size", type=_ints, help="target shape, comma separated (e.g. 64,64,64 or 64,64)")
     p.add_argument("--spacing", type=_floats, help="target spacing in mm, comma separated (e.g. 1,1,1)")

@@ -1,0 +1,138 @@
+"""`medvol inspect PATH [--json]`: every image series under PATH with its geometry (LPS, as SimpleITK) and problems."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from medvol.errors import MedvolInputError
+from medvol.io.dicom import IMAGE_SUFFIXES, NIFTI_SUFFIXES, discover_series, has_suffix, iter_files
+from medvol.io.images import GREYSCALE_MODES, image_mode
+from medvol.io.nifti import nifti_geometry, nonfinite_problem, read_nifti
+from medvol.io.report import SKIPPED, FileRecord
+
+COLOUR_NOTE = "converted from {mode} to greyscale with ITU-R 601 weights when read"
+
+
+def _nifti_entry(path: Path) -> dict:
+    geometry = nifti_geometry(path)
+    array, _ = read_nifti(path)
+    problem = nonfinite_problem(array)
+    return {
+        "kind": "nifti",
+        "uid": str(path),
+        "description": path.name,
+        "modality": "",
+        "files": 1,
+        **geometry.to_dict(),
+        "problems": [problem] if problem else [],
+        "path": str(path),
+    }
+
+
+def _image_entry(path: Path) -> dict:
+    size, mode = image_mode(path)
+    problems = [] if mode in GREYSCALE_MODES else [COLOUR_NOTE.format(mode=mode)]
+    return {
+        "kind": "image",
+        "uid": str(path),
+        "description": path.name,
+        "modality": "",
+        "files": 1,
+        "shape": size,
+        "spacing": [1.0, 1.0],
+        "origin": [0.0, 0.0],
+        "direction": [1.0, 0.0, 0.0, 1.0],
+        "problems": problems,
+        "path": str(path),
+    }
+
+
+def inspect_path(path: str | os.PathLike) -> dict:
+    """Describe every DICOM series, NIfTI file and 2D image under ``path``, and every file skipped with its reason.
+
+    Args:
+        path: a DICOM file or folder tree, a NIfTI file, an image file or a folder mixing them.
+
+    Returns:
+        ``{"path", "series": [entry, ...], "skipped": [{"path", "reason"}, ...]}``; each entry has ``kind``
+        (dicom, nifti, image), ``uid``, ``description``, ``modality``, ``files`` (count), ``shape``, ``spacing``,
+        ``origin``, ``direction`` (LPS, row-major) and ``problems``.
+
+    Raises:
+        MedvolInputError: missing path, empty folder, or nothing readable in it.
+    """
+    root = Path(path)
+    files = iter_files(root)
+    if not files:
+        raise MedvolInputError(root, "empty folder: no files to inspect")
+    entries: list[dict] = []
+    records: list[FileRecord] = []
+    dicom_candidates = []
+    for file in files:
+        if has_suffix(file, NIFTI_SUFFIXES + IMAGE_SUFFIXES):
+            reader = _nifti_entry if has_suffix(file, NIFTI_SUFFIXES) else _image_entry
+            try:
+                entries.append(reader(file))
+            except MedvolInputError as err:
+                records.append(FileRecord(str(file), SKIPPED, err.problem))
+        else:
+            dicom_candidates.append(file)
+    if dicom_candidates:
+        scan = discover_series(root, files=dicom_candidates, progress=sys.stderr.isatty())
+        records.extend(r for r in scan.records if r.status == SKIPPED)
+        for series in scan.series:
+            entry = {"kind": "dicom", **series.to_dict()}
+            entry["files"] = len(series.files)
+            entry["folder"] = os.path.commonpath([str(Path(f).parent) for f in series.files])
+            entry["first_file"] = series.files[0]
+            entries.append(entry)
+    skipped = [{"path": r.path, "reason": r.reason} for r in records if r.status == SKIPPED]
+    if not entries:
+        if len(skipped) == 1:
+            raise MedvolInputError(skipped[0]["path"], skipped[0]["reason"])
+        first = "; ".join(f"{Path(s['path']).name}: {s['reason']}" for s in skipped[:3])
+        more = " ..." if len(skipped) > 3 else ""
+        raise MedvolInputError(root, f"nothing readable: all {len(skipped)} files skipped ({first}{more})")
+    return {"path": str(root), "series": entries, "skipped": skipped}
+
+
+def _numbers(values, digits: int = 4) -> str:
+    return "[" + ", ".join(f"{v:.{digits}g}" if isinstance(v, float) else str(v) for v in values) + "]"
+
+
+def format_table(report: dict) -> str:
+    """Human-readable table of an :func:`inspect_path` report."""
+    header = (
+        f"{'#':>3}  {'kind':5}  {'description':24}  {'modality':8}  {'files':>5}  {'shape':16}  "
+        f"{'spacing (mm)':22}  problems"
+    )
+    lines = [f"{report['path']}: {len(report['series'])} series/images, {len(report['skipped'])} files skipped", header]
+    for index, entry in enumerate(report["series"], start=1):
+        lines.append(
+            f"{index:>3}  {entry['kind']:5}  {entry['description'][:24]:24}  {entry['modality'][:8]:8}  "
+            f"{entry['files']:>5}  "
+            f"{_numbers(entry['shape']):16}  {_numbers(entry['spacing']):22}  {len(entry['problems'])}"
+        )
+        lines.append(
+            f"     uid {entry['uid']}  origin {_numbers(entry['origin'], 6)}  "
+            f"direction {_numbers(entry['direction'], 4)}"
+        )
+        lines.extend(f"     ! {problem}" for problem in entry["problems"])
+    if report["skipped"]:
+        lines.append("skipped files:")
+        lines.extend(f"  {s['path']}: {s['reason']}" for s in report["skipped"])
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    """Entry point of `medvol inspect`."""
+    report = inspect_path(args.path)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(format_table(report))
+    return 0

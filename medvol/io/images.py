@@ -1,0 +1,112 @@
+"""2D images: PNG/JPEG (Pillow) and single-frame DICOM radiographs (pydicom header, SimpleITK/GDCM pixels).
+
+Every image comes back as greyscale float32 indexed [x, y] (MONAI's order; Pillow's arrays are [rows, columns]).
+Colour, palette and alpha images are converted with the ITU-R BT.601 luma weights, and the mode converted from is
+returned so callers can warn with the list of converted files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from monai.utils import optional_import
+
+from medvol.errors import MedvolInputError
+
+Image, _ = optional_import("PIL.Image")
+pydicom, _ = optional_import("pydicom")
+sitk, _ = optional_import("SimpleITK")
+
+ITU_R_601_WEIGHTS = (0.2989, 0.5870, 0.1140)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+GREYSCALE_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "F", "1")
+
+
+def rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601 greyscale of an array whose last axis holds R, G, B (further channels such as alpha are ignored).
+
+    Args:
+        rgb: array [..., >=3].
+    """
+    rgb = np.asarray(rgb, dtype=np.float32)
+    return rgb[..., 0] * ITU_R_601_WEIGHTS[0] + rgb[..., 1] * ITU_R_601_WEIGHTS[1] + rgb[..., 2] * ITU_R_601_WEIGHTS[2]
+
+
+def _read_pillow(path: Path) -> tuple[np.ndarray, str | None]:
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            if mode in GREYSCALE_MODES:
+                rows_columns = np.asarray(image, dtype=np.float32)
+                converted_from = None
+            elif mode in ("LA", "La"):
+                rows_columns = np.asarray(image.getchannel("L"), dtype=np.float32)
+                converted_from = mode
+            else:  # RGB, RGBA, P, PA, CMYK, YCbCr, ...: to RGB first, then luma
+                rows_columns = rgb_to_grey(np.asarray(image.convert("RGB")))
+                converted_from = mode
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise MedvolInputError(path, f"not a readable image ({type(err).__name__}: {err})") from None
+    return np.ascontiguousarray(rows_columns.T), converted_from
+
+
+def _read_dicom_2d(path: Path) -> tuple[np.ndarray, str | None]:
+    from medvol.io.dicom import read_header
+
+    dataset, reason = read_header(path)
+    if dataset is None:
+        raise MedvolInputError(path, reason)
+    frames = int(dataset.get("NumberOfFrames") or 1)
+    if frames > 1:
+        raise MedvolInputError(path, f"multi-frame DICOM ({frames} frames), not a single 2D radiograph")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise MedvolInputError(path, f"SimpleITK/GDCM cannot decode the pixels: {str(err).strip()[-200:]}") from None
+    array = sitk.GetArrayFromImage(image)  # [rows, columns] or [1, rows, columns], (+ components)
+    converted_from = None
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        array = rgb_to_grey(array)
+        converted_from = str(dataset.get("PhotometricInterpretation") or "RGB")
+    array = np.asarray(array, dtype=np.float32).reshape(array.shape[-2:])
+    if str(dataset.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+        array = array.max() + array.min() - array  # MONOCHROME1 stores white as 0: invert to MONOCHROME2
+        converted_from = "MONOCHROME1"
+    return np.ascontiguousarray(array.T), converted_from
+
+
+def read_image_2d(path: str | os.PathLike) -> tuple[np.ndarray, str | None]:
+    """Read a 2D image as greyscale.
+
+    Args:
+        path: PNG/JPEG/BMP/TIFF file, or a single-frame DICOM file (any other suffix or none).
+
+    Returns:
+        ``(array, converted_from)``: float32 [x, y] and the mode converted from (``"RGB"``, ``"RGBA"``, ``"P"``,
+        ``"LA"``, ``"MONOCHROME1"``, ...), or None when the file was greyscale already.
+
+    Raises:
+        MedvolInputError: missing or unreadable file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MedvolInputError(path, "no such image file")
+    if path.name.lower().endswith(IMAGE_SUFFIXES):
+        return _read_pillow(path)
+    return _read_dicom_2d(path)
+
+
+def image_mode(path: str | os.PathLike) -> tuple[list[int], str]:
+    """Size [x, y] and Pillow mode of an image file from its header, without decoding the pixels.
+
+    Args:
+        path: PNG/JPEG/BMP/TIFF file.
+    """
+    try:
+        with Image.open(path) as image:
+            return [int(image.width), int(image.height)], image.mode
+    except (OSError, ValueError) as err:
+        raise MedvolInputError(path, f"not a readable image ({type(err).__name__}: {err})") from None

@@ -1,0 +1,110 @@
+"""NIfTI read/write with nibabel, keeping the voxel-to-world affine, plus a check for non-finite voxels.
+
+nibabel returns the best affine of the header (sform when its code is set, else qform) in RAS; arrays are indexed
+[x, y, z] as stored, like MONAI's ``NibabelReader``. Writing sets the same affine as qform and sform (code 1,
+scanner), so nibabel, SimpleITK/ITK and MONAI all read the same geometry back.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from monai.utils import optional_import
+
+from medvol.errors import MedvolInputError
+from medvol.io.geometry import ImageGeometry, geometry_from_affine_ras
+
+nib, _ = optional_import("nibabel")
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def check_nifti_suffix(path: str | os.PathLike) -> None:
+    """Raise ``MedvolInputError`` unless ``path`` ends in .nii or .nii.gz."""
+    if not str(path).lower().endswith(NIFTI_SUFFIXES):
+        raise MedvolInputError(path, "output must end in .nii or .nii.gz")
+
+
+def _load(path: str | os.PathLike):
+    path = Path(path)
+    if not path.is_file():
+        raise MedvolInputError(path, "no such NIfTI file")
+    try:
+        return nib.load(str(path))
+    except Exception as err:  # nibabel raises ImageFileError, EOFError, zlib errors ... on damaged files
+        raise MedvolInputError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})") from None
+
+
+def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a NIfTI file.
+
+    Args:
+        path: .nii or .nii.gz file.
+
+    Returns:
+        ``(array, affine_ras)``: float32 voxels [x, y, z(, ...)] with the header's scaling applied, and the 4x4
+        RAS voxel-to-world affine.
+
+    Raises:
+        MedvolInputError: missing, unreadable or truncated file.
+    """
+    image = _load(path)
+    try:
+        array = np.asarray(image.get_fdata(dtype=np.float32))
+    except Exception as err:  # truncated data surface only when the voxels are read
+        raise MedvolInputError(path, f"cannot read the voxels ({type(err).__name__}: {err})") from None
+    return array, np.asarray(image.affine, dtype=np.float64)
+
+
+def write_nifti(array: np.ndarray, affine_ras: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write ``array`` (indexed [x, y(, z)]) with ``affine_ras`` as qform and sform.
+
+    Args:
+        array: voxels; float arrays are written as float32, integer arrays keep their type.
+        affine_ras: 4x4 RAS voxel-to-world affine.
+        path: output ending in .nii or .nii.gz (parent folders are created).
+
+    Returns:
+        the path written.
+    """
+    check_nifti_suffix(path)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = np.asarray(array)
+    if np.issubdtype(array.dtype, np.floating):
+        array = array.astype(np.float32, copy=False)
+    image = nib.Nifti1Image(array, np.asarray(affine_ras, dtype=np.float64))
+    image.set_qform(affine_ras, code=1)
+    image.set_sform(affine_ras, code=1)
+    image.header.set_xyzt_units("mm", "sec")
+    nib.save(image, str(path))
+    return path
+
+
+def nifti_geometry(path: str | os.PathLike) -> ImageGeometry:
+    """Shape, spacing, origin and direction in LPS, as SimpleITK reports them, from the header only.
+
+    Args:
+        path: .nii or .nii.gz file.
+    """
+    image = _load(path)
+    shape = [int(s) for s in image.shape[:3]]
+    return geometry_from_affine_ras(image.affine, shape)
+
+
+def nonfinite_problem(array: np.ndarray) -> str | None:
+    """A sentence counting NaN and infinite voxels, or None when every voxel is finite.
+
+    Args:
+        array: voxels of any shape.
+    """
+    nan_count = int(np.isnan(array).sum())
+    inf_count = int(np.isinf(array).sum())
+    if not nan_count and not inf_count:
+        return None
+    return (
+        f"{nan_count} NaN and {inf_count} infinite voxels of {array.size}: intensities are not usable until they "
+        "are repaired or masked"
+    )

@@ -1,0 +1,203 @@
+"""`medvol inspect` and `medvol convert` on the real DICOM data, checked against SimpleITK, and on bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medvol.cli import main
+
+SINGLE_SERIES_FOLDERS = ["dicom/crop_series/study1_hippo_crop", "dicom/crop_series/study2_hippo_crop", "dicom/ct_tiny"]
+STUDY = "dicom/study_mixed_series"
+
+
+def simpleitk_reference(folder: Path) -> tuple[str, sitk.Image]:
+    """SimpleITK's reading of the one series in ``folder`` (GDCM file names and order), with its UID."""
+    uid = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))[0]
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return uid, reader.Execute()
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def inspect_json(path, capsys) -> dict:
+    assert main(["inspect", str(path), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def assert_geometry_equal(entry: dict, reference: sitk.Image) -> None:
+    assert entry["shape"] == list(reference.GetSize())
+    np.testing.assert_allclose(entry["spacing"], reference.GetSpacing(), atol=1e-3)
+    np.testing.assert_allclose(entry["origin"], reference.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(entry["direction"], reference.GetDirection(), atol=1e-3)
+
+
+def assert_converted_equals(output: Path, reference: sitk.Image) -> None:
+    """The written NIfTI, read back by SimpleITK and by nibabel, has SimpleITK's DICOM geometry and voxels."""
+    written = sitk.ReadImage(str(output))
+    assert list(written.GetSize()) == list(reference.GetSize())
+    np.testing.assert_allclose(written.GetSpacing(), reference.GetSpacing(), atol=1e-3)
+    np.testing.assert_allclose(written.GetOrigin(), reference.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(written.GetDirection(), reference.GetDirection(), atol=1e-3)
+    expected = sitk.GetArrayFromImage(reference).astype(np.float32)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), expected)
+    np.testing.assert_array_equal(np.asarray(nib.load(str(output)).dataobj), expected.transpose(2, 1, 0))
+
+
+def one_error_line(capsys, *expected: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+def test_inspect_and_convert_study_with_five_series(shared_data, capsys, tmp_path):
+    report = inspect_json(shared_data / STUDY, capsys)
+    assert len(report["series"]) == 5 and report["skipped"] == []
+    for index, folder in enumerate(sorted((shared_data / STUDY).iterdir())):
+        uid, reference = simpleitk_reference(folder)
+        (entry,) = [e for e in report["series"] if e["uid"] == uid]
+        assert entry["files"] == reference.GetSize()[2] and entry["modality"] == "MR" and entry["problems"] == []
+        assert_geometry_equal(entry, reference)
+        output = tmp_path / f"{entry['description']}{'.nii.gz' if index == 0 else '.nii'}"  # gzip once: it is slow
+        assert main(["convert", str(shared_data / STUDY), str(output), "--series", uid]) == 0
+        assert_converted_equals(output, reference)
+
+
+@pytest.mark.parametrize("relative", SINGLE_SERIES_FOLDERS)
+def test_inspect_and_convert_single_series(shared_data, capsys, tmp_path, relative):
+    folder = shared_data / relative
+    uid, reference = simpleitk_reference(folder)
+    report = inspect_json(folder, capsys)
+    (entry,) = report["series"]
+    assert entry["uid"] == uid and entry["files"] == reference.GetSize()[2]
+    assert_geometry_equal(entry, reference)
+    output = tmp_path / "out.nii"
+    assert main(["convert", str(folder), str(output)]) == 0
+    assert_converted_equals(output, reference)
+
+
+def test_table_output(shared_data, capsys):
+    assert main(["inspect", str(shared_data / "dicom/ct_tiny")]) == 0
+    out = capsys.readouterr().out
+    assert "Routine Brain" in out and "[16, 16, 4]" in out and "161 missing" in out
+
+
+def copy_folder(source: Path, target: Path) -> Path:
+    target.mkdir(parents=True, exist_ok=True)
+    for file in sorted(source.iterdir()):
+        shutil.copy(file, target / file.name)
+    return target
+
+
+def test_truncated_dicom(shared_data, capsys, tmp_path):
+    folder = copy_folder(shared_data / SINGLE_SERIES_FOLDERS[0], tmp_path / "series")
+    victim = folder / "12.dcm"
+    victim.write_bytes(victim.read_bytes()[:-300])
+    report = inspect_json(folder, capsys)
+    assert report["skipped"][0]["path"] == str(victim) and report["skipped"][0]["reason"].startswith("truncated")
+    assert report["series"][0]["files"] == 31  # the rest of the series still loads
+    assert main(["convert", str(victim), str(tmp_path / "one.nii.gz")]) == 2
+    one_error_line(capsys, "12.dcm", "truncated")
+    assert main(["convert", str(folder), str(tmp_path / "rest.nii.gz")]) == 0
+    assert nib.load(str(tmp_path / "rest.nii.gz")).shape == (35, 51, 31)
+
+
+def test_text_file_named_dcm(shared_data, capsys, tmp_path):
+    folder = copy_folder(shared_data / "dicom/ct_tiny", tmp_path / "series")
+    (folder / "readme.dcm").write_text("exported by the PACS on Monday\n")
+    report = inspect_json(folder, capsys)
+    assert [Path(s["path"]).name for s in report["skipped"]] == ["readme.dcm"]
+    assert "not a DICOM file" in report["skipped"][0]["reason"]
+    assert report["series"][0]["files"] == 4
+    assert main(["inspect", str(folder / "readme.dcm")]) == 2
+    one_error_line(capsys, "readme.dcm", "not a DICOM file")
+
+
+def test_series_with_one_slice_removed(shared_data, capsys, tmp_path):
+    folder = copy_folder(shared_data / SINGLE_SERIES_FOLDERS[1], tmp_path / "series")
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder))
+    Path(files[17]).unlink()
+    (entry,) = inspect_json(folder, capsys)["series"]
+    gaps = [p for p in entry["problems"] if p.startswith("missing slices")]
+    assert entry["files"] == 34 and gaps and "1 missing" in gaps[0]
+    assert Path(files[16]).name in gaps[0] and Path(files[18]).name in gaps[0]
+
+
+def test_two_series_mixed_in_one_folder(shared_data, capsys, tmp_path):
+    folder = tmp_path / "mixed"
+    copy_folder(shared_data / SINGLE_SERIES_FOLDERS[0], folder)
+    for file in (shared_data / "dicom/ct_tiny").iterdir():
+        shutil.copy(file, folder / f"ct_{file.name}")
+    report = inspect_json(folder, capsys)
+    uids = sorted(e["uid"] for e in report["series"])
+    assert sorted(e["files"] for e in report["series"]) == [4, 32]
+    assert main(["convert", str(folder), str(tmp_path / "x.nii.gz")]) == 2
+    one_error_line(capsys, str(folder), "2 series found", "--series", *uids)
+    assert not (tmp_path / "x.nii.gz").exists()
+    assert main(["convert", str(folder), str(tmp_path / "ct.nii.gz"), "--series", "Routine Brain"]) == 0
+    assert nib.load(str(tmp_path / "ct.nii.gz")).shape == (16, 16, 4)
+
+
+def test_nifti_with_nans(capsys, tmp_path):
+    array = np.zeros((6, 5, 4), np.float32)
+    array[1, 2, 3] = np.nan
+    affine = np.diag([-0.5, -0.5, 2.0, 1.0])
+    path = tmp_path / "nan.nii.gz"
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+    (entry,) = inspect_json(path, capsys)["series"]
+    assert entry["kind"] == "nifti" and "1 NaN" in entry["problems"][0]
+    np.testing.assert_allclose(entry["spacing"], [0.5, 0.5, 2.0])
+    np.testing.assert_allclose(entry["direction"], np.eye(3).ravel())  # RAS -x,-y == LPS +x,+y
+    assert main(["convert", str(path), str(tmp_path / "out.nii")]) == 2
+    one_error_line(capsys, "nan.nii.gz", "1 NaN")
+
+
+def test_empty_folder_and_missing_path(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert main(["inspect", str(tmp_path / "empty"), "--json"]) == 2
+    one_error_line(capsys, "empty", "empty folder")
+    assert main(["inspect", str(tmp_path / "absent")]) == 2
+    one_error_line(capsys, "absent", "no such file or folder")
+
+
+def test_wrong_header_radiographs(shared_data, capsys):
+    report = inspect_json(shared_data / "dicom/cxr_single", capsys)
+    assert sum(e["files"] for e in report["series"]) == 6 and report["skipped"] == []
+    problems = [p for e in report["series"] for p in e["problems"]]
+    assert any(p.startswith("test5.dcm: Modality CT is not credible") for p in problems)
+    assert any("BodyPartExamined differs" in p and "RIBCAGE (test4.dcm)" in p for p in problems)
+
+
+def test_convert_bad_suffix_and_image(shared_data, capsys, tmp_path):
+    assert main(["convert", str(shared_data / "dicom/ct_tiny"), str(tmp_path / "out.mha")]) == 2
+    one_error_line(capsys, "out.mha", ".nii")
+    source = sorted((shared_data / "mednist64/CXR").glob("*.jpg"))[0]
+    assert main(["convert", str(source), str(tmp_path / "cxr.nii.gz")]) == 0
+    written = nib.load(str(tmp_path / "cxr.nii.gz"))
+    assert written.shape == (64, 64)
+
+
+def test_inspect_image_folder_and_nifti(shared_data, capsys, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for source in sorted((shared_data / "mednist64/CXR").glob("*.jpg"))[:3]:
+        shutil.copy(source, folder / source.name)
+    (folder / "broken.png").write_bytes(b"\x89PNG broken")
+    report = inspect_json(folder, capsys)
+    assert [e["shape"] for e in report["series"]] == [[64, 64]] * 3
+    assert [Path(s["path"]).name for s in report["skipped"]] == ["broken.png"]
+    nifti = sorted((shared_data / "hippocampus3d/images").glob("*.nii.gz"))[0]
+    (entry,) = inspect_json(nifti, capsys)["series"]
+    assert_geometry_equal(entry, sitk.ReadImage(str(nifti)))
