@@ -1,0 +1,167 @@
+"""Patient-level, label-stratified, seeded train/validation/test splits.
+
+All entries of one subject go to the same split, so no patient can leak from training into evaluation. Subjects
+are grouped by label (their stratum), each stratum is shuffled with the seed and cut by the fractions; the
+rounding is balanced across strata so the split sizes also match the fractions overall. The result depends only
+on the set of entries and the seed, not on their order (subjects are sorted before shuffling).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+from medvol.errors import MedvolInputError
+
+SPLIT_NAMES = ("training", "validation", "test")
+DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
+
+
+def validate_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    """Check train/validation/test fractions: three numbers in [0, 1], training above 0, summing to 1 (±1e-6).
+
+    Raises:
+        MedvolInputError: naming ``--split`` and the problem.
+    """
+    values = tuple(float(f) for f in fractions)
+    if len(values) != 3:
+        raise MedvolInputError("--split", f"expected 3 fractions train,validation,test, got {list(values)}")
+    if any(not math.isfinite(v) or v < 0 or v > 1 for v in values):
+        raise MedvolInputError("--split", f"fractions must lie between 0 and 1, got {list(values)}")
+    if values[0] == 0:
+        raise MedvolInputError("--split", "the training fraction must be above 0")
+    if abs(sum(values) - 1.0) > 1e-6:
+        raise MedvolInputError("--split", f"fractions must sum to 1, got {list(values)} (sum {sum(values):g})")
+    return values  # type: ignore[return-value]
+
+
+def _apportion(total: int, fractions: Sequence[float]) -> list[int]:
+    """Largest-remainder rounding of `total * fractions` (ties go to the earlier split)."""
+    exact = [total * f for f in fractions]
+    counts = [math.floor(x + 1e-9) for x in exact]
+    order = sorted(range(len(fractions)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in order[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _stratum_counts(sizes: Sequence[int], fractions: Sequence[float]) -> list[list[int]]:
+    """Subjects per split for each stratum: floors per stratum, then the leftover subjects go where the
+    per-stratum remainder is largest among the splits still below their overall target."""
+    counts = [[math.floor(n * f + 1e-9) for f in fractions] for n in sizes]
+    target = _apportion(sum(sizes), fractions)
+    deficit = [target[i] - sum(c[i] for c in counts) for i in range(len(fractions))]
+    leftover = [n - sum(c) for n, c in zip(sizes, counts)]
+    candidates = sorted(
+        ((n * f - counts[s][i], s, i) for s, n in enumerate(sizes) for i, f in enumerate(fractions) if f > 0),
+        key=lambda c: (-c[0], c[1], c[2]),
+    )
+    for _, s, i in candidates:
+        if leftover[s] > 0 and deficit[i] > 0:
+            counts[s][i] += 1
+            leftover[s] -= 1
+            deficit[i] -= 1
+    for s, n in enumerate(sizes):  # what the overall targets could not place goes to the split with most room
+        while leftover[s] > 0:
+            i = max(range(len(fractions)), key=lambda k: (fractions[k] > 0, deficit[k], fractions[k], -k))
+            counts[s][i] += 1
+            leftover[s] -= 1
+            deficit[i] -= 1
+    return counts
+
+
+def subject_strata(entries: Sequence[dict]) -> dict[str, tuple]:
+    """Stratum of every subject: the sorted tuple of its distinct labels (``()`` when unlabelled)."""
+    labels: dict[str, set] = {}
+    for entry in entries:
+        subject_labels = labels.setdefault(str(entry["subject"]), set())
+        if entry.get("label") is not None:
+            subject_labels.add(int(entry["label"]))
+    return {subject: tuple(sorted(values)) for subject, values in labels.items()}
+
+
+def split_subjects(
+    entries: Sequence[dict],
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    stratify: bool = True,
+) -> dict[str, list[dict]]:
+    """Split entries at subject level into ``training``, ``validation`` and ``test``.
+
+    Args:
+        entries: dicts with a ``subject`` key and, for stratification, an integer ``label``.
+        fractions: train, validation, test fractions summing to 1 (validated).
+        seed: seed of the shuffle; the same entries and seed always give the same split, whatever their order.
+        stratify: keep label proportions in every split (subjects whose entries carry several labels form their
+            own stratum). A stratum smaller than the number of splits fills training first, then the split whose
+            overall share is furthest below its fraction.
+
+    Returns:
+        ``{split name: entries}``, entries in their input order within each split.
+
+    Raises:
+        MedvolInputError: bad fractions, a negative seed, or an entry without a subject id.
+        RuntimeError: if a subject ended up in two splits (a bug guard that must never fire).
+    """
+    fractions = validate_fractions(fractions)
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise MedvolInputError("--seed", f"must be a non-negative integer, got {seed!r}")
+    for position, entry in enumerate(entries):
+        if entry.get("subject") in (None, ""):
+            raise MedvolInputError(None, f"datalist entry {position} ({entry.get('image')}) has no subject id")
+    strata = subject_strata(entries)
+    groups: dict[tuple, list[str]] = defaultdict(list)
+    for subject in sorted(strata):
+        groups[strata[subject] if stratify else ()].append(subject)
+    ordered_strata = sorted(groups)
+    counts = _stratum_counts([len(groups[s]) for s in ordered_strata], fractions)
+    rng = np.random.default_rng(seed)
+    split_of: dict[str, str] = {}
+    for stratum, stratum_counts in zip(ordered_strata, counts):
+        subjects = list(groups[stratum])
+        rng.shuffle(subjects)
+        start = 0
+        for name, count in zip(SPLIT_NAMES, stratum_counts):
+            for subject in subjects[start: start + count]:
+                split_of[subject] = name
+            start += count
+    splits: dict[str, list[dict]] = {name: [] for name in SPLIT_NAMES}
+    for entry in entries:
+        splits[split_of[str(entry["subject"])]].append(entry)
+    check_no_subject_leak(splits)
+    return splits
+
+
+def check_no_subject_leak(splits: dict[str, Sequence[dict]]) -> None:
+    """Raise if any subject has entries in more than one split.
+
+    Raises:
+        RuntimeError: naming the subjects found in several splits.
+    """
+    seen: dict[str, str] = {}
+    leaks = set()
+    for name, split_entries in splits.items():
+        for entry in split_entries:
+            subject = str(entry["subject"])
+            if seen.setdefault(subject, name) != name:
+                leaks.add(subject)
+    if leaks:
+        raise RuntimeError(f"subjects in more than one split: {sorted(leaks)[:10]}")
+
+
+def split_summary(splits: dict[str, Sequence[dict]], classes: Sequence[str] = ()) -> dict:
+    """Entries, subjects and (when labelled) entries per class name in every split."""
+    summary = {}
+    for name, split_entries in splits.items():
+        item = {"entries": len(split_entries), "subjects": len({e["subject"] for e in split_entries})}
+        if classes:
+            per_class = {c: 0 for c in classes}
+            for entry in split_entries:
+                if entry.get("label") is not None:
+                    per_class[classes[int(entry["label"])]] += 1
+            item["per_class"] = per_class
+        summary[name] = item
+    return summary
