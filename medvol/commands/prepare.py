@@ -142,8 +142,20 @@ def run(args) -> int:
                            summary={"splits": split_summary(splits, datalist.classes), "seconds": round(elapsed, 3)})
     for message in datalist.messages:
         logger.warning(message)
+    _print_problem_records(datalist.records.values())
     sizes = " / ".join(f"{name} {len(entries)}" for name, entries in splits.items())
     print(f"prepared {summary['entries']} images of {summary['subjects']} subjects ({sizes}); "
           f"{summary['skipped']} of {summary['files']} file records skipped, {summary['warning']} with warnings; "
           f"wrote {out_dir / datalists.DATALIST_FILE} and {out_dir / datalists.REPORT_FILE} in {elapsed:.1f} s")
     return 0
+
+
+def _print_problem_records(records, limit: int = 20) -> None:
+    """List skipped files and warnings on the console (all of them are in report.json)."""
+    for status in ("skipped", "warning"):
+        chosen = [r for r in records if r.status == status]
+        for record in chosen[:limit]:
+            reason = record.reason if len(record.reason) <= 240 else record.reason[:240] + " ... (see report.json)"
+            print(f"  {status}: {record.path}: {reason}")
+        if len(chosen) > limit:
+            print(f"  ... and {len(chosen) - limit} more {status} files (see report.json)")

@@ -1,1 +1,52 @@
+"""Generative networks for 2D and 3D images: autoencoders, GAN generators and critics, conditioning, initialisation.
 
+Every class takes `spatial_dims` (2 or 3); `medvol.networks.factory.build` assembles a model family by name.
+"""
+
+from medvol.networks.autoencoders import ConvAutoencoder, VariationalAutoencoder
+from medvol.networks.blocks import (
+    ResidualDownBlock,
+    ResidualUpBlock,
+    ResolutionPlan,
+    count_parameters,
+    has_batch_norm,
+    plan_resolution,
+)
+from medvol.networks.conditioning import CriticHead, InputLabelEmbedding, LabelNoiseConcat
+from medvol.networks.factory import FAMILIES, build
+from medvol.networks.gans import (
+    Critic,
+    DCGANDiscriminator,
+    DCGANGenerator,
+    FullyConnectedDiscriminator,
+    FullyConnectedGenerator,
+    Generator,
+    ResidualCritic,
+    ResidualGenerator,
+)
+from medvol.networks.init import init_dcgan_weights
+
+__all__ = [
+    "FAMILIES",
+    "ConvAutoencoder",
+    "Critic",
+    "CriticHead",
+    "DCGANDiscriminator",
+    "DCGANGenerator",
+    "FullyConnectedDiscriminator",
+    "FullyConnectedGenerator",
+    "Generator",
+    "InputLabelEmbedding",
+    "LabelNoiseConcat",
+    "ResidualCritic",
+    "ResidualDownBlock",
+    "ResidualGenerator",
+    "ResidualUpBlock",
+    "ResolutionPlan",
+    "VariationalAutoencoder",
+    "build",
+    "count_parameters",
+    "has_batch_norm",
+    "init_dcgan_weights",
+    "plan_resolution",
+]
