@@ -1,0 +1,301 @@
+"""Geometry: orientation to RAS, resampling to a spacing, fitting to a target shape, and slice extraction.
+
+All transforms work on channel-first MetaTensors of spatial rank 2 or 3 (``[C, x, y(, z)]``) and keep their
+metadata; MONAI's own transforms do the work (`Orientation`, `Spacing`, `Resize`, `ResizeWithPadOrCrop`), these
+classes only choose their arguments from the image (its spatial rank, its recorded intensity range, a slice axis).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Hashable, Mapping, Sequence
+
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Orientation, Resize, ResizeWithPadOrCrop, Spacing, Transform
+from monai.utils import StrEnum, convert_to_tensor, look_up_option
+
+from medvol.transforms.intensity import intensity_record
+
+SLICE_META_KEY = "medvol_slice"
+
+
+class ShapeMode(StrEnum):
+    """How `FitToShape` reaches the target shape.
+
+    - ``crop_pad``: centre crop / pad, no interpolation (keeps the voxel size).
+    - ``resize``: interpolate every axis to the target (changes the aspect ratio when the shapes differ in ratio).
+    - ``fit``: scale uniformly so the image fits inside the target, then pad (keeps the aspect ratio).
+    """
+
+    CROP_PAD = "crop_pad"
+    RESIZE = "resize"
+    FIT = "fit"
+
+
+def _spatial_rank(img: torch.Tensor) -> int:
+    return img.ndim - 1
+
+
+class OrientToRASd(MapTransform):
+    """MONAI `Orientation` to RAS (``RA`` for 2D images), the axis codes chosen from each image's spatial rank.
+
+    Args:
+        keys: keys of the images to reorient.
+        allow_missing_keys: do not raise when a key is missing.
+    """
+
+    backend = Orientation.backend
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = Orientation(axcodes="RAS"[: _spatial_rank(d[key])], labels=None)(d[key])
+        return d
+
+
+class ResampleToSpacingd(MapTransform):
+    """MONAI `Spacing` to `spacing` (mm) for images whose spatial rank equals ``len(spacing)``.
+
+    With `slice_axis`, a volume given an in-plane spacing (one value fewer than its rank) is resampled in-plane and
+    keeps its spacing along `slice_axis`. Images of another rank (a 2D image file in a volumetric pipeline carries
+    no physical spacing) pass through unchanged.
+
+    Args:
+        keys: keys of the images to resample.
+        spacing: target voxel size in mm, one value per spatial axis; values <= 0 keep that axis' spacing.
+        slice_axis: axis whose spacing is kept when `spacing` has one value fewer than the image's rank.
+        mode: interpolation mode (``bilinear`` is trilinear for 3D images).
+        padding_mode: how values outside the image are filled; ``border`` repeats the edge so no artificial
+            zero (mid-grey after scaling to [-1, 1]) enters the image.
+        allow_missing_keys: do not raise when a key is missing.
+    """
+
+    backend = Spacing.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        spacing: Sequence[float],
+        slice_axis: int | None = None,
+        mode: str = "bilinear",
+        padding_mode: str = "border",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.spacing = [float(s) for s in spacing]
+        self.slice_axis = slice_axis
+        self.mode = mode
+        self.padding_mode = padding_mode
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            rank = _spatial_rank(d[key])
+            spacing = list(self.spacing)
+            if rank == len(spacing) + 1 and self.slice_axis is not None:
+                spacing.insert(self.slice_axis, -1.0)  # MONAI keeps the spacing of non-positive entries
+            if rank == len(spacing):
+                d[key] = Spacing(pixdim=spacing, mode=self.mode, padding_mode=self.padding_mode)(d[key])
+        return d
+
+
+def fitted_target_shape(
+    spatial_shape: Sequence[int], size: Sequence[int], slice_axis: int | None = None
+) -> list[int]:
+    """The shape `FitToShape` aims at for an image of `spatial_shape`; -1 keeps an axis as it is.
+
+    Args:
+        spatial_shape: spatial shape of the image.
+        size: target shape; entries <= 0 keep that axis.
+        slice_axis: when the image has one more axis than `size` (a volume that will be cut into 2D slices of
+            `size`), the axis that is kept.
+    """
+    target = [int(s) for s in size]
+    if len(spatial_shape) == len(target) + 1 and slice_axis is not None:
+        target.insert(slice_axis, -1)
+    if len(spatial_shape) != len(target):
+        raise ValueError(f"an image of shape {list(spatial_shape)} cannot be fitted to size {list(size)}")
+    return target
+
+
+class FitToShape(Transform):
+    """Brings a channel-first image to a target spatial shape by crop/pad, resize or aspect-keeping fit.
+
+    Args:
+        spatial_size: target spatial shape; entries <= 0 keep that axis.
+        mode: ``crop_pad``, ``resize`` or ``fit`` (see `ShapeMode`).
+        slice_axis: for a volume that will be sliced: when the image has one more spatial axis than
+            `spatial_size`, this axis keeps its length.
+        pad_value: constant for padded voxels; None takes the low end of the output range recorded by
+            `ScaleIntensityWindow` (the background after scaling), or 0 when the image has no record.
+    """
+
+    backend = ResizeWithPadOrCrop.backend
+
+    def __init__(
+        self,
+        spatial_size: Sequence[int],
+        mode: ShapeMode | str = ShapeMode.CROP_PAD,
+        slice_axis: int | None = None,
+        pad_value: float | None = None,
+    ) -> None:
+        self.spatial_size = [int(s) for s in spatial_size]
+        self.mode = look_up_option(mode, ShapeMode)
+        self.slice_axis = slice_axis
+        self.pad_value = pad_value
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        """Fits `img` (``[C, *spatial]``) to the target shape."""
+        img = convert_to_tensor(img, track_meta=True)
+        shape = list(img.shape[1:])
+        target = fitted_target_shape(shape, self.spatial_size, self.slice_axis)
+        pad_value = self.pad_value
+        if pad_value is None:
+            record = intensity_record(img)
+            pad_value = float(record["output_range"][0]) if record else 0.0
+        interpolation = "bilinear" if len(shape) == 2 else "trilinear"
+        if self.mode == ShapeMode.RESIZE:
+            return Resize(target, mode=interpolation, anti_aliasing=True)(img)
+        if self.mode == ShapeMode.FIT:
+            scale = min((t / s for t, s in zip(target, shape) if t > 0), default=1.0)
+            scaled = [max(1, round(s * scale)) if t > 0 else -1 for t, s in zip(target, shape)]
+            img = Resize(scaled, mode=interpolation, anti_aliasing=True)(img)
+        return ResizeWithPadOrCrop(target, mode="constant", value=pad_value)(img)
+
+
+class FitToShaped(MapTransform):
+    """Dictionary version of `FitToShape`.
+
+    Args:
+        keys: keys of the images to fit.
+        spatial_size: target spatial shape.
+        mode: ``crop_pad``, ``resize`` or ``fit``.
+        slice_axis: axis kept when a volume is fitted to a 2D size.
+        pad_value: constant for padded voxels (None: the recorded background, see `FitToShape`).
+        allow_missing_keys: do not raise when a key is missing.
+    """
+
+    backend = FitToShape.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        spatial_size: Sequence[int],
+        mode: ShapeMode | str = ShapeMode.CROP_PAD,
+        slice_axis: int | None = None,
+        pad_value: float | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.fitter = FitToShape(spatial_size, mode, slice_axis, pad_value)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.fitter(d[key])
+        return d
+
+
+def foreground_threshold(image: torch.Tensor, foreground_level: float = 0.05) -> float:
+    """Intensity above which a voxel counts as foreground.
+
+    The level is relative: ``lo + foreground_level * (hi - lo)`` where ``[lo, hi]`` is the output range recorded by
+    `ScaleIntensityWindow` (so background at the low end is excluded), or the image's own min/max without a record.
+
+    Args:
+        image: the (scaled) image.
+        foreground_level: fraction of the intensity range, in [0, 1).
+    """
+    record = intensity_record(image)
+    if record:
+        lo, hi = (float(v) for v in record["output_range"])
+    else:
+        lo, hi = float(image.min()), float(image.max())
+    return lo + foreground_level * (hi - lo)
+
+
+def kept_slice_indices(
+    volume: torch.Tensor, axis: int = 2, min_foreground_fraction: float = 0.0, foreground_level: float = 0.05
+) -> list[int]:
+    """Indices of the slices along spatial `axis` whose foreground fraction reaches `min_foreground_fraction`.
+
+    Args:
+        volume: channel-first volume ``[C, x, y, z]``.
+        axis: spatial axis (0, 1 or 2) the slices are cut across.
+        min_foreground_fraction: slices with a smaller fraction of foreground voxels are dropped; 0 keeps all.
+        foreground_level: see `foreground_threshold`.
+    """
+    if not 0 <= axis < _spatial_rank(volume):
+        raise ValueError(f"slice axis {axis} is not a spatial axis of an image with shape {list(volume.shape)}")
+    threshold = foreground_threshold(volume, foreground_level)
+    foreground = torch.as_tensor(volume) > threshold
+    reduce_dims = [d for d in range(foreground.ndim) if d != axis + 1]
+    fractions = foreground.float().mean(dim=reduce_dims)
+    return [int(i) for i in torch.nonzero(fractions >= min_foreground_fraction).flatten()]
+
+
+def extract_slice(volume: torch.Tensor, axis: int, index: int) -> MetaTensor:
+    """The 2D slice ``index`` along spatial `axis` of a channel-first volume, as ``[C, u, v]``.
+
+    The affine stays a 4x4 voxel-to-world matrix: its first two columns are the in-plane axes, the third the
+    slice normal, and the origin moves to the slice, so ``affine @ [u, v, 0, 1]`` is the world position of a pixel.
+    ``meta["medvol_slice"]`` records ``{"axis", "index"}``; other metadata are copied.
+
+    Args:
+        volume: ``[C, x, y, z]`` (Meta)Tensor.
+        axis: spatial axis (0, 1 or 2).
+        index: slice index along that axis.
+    """
+    volume = convert_to_tensor(volume, track_meta=True)
+    pixels = volume.as_tensor().select(axis + 1, index).clone()
+    affine = volume.affine.clone()
+    columns = [c for c in range(3) if c != axis] + [axis]
+    slice_affine = affine.clone()
+    slice_affine[:, :3] = affine[:, columns]
+    slice_affine[:3, 3] = affine[:3, 3] + affine[:3, axis] * index
+    meta = {k: copy.deepcopy(v) for k, v in volume.meta.items() if k != "affine"}
+    meta[SLICE_META_KEY] = {"axis": int(axis), "index": int(index)}
+    return MetaTensor(pixels, affine=slice_affine, meta=meta)
+
+
+class ExtractSlicesd(MapTransform):
+    """Cuts volumes into 2D samples: returns one dict per kept slice (MONAI's list-of-samples convention).
+
+    The first key decides which slices are kept (see `kept_slice_indices`); every key is cut at the same
+    indices, and the other items of the dict (``label``, ``subject``, ...) travel with each slice.
+
+    Args:
+        keys: keys of the volumes to cut.
+        axis: spatial axis (0, 1 or 2) the slices are cut across; 2 gives axial slices of an RAS volume.
+        min_foreground_fraction: drop slices with a smaller fraction of foreground voxels; 0 keeps all.
+        foreground_level: relative intensity level of the foreground (see `foreground_threshold`).
+        allow_missing_keys: do not raise when a key is missing.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        axis: int = 2,
+        min_foreground_fraction: float = 0.0,
+        foreground_level: float = 0.05,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.axis = axis
+        self.min_foreground_fraction = min_foreground_fraction
+        self.foreground_level = foreground_level
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> list[dict[Hashable, torch.Tensor]]:
+        keys = list(self.key_iterator(dict(data)))
+        if not keys:
+            return [dict(data)]
+        indices = kept_slice_indices(data[keys[0]], self.axis, self.min_foreground_fraction, self.foreground_level)
+        samples = []
+        for index in indices:
+            sample = dict(data)
+            for key in keys:
+                sample[key] = extract_slice(data[key], self.axis, index)
+            samples.append(sample)
+        return samples

@@ -1,0 +1,111 @@
+"""The preprocessing preset on tiny files written here, and the settings that key the disk cache."""
+
+from __future__ import annotations
+
+import io
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medvol.transforms.presets import PreprocessingSettings, preprocessing
+
+AFFINE_LPS = np.diag([-1.0, -1.0, 2.0, 1.0])
+
+
+def _write_nifti(path, data, affine=AFFINE_LPS):
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return str(path)
+
+
+def _blob(shape, dtype, scale):
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    return (np.exp(-(grid**2).sum(0) * 3) * scale).astype(dtype)
+
+
+# [params, input (dtype, scale, shape), expected (shape, output range, voxel size in RAS)]; files are 1x1x2 mm LPS
+TEST_CASE_1 = [
+    {"spatial_dims": 3, "size": (16, 16, 16)},
+    (np.uint8, 250, (20, 12, 10)),
+    ((1, 16, 16, 16), (-1.0, 1.0), (1.0, 1.0, 2.0)),
+]
+TEST_CASE_2 = [
+    {"spatial_dims": 3, "size": (16, 16, 16), "spacing": (2.0, 2.0, 2.0), "output_range": (0, 1)},
+    (np.float32, 3000.0, (20, 12, 10)),
+    ((1, 16, 16, 16), (0.0, 1.0), (2.0, 2.0, 2.0)),
+]
+TEST_CASE_3 = [
+    {"spatial_dims": 2, "size": (16, 16), "shape_mode": "resize"},
+    (np.float32, 5.0, (20, 12, 9)),
+    ((1, 16, 16, 9), (-1.0, 1.0), (20 / 16, 12 / 16, 2.0)),
+]
+TEST_CASE_4 = [
+    {"spatial_dims": 3, "size": None, "intensity": "ct"},
+    (np.int16, 3000, (8, 6, 4)),
+    ((1, 8, 6, 4), (-1.0, 1.0), (1.0, 1.0, 2.0)),
+]
+
+
+@pytest.mark.parametrize("params, source, expected", [TEST_CASE_1, TEST_CASE_2, TEST_CASE_3, TEST_CASE_4])
+def test_preprocessing_on_nifti(tmp_path, params, source, expected):
+    dtype, scale, shape = source
+    path = _write_nifti(tmp_path / "vol.nii.gz", _blob(shape, dtype, scale))
+    image = preprocessing(**params)({"image": path, "label": 1})["image"]
+    expected_shape, (out_lo, out_hi), expected_spacing = expected
+    assert tuple(image.shape) == expected_shape
+    assert image.dtype == torch.float32
+    assert float(image.min()) >= out_lo and float(image.max()) <= out_hi
+    assert float(image.max()) == pytest.approx(out_hi)
+    record = image.meta["medvol_intensity"]
+    assert record["kind"] == params.get("intensity", "mr") and record["output_range"] == [out_lo, out_hi]
+    assert image.meta["filename_or_obj"] == path
+    # oriented to RAS (positive diagonal), voxel size updated by resampling / resizing
+    torch.testing.assert_close(torch.diag(image.affine)[:3], torch.tensor(expected_spacing, dtype=torch.float64))
+    # every metadata value survives torch.load(weights_only=True), as PersistentDataset reads it
+    buffer = io.BytesIO()
+    torch.save(image, buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True).meta["medvol_intensity"] == record
+
+
+def test_colour_png_becomes_itu_601_greyscale(tmp_path):
+    rgb = np.zeros((6, 8, 3), dtype=np.uint8)  # rows, columns, channels
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50
+    rgb[:3, :, :] = 0
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    pipeline = preprocessing(2, size=None, intensity="minmax", output_range=(0, 1))
+    image = pipeline({"image": str(tmp_path / "c.png")})["image"]
+    assert tuple(image.shape) == (1, 8, 6)  # [C, x (columns), y (rows)]
+    grey = 0.299 * 200 + 0.587 * 100 + 0.114 * 50
+    assert image.meta["medvol_intensity"]["window"] == pytest.approx([0.0, round(grey)], abs=1)
+
+
+BASE = {"spatial_dims": 3, "size": (16, 16, 16)}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"size": (32, 32, 32)}, {"spacing": (1.0, 1.0, 1.0)}, {"intensity": "ct"}, {"output_range": (0, 1)},
+     {"percentiles": (1, 99)}, {"shape_mode": "fit"}, {"spatial_dims": 2, "size": (16, 16)}],
+)
+def test_cache_key_changes_with_every_setting(change):
+    assert PreprocessingSettings(**BASE).cache_key() != PreprocessingSettings(**{**BASE, **change}).cache_key()
+
+
+def test_cache_key_is_stable_across_sequence_types():
+    a = PreprocessingSettings(spatial_dims=3, size=[16, 16, 16], spacing=[1, 1, 1], intensity="mr")
+    b = PreprocessingSettings(spatial_dims=3, size=(16, 16, 16), spacing=(1.0, 1.0, 1.0), intensity="MR".lower())
+    assert a.cache_key() == b.cache_key()
+    assert a.to_dict()["size"] == [16, 16, 16]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"spatial_dims": 4}, {"spatial_dims": 2, "size": (8, 8, 8)}, {"spatial_dims": 3, "intensity": "pet"},
+     {"spatial_dims": 3, "spacing": (1.0, 1.0)}, {"spatial_dims": 2, "spacing": (1.0, 0.0)}],
+)
+def test_invalid_settings_raise(params):
+    with pytest.raises(ValueError):
+        PreprocessingSettings(**params)
