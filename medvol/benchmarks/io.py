@@ -174,6 +174,8 @@ def bench_dataset_cache(
             dataset[i]
 
     uncached = build_dataset(datalist, mode="volume", size=size)
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:
         fills = []
 
