@@ -24,7 +24,7 @@ from medvol.networks.gans import (
     ResidualCritic,
     ResidualGenerator,
 )
-from medvol.networks.init import init_dcgan_weights
+from medvol.networks.init import init_dcgan_weights, init_kaiming_weights
 
 __all__ = [
     "FAMILIES",
@@ -48,5 +48,6 @@ __all__ = [
     "count_parameters",
     "has_batch_norm",
     "init_dcgan_weights",
+    "init_kaiming_weights",
     "plan_resolution",
 ]

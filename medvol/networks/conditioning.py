@@ -1,0 +1,101 @@
+"""Class conditioning for generators and critics.
+
+- Generators: a learned label embedding concatenated with the noise (`LabelNoiseConcat`).
+- Critics: projection (the inner product of a label embedding with the critic's features is added to the score,
+  Miyato & Koyama 2018), optionally an embedding the size of the image multiplied into the input (`InputLabelEmbedding`,
+  as in the Keras conditional GAN), and an auxiliary classifier head (AC-GAN); all in `CriticHead`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def check_labels(labels: torch.Tensor | None, num_classes: int, batch_size: int) -> torch.Tensor:
+    """Validate class labels of a conditional network and return them as a long tensor `[B]`.
+
+    Raises:
+        ValueError: when labels are missing, of the wrong length or outside [0, num_classes).
+    """
+    if labels is None:
+        raise ValueError(f"this network is conditioned on {num_classes} classes: pass labels (a tensor of class indices)")
+    labels = torch.as_tensor(labels).reshape(-1).long()
+    if labels.numel() != batch_size:
+        raise ValueError(f"got {labels.numel()} labels for a batch of {batch_size}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got {labels.unique().tolist()}")
+    return labels
+
+
+class LabelNoiseConcat(nn.Module):
+    """Concatenate a learned label embedding to the noise: `[B, latent] -> [B, latent + embedding_size]`.
+
+    Args:
+        num_classes: number of classes (> 0).
+        embedding_size: size of the label embedding.
+    """
+
+    def __init__(self, num_classes: int, embedding_size: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.embedding = nn.Embedding(num_classes, embedding_size)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        labels = check_labels(labels, self.num_classes, z.shape[0]).to(z.device)
+        return torch.cat([z, self.embedding(labels).to(z.dtype)], dim=1)
+
+
+class InputLabelEmbedding(nn.Module):
+    """Multiply the critic's input by a learned per-class map of the input's shape.
+
+    Args:
+        num_classes: number of classes (> 0).
+        input_shape: `(channels, *spatial)` of the critic's input.
+    """
+
+    def __init__(self, num_classes: int, input_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.input_shape = tuple(input_shape)
+        self.embedding = nn.Embedding(num_classes, math.prod(self.input_shape))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        labels = check_labels(labels, self.num_classes, x.shape[0]).to(x.device)
+        return x * self.embedding(labels).view(x.shape[0], *self.input_shape).to(x.dtype)
+
+
+class CriticHead(nn.Module):
+    """Turn critic features `[B, F]` into a score `[B]`, with optional projection conditioning and class head.
+
+    Args:
+        feature_size: F.
+        num_classes: number of classes; 0 for an unconditional critic.
+        projection: add `<embedding(label), features>` to the score (needs `num_classes > 0`).
+        auxiliary_classifier: also return class logits `[B, num_classes]` (needs `num_classes > 0`).
+    """
+
+    def __init__(self, feature_size: int, num_classes: int = 0, projection: bool = True, auxiliary_classifier: bool = False):
+        super().__init__()
+        if auxiliary_classifier and num_classes < 1:
+            raise ValueError("an auxiliary classifier head needs num_classes > 0")
+        self.num_classes = num_classes
+        self.score = nn.Linear(feature_size, 1)
+        self.projection = nn.Embedding(num_classes, feature_size) if projection and num_classes > 0 else None
+        self.classifier = nn.Linear(feature_size, num_classes) if auxiliary_classifier else None
+        if self.projection is not None:
+            nn.init.normal_(self.projection.weight, 0.0, 1.0 / math.sqrt(feature_size))
+
+    def forward(
+        self, features: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        score = self.score(features).squeeze(1)
+        if self.projection is not None:
+            labels = check_labels(labels, self.num_classes, features.shape[0]).to(features.device)
+            score = score + (self.projection(labels).to(features.dtype) * features).sum(dim=1)
+        if self.classifier is not None:
+            return score, self.classifier(features)
+        return score
