@@ -20,7 +20,7 @@ import torch
 
 import medvol
 
-BENCHMARKS: dict[str, str] = {"io": "medvol.benchmarks.io"}
+BENCHMARKS: dict[str, str] = {"io": "medvol.benchmarks.io", "training": "medvol.benchmarks.training"}
 
 
 def register(name: str, module: str) -> None:

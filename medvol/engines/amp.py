@@ -1,0 +1,132 @@
+"""Mixed precision for the medvol trainers: precision choice, autocast, gradient scalers, an fp32 gradient penalty.
+
+``Precision.AUTO`` resolves to bfloat16 on a CUDA device that supports it, float16 on older CUDA devices (which then
+need a :class:`torch.amp.GradScaler`, one per optimiser: generator and critic losses have different magnitudes, so
+sharing one scale would let one network's overflow skip the other's steps), bfloat16 on a CPU with native bfloat16
+kernels, and float32 elsewhere. An explicit ``bf16`` runs on any CPU (emulated, slower where there is no native
+support).
+
+The gradient penalty of WGAN-GP differentiates the critic with respect to its input (``autograd.grad`` with
+``create_graph=True``). Under float16/bfloat16 autocast that input gradient loses precision (bfloat16 keeps 8 bits of
+mantissa) and, in float16, can underflow before any loss scaling applies. The trainers therefore never run an
+objective inside autocast: networks are called through :class:`AutocastModule`, which autocasts only their forward
+and returns float32; in the critic step a call whose input requires grad (only the penalty's interpolates do: real
+images and detached fakes do not) runs entirely in float32, so the penalty, its ``autograd.grad`` and its double
+backward are computed in full precision. The objective's code does not change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from enum import Enum
+
+import torch
+from torch import nn
+
+__all__ = [
+    "Precision",
+    "resolve_precision",
+    "autocast",
+    "make_grad_scaler",
+    "AutocastModule",
+    "cpu_supports_bf16",
+]
+
+
+class Precision(str, Enum):
+    """Arithmetic precision of the forward passes (parameters and optimiser state stay float32)."""
+
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bfloat16 kernels (oneDNN with AVX512-BF16/AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str | Precision, device: str | torch.device) -> Precision:
+    """Turn ``auto`` into a concrete precision for ``device`` and validate the others.
+
+    Args:
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+        device: the training device.
+
+    Returns:
+        The concrete :class:`Precision` (never ``AUTO``).
+    """
+    precision = Precision(precision)
+    device = torch.device(device)
+    if precision != Precision.AUTO:
+        return precision
+    if device.type == "cuda":
+        return Precision.BF16 if torch.cuda.is_bf16_supported() else Precision.FP16
+    if device.type == "cpu" and cpu_supports_bf16():
+        return Precision.BF16
+    return Precision.FP32
+
+
+_AUTOCAST_DTYPES = {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}
+
+
+def autocast(precision: Precision, device: str | torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context for ``precision`` on ``device`` (a no-op context for float32)."""
+    device = torch.device(device)
+    if precision not in _AUTOCAST_DTYPES:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+def make_grad_scaler(precision: Precision, device: str | torch.device) -> torch.amp.GradScaler | None:
+    """A fresh gradient scaler when ``precision`` is float16, else None (bfloat16 has float32's range)."""
+    if precision != Precision.FP16:
+        return None
+    return torch.amp.GradScaler(torch.device(device).type)
+
+
+class AutocastModule(nn.Module):
+    """Run a network's forward under autocast and hand back float32 outputs; optionally float32 for penalty calls.
+
+    The trainers call networks through this wrapper and run the objectives' own arithmetic (losses, the gradient
+    penalty's ``autograd.grad``) outside autocast, in float32: autograd records the autocast state when a backward
+    (or ``autograd.grad``) starts, so a penalty differentiated inside an autocast region would run its backward
+    convolutions in half precision even when its forward did not.
+
+    With ``fp32_when_input_requires_grad`` (the critic in the critic step) a call whose input requires grad, which
+    in that step only the gradient penalty's interpolates do, runs entirely in float32 with autocast disabled.
+
+    The wrapper owns no parameters: checkpoints and optimisers keep using the wrapped module.
+
+    Args:
+        module: ``module(x, labels=None)`` (a generator, critic or autoencoder).
+        precision: the autocast precision (``fp32`` makes this a pass-through that only casts outputs).
+        fp32_when_input_requires_grad: see above.
+    """
+
+    def __init__(self, module: nn.Module, precision: Precision, fp32_when_input_requires_grad: bool = False):
+        super().__init__()
+        self.module = module
+        self.precision = Precision(precision)
+        self.fp32_when_input_requires_grad = fp32_when_input_requires_grad
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None):
+        args = (x,) if labels is None else (x, labels)
+        if self.fp32_when_input_requires_grad and x.requires_grad:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                return _float_outputs(self.module(x.float(), *args[1:]))
+        with autocast(self.precision, x.device):
+            output = self.module(*args)
+        return _float_outputs(output)
+
+
+def _float_outputs(output):
+    if isinstance(output, torch.Tensor):
+        return output.float() if output.is_floating_point() else output
+    if isinstance(output, (tuple, list)):
+        return type(output)(_float_outputs(o) for o in output)
+    return output

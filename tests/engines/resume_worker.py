@@ -1,0 +1,51 @@
+"""Subprocess used by test_resume.py: train a tiny conditional WGAN-GP deterministically in RUN, printing
+``ITER <n>`` after each iteration; run again on the same RUN to resume. Usage:
+``python -m tests.engines.resume_worker RUN ITERATIONS CHECKPOINT_EVERY``."""
+
+from __future__ import annotations
+
+import random
+import sys
+
+import numpy as np
+import torch
+from ignite.engine import Events
+
+from medvol.engines import AdversarialTrainer
+from tests.engines.toys import ToyWassersteinGP, make_gan, make_loader
+
+
+def main(run_dir: str, iterations: int, checkpoint_every: int) -> None:
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    generator, critic, g_opt, d_opt = make_gan(2, 8, num_classes=2, seed=0)
+    trainer = AdversarialTrainer(
+        "cpu",
+        make_loader(count=12, batch_size=4, num_classes=2),  # 3 batches per pass: passes end mid-iteration
+        generator,
+        critic,
+        g_opt,
+        d_opt,
+        ToyWassersteinGP(),
+        critic_steps=2,
+        ema_decay=0.9,
+        max_iterations=iterations,
+        run_dir=run_dir,
+        checkpoint_every=checkpoint_every,
+        seed=7,
+        health_interval=0,
+    )
+
+    def report(engine):
+        print(f"ITER {engine.state.iteration}", flush=True)
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, report)
+    trainer.run()
+    print("DONE", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))

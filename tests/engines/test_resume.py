@@ -1,0 +1,139 @@
+"""Crash and resume: a run killed with SIGKILL at a random iteration and resumed ends bitwise equal to an uninterrupted
+run; a forced NaN stops the run with NonFiniteLossError and leaves the last good checkpoint intact."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from medvol.engines import AdversarialTrainer, CheckpointManager, NonFiniteLossError
+from tests.engines.toys import ToyWassersteinGP, make_gan, make_loader
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ITERATIONS, CHECKPOINT_EVERY = 10, 3
+
+
+def _start_worker(run_dir: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    with open(log, "w") as stderr:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.engines.resume_worker", str(run_dir), str(ITERATIONS), str(CHECKPOINT_EVERY)],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True,
+        )
+
+
+def _finish(process: subprocess.Popen) -> tuple[int, str]:
+    """Wait for the process; returns (exit code, rest of its stdout)."""
+    with process.stdout:
+        out = process.stdout.read()
+    return process.wait(), out
+
+
+def _tensors(tree, prefix=""):
+    """Flatten nested dicts/lists of a checkpoint into {path: tensor or value}."""
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in _tensors(value, f"{prefix}/{key}").items()}
+    if isinstance(tree, (list, tuple)):
+        return {k: v for i, value in enumerate(tree) for k, v in _tensors(value, f"{prefix}/{i}").items()}
+    return {prefix: tree}
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_bitwise_identical_weights(tmp_path):
+    kill_at = random.Random().randint(CHECKPOINT_EVERY, ITERATIONS - 3)  # after the first checkpoint, well before the end
+    reference = _start_worker(tmp_path / "reference", tmp_path / "reference.log")
+    victim = _start_worker(tmp_path / "victim", tmp_path / "victim.log")
+    for line in victim.stdout:
+        if line.strip() == f"ITER {kill_at}":
+            victim.send_signal(signal.SIGKILL)
+            break
+    victim_code, _ = _finish(victim)
+    assert victim_code == -signal.SIGKILL, f"the victim was not killed ({victim.returncode}); kill_at={kill_at}"
+
+    resumed = _start_worker(tmp_path / "victim", tmp_path / "resumed.log")
+    resumed_code, resumed_out = _finish(resumed)
+    reference_code, reference_out = _finish(reference)
+    assert resumed_code == 0, (tmp_path / "resumed.log").read_text()[-2000:]
+    assert reference_code == 0, (tmp_path / "reference.log").read_text()[-2000:]
+    resumed_lines = resumed_out.split()
+    assert "DONE" in reference_out and "DONE" in resumed_lines
+    first_resumed = int(resumed_lines[1])
+    # it resumed after the last complete checkpoint (ITER n is printed after iteration n's checkpoint is written)
+    assert first_resumed > CHECKPOINT_EVERY and (first_resumed - 1) % CHECKPOINT_EVERY == 0, (kill_at, first_resumed)
+
+    final_reference = CheckpointManager(tmp_path / "reference" / "checkpoints").load_latest()
+    final_resumed = CheckpointManager(tmp_path / "victim" / "checkpoints").load_latest()
+    assert final_reference["iteration"] == final_resumed["iteration"] == ITERATIONS
+    for part in ("networks", "optimizers", "extra", "stream"):
+        expected, actual = _tensors(final_reference[part]), _tensors(final_resumed[part])
+        assert expected.keys() == actual.keys()
+        for key in expected:
+            if isinstance(expected[key], torch.Tensor):
+                assert torch.equal(expected[key], actual[key]), f"{part}{key} differs (killed at {kill_at}, resumed at {first_resumed})"
+            else:
+                assert expected[key] == actual[key], f"{part}{key} differs"
+
+
+def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path):
+    generator, critic, g_opt, d_opt = make_gan(2, 8)
+    # critic_steps=2: the 7th critic-loss call is the first critic step of iteration 4
+    objective = ToyWassersteinGP(nan_at_call=7)
+    trainer = AdversarialTrainer(
+        "cpu", make_loader(), generator, critic, g_opt, d_opt, objective, max_iterations=8, run_dir=tmp_path, checkpoint_every=1
+    )
+    before = {k: v.clone() for k, v in critic.state_dict().items()}
+    with pytest.raises(NonFiniteLossError) as caught:
+        trainer.run()
+    error = caught.value
+    assert error.iteration == 4 and error.term == "critic/loss"
+    assert "checkpoint_00000003.pt" in str(error) and "iteration 4" in str(error)
+    manager = CheckpointManager(tmp_path / "checkpoints")
+    assert manager.read_pointer()["iteration"] == 3
+    assert [p.name for p in manager.checkpoint_files()][-1] == "checkpoint_00000003.pt"
+    state = manager.load_latest()
+    assert all(torch.isfinite(t).all() for net in state["networks"].values() for t in net.values())
+    # the NaN step changed nothing: weights in memory are those of the checkpoint
+    for name, value in critic.state_dict().items():
+        assert torch.equal(value, state["networks"]["critic"][name])
+    assert any(not torch.equal(before[k], state["networks"]["critic"][k]) for k in before)
+
+
+def _gan_trainer(run_dir, iterations, **kwargs):
+    generator, critic, g_opt, d_opt = make_gan(2, 8, seed=1)
+    return AdversarialTrainer(
+        "cpu", make_loader(), generator, critic, g_opt, d_opt, ToyWassersteinGP(), max_iterations=iterations, run_dir=run_dir,
+        checkpoint_every=2, ema_decay=0.5, **kwargs,
+    )
+
+
+def test_running_a_finished_run_again_does_nothing_and_more_iterations_continue_it(tmp_path):
+    first = _gan_trainer(tmp_path, 3)
+    first.run()
+    finished = {k: v.clone() for k, v in first.generator.state_dict().items()}
+
+    again = _gan_trainer(tmp_path, 3)
+    again.run()
+    assert again.state.iteration == 3 and again.state.resumed_from.endswith("checkpoint_00000003.pt")
+    assert all(torch.equal(v, again.generator.state_dict()[k]) for k, v in finished.items())
+    assert all(torch.equal(v, again.ema_generator.state_dict()[k]) for k, v in first.ema_generator.state_dict().items())
+
+    longer = _gan_trainer(tmp_path, 5)
+    longer.run()
+    assert longer.state.iteration == 5
+    assert CheckpointManager(tmp_path / "checkpoints").read_pointer()["iteration"] == 5
+    assert not all(torch.equal(v, longer.generator.state_dict()[k]) for k, v in finished.items())
+
+
+def test_best_checkpoint_is_kept_by_metric(tmp_path):
+    trainer = _gan_trainer(tmp_path, 6, keep_last=1, best_metric=lambda t: -t.state.iteration if t.state.iteration <= 2 else 0.0)
+    trainer.run()
+    manager = CheckpointManager(tmp_path / "checkpoints")
+    assert manager.read_pointer()["best"]["iteration"] == 2
+    assert [p.name for p in manager.checkpoint_files()] == ["checkpoint_00000002.pt", "checkpoint_00000006.pt"]
