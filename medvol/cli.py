@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="folder written by `medvol prepare`, or raw data to prepare on the fly")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--spatial-dims", type=int, choices=[2, 3], help="2 (slice-wise) or 3 (volumetric)")
+    p.add_argument("--image-size", type=_ints, help="training image size, comma separated (default: the prepared size, else the bundle's)")
     p.add_argument("--iterations", type=int, help="generator iterations to train")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--checkpoint-every", type=int, help="save a checkpoint every K iterations")
@@ -126,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["nifti", "dicom"], default="nifti", help="output format (default nifti)")
     p.add_argument("--out", required=True, help="output folder (gets datalist.json)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--checkpoint", default="latest", help="'latest' (default), a file name in RUN/checkpoints, or a path")
 
     p = sub.add_parser("bench", help="benchmark loading, caching and training speed")
     p.add_argument("--json", action="store_true", help="print JSON")

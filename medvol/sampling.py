@@ -1,0 +1,364 @@
+"""Synthetic samples from a trained run: generate, map intensities back to source units, write NIfTI or DICOM.
+
+A run folder (``medvol train --out RUN`` or the bundles' train workflow with ``--output_dir RUN``) holds ``run.json``
+(family, sizes, classes, network arguments, the intensity mapping and the geometry of the training samples) and
+``checkpoints/``. :func:`sample_run` rebuilds the networks from ``run.json``, loads a checkpoint, draws samples with a
+seeded generator and writes them with `medvol.io.writers` (marked SYNTHETIC, new UIDs, no identifiers), plus a
+``datalist.json`` in the datalist format of ``medvol prepare`` so that synthetic and real data merge in one line::
+
+    real["training"] + synthetic["training"]
+
+How each family samples: GANs decode Gaussian noise (with the requested class for cgan / acwgan_gp); the VAE
+decodes draws from its prior N(0, I); the convolutional autoencoder has no prior, so it decodes draws from a
+Gaussian fitted (per latent dimension) to the codes of up to `CAE_FIT_SAMPLES` training images.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medvol import __version__
+from medvol.errors import MedvolInputError
+
+__all__ = [
+    "RUN_RECORD",
+    "load_run_record",
+    "resolve_checkpoint",
+    "load_networks",
+    "sample_labels",
+    "generate",
+    "to_source_units",
+    "write_samples",
+    "sample_run",
+]
+
+logger = logging.getLogger(__name__)
+
+RUN_RECORD = "run.json"
+CAE_FIT_SAMPLES = 64
+SAMPLE_BATCH = 8
+FORMATS = ("nifti", "dicom")
+MODALITY_BY_INTENSITY = {"ct": "CT", "mr": "MR"}
+
+
+def load_run_record(run_dir: str | os.PathLike) -> dict:
+    """The ``run.json`` of a run folder.
+
+    Raises:
+        MedvolInputError: the folder or its ``run.json`` is missing or unreadable.
+    """
+    path = Path(run_dir) / RUN_RECORD
+    if not path.is_file():
+        raise MedvolInputError(run_dir, f"not a medvol run folder (no {RUN_RECORD}; train one with `medvol train`)")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise MedvolInputError(path, f"unreadable run record ({err})") from None
+
+
+def resolve_checkpoint(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> Path:
+    """The checkpoint file to sample from: `checkpoint` (a path, or a file name in ``RUN/checkpoints``), else the
+    latest one.
+
+    Raises:
+        MedvolInputError: no checkpoint found.
+    """
+    from medvol.engines.checkpoint import CheckpointManager
+
+    folder = Path(run_dir) / "checkpoints"
+    if checkpoint not in (None, "", "latest"):
+        path = Path(checkpoint)
+        path = path if path.is_file() else folder / str(checkpoint)
+        if not path.is_file():
+            raise MedvolInputError(checkpoint, "checkpoint file not found")
+        return path
+    if not folder.is_dir():
+        raise MedvolInputError(run_dir, "the run has no checkpoints/ folder (has it trained?)")
+    latest = CheckpointManager(folder).latest_path()
+    if latest is None:
+        raise MedvolInputError(folder, "holds no checkpoint yet")
+    return latest
+
+
+def _build_networks(record: Mapping) -> dict[str, torch.nn.Module]:
+    from medvol.networks.factory import build
+
+    return build(
+        record["family"],
+        int(record["spatial_dims"]),
+        record["image_size"],
+        num_classes=int(record.get("num_classes") or 0),
+        **dict(record.get("network") or {}),
+    )
+
+
+def load_networks(
+    record: Mapping, checkpoint: str | os.PathLike, device: str | torch.device = "cpu", use_ema: bool = True
+) -> dict[str, torch.nn.Module]:
+    """The networks of a run with the weights of `checkpoint`, in eval mode on `device`.
+
+    Args:
+        record: the run record (``run.json``).
+        checkpoint: a checkpoint file written by the run's trainer.
+        device: where to put the networks.
+        use_ema: load the exponential moving average of the generator weights when the checkpoint has one.
+    """
+    from medvol.engines.checkpoint import CheckpointManager
+
+    networks = _build_networks(record)
+    state = CheckpointManager.load(checkpoint, map_location="cpu")
+    weights = dict(state.get("networks") or {})
+    extra = state.get("extra") or {}
+    for name, module in networks.items():
+        source = weights.get(name)
+        if use_ema and extra.get(f"ema_{name}") is not None:
+            source = extra[f"ema_{name}"]
+        if source is None:
+            raise MedvolInputError(checkpoint, f"checkpoint holds no weights for the {name} (it has {sorted(weights)})")
+        module.load_state_dict(_unwrapped(source))
+        module.to(device).eval()
+    return networks
+
+
+def _unwrapped(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights saved from a `DistributedDataParallel`-wrapped network lose their ``module.`` prefix."""
+    if state_dict and all(key.startswith("module.") for key in state_dict):
+        return {key[len("module.") :]: value for key, value in state_dict.items()}
+    return dict(state_dict)
+
+
+def sample_labels(record: Mapping, n: int, label: str | int | None = None) -> list[int | None]:
+    """One entry per sample: class indices (`n` per class, or `n` of `label`) for conditional models, else None.
+
+    Raises:
+        MedvolInputError: an unknown label, or a label for an unconditional model.
+    """
+    classes = list(record.get("classes") or [])
+    conditional = int(record.get("num_classes") or 0) > 0
+    if label is not None and not conditional:
+        raise MedvolInputError("--label", f"the {record['family']} model is not conditional: it cannot sample a class")
+    if not conditional:
+        return [None] * n
+    if label is None:
+        return [c for c in range(int(record["num_classes"])) for _ in range(n)]
+    text = str(label)
+    if text in classes:
+        return [classes.index(text)] * n
+    if text.lstrip("-").isdigit() and 0 <= int(text) < int(record["num_classes"]):
+        return [int(text)] * n
+    raise MedvolInputError("--label", f"unknown class {text!r}; the model knows {classes or list(range(record['num_classes']))}")
+
+
+def _cae_latent_gaussian(
+    record: Mapping, autoencoder: torch.nn.Module, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation per latent dimension of the codes of up to `CAE_FIT_SAMPLES` training images."""
+    dataset = _training_dataset(record)
+    count = min(len(dataset), CAE_FIT_SAMPLES)
+    codes = []
+    with torch.no_grad():
+        for start in range(0, count, SAMPLE_BATCH):
+            images = torch.stack([torch.as_tensor(dataset[i]["image"]) for i in range(start, min(count, start + SAMPLE_BATCH))])
+            codes.append(autoencoder.encode(images.to(device)).float())
+    stacked = torch.cat(codes)
+    return stacked.mean(0), stacked.std(0, unbiased=count > 1).clamp_min(1e-6)
+
+
+def _training_dataset(record: Mapping):
+    from medvol.data.datasets import build_dataset
+
+    options = dict(record.get("dataset_options") or {})
+    return build_dataset(record["datalist"], split="training", **options)
+
+
+@torch.no_grad()
+def generate(
+    record: Mapping,
+    networks: Mapping[str, torch.nn.Module],
+    labels: Sequence[int | None],
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Draw one image per entry of `labels` (in the networks' output range), reproducibly for a given `seed`.
+
+    Returns:
+        float32 tensor ``[N, 1, *image_size]`` on the CPU.
+    """
+    from medvol.networks.factory import AUTOENCODER_FAMILIES
+
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(int(seed))
+    family = record["family"]
+    outputs = []
+    if family in AUTOENCODER_FAMILIES:
+        autoencoder = networks["autoencoder"]
+        latent_size = int(autoencoder.latent_size)
+        mean, std = torch.zeros(latent_size), torch.ones(latent_size)
+        if family == "cae":
+            mean, std = (t.cpu() for t in _cae_latent_gaussian(record, autoencoder, device))
+        for start in range(0, len(labels), SAMPLE_BATCH):
+            count = min(SAMPLE_BATCH, len(labels) - start)
+            z = mean + std * torch.randn(count, latent_size, generator=generator)
+            outputs.append(autoencoder.decode(z.to(device)).float().cpu())
+        return torch.cat(outputs) if outputs else torch.empty(0)
+    model = networks["generator"]
+    for start in range(0, len(labels), SAMPLE_BATCH):
+        chunk = list(labels[start : start + SAMPLE_BATCH])
+        z = torch.randn(len(chunk), int(model.latent_size), generator=generator)
+        y = None if chunk[0] is None else torch.as_tensor(chunk, dtype=torch.long, device=device)
+        outputs.append(model(z.to(device), y).float().cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+def to_source_units(images: torch.Tensor, record: Mapping) -> np.ndarray:
+    """Images in the networks' output range mapped back to the source intensities (HU for CT) with the run's
+    intensity record; values are clipped to the output range first, so they land within the source window."""
+    from medvol.transforms.intensity import invert_intensity
+
+    mapping = record.get("intensity")
+    array = images.detach().cpu().numpy().astype(np.float32)
+    if not mapping:
+        return array
+    low, high = (float(v) for v in mapping["output_range"])
+    return np.asarray(invert_intensity(np.clip(array, low, high), mapping), dtype=np.float32)
+
+
+def _label_name(record: Mapping, label: int | None) -> str | None:
+    if label is None:
+        return None
+    classes = list(record.get("classes") or [])
+    return classes[label] if label < len(classes) else str(label)
+
+
+def write_samples(
+    arrays: np.ndarray,
+    labels: Sequence[int | None],
+    record: Mapping,
+    out_dir: str | os.PathLike,
+    fmt: str,
+    provenance: Mapping[str, Any],
+) -> dict:
+    """Write one file (NIfTI) or series (DICOM) per sample with the training data's geometry, and ``datalist.json``.
+
+    Args:
+        arrays: ``[N, 1, *image_size]`` in source units.
+        labels: class index per sample (None for unconditional models).
+        record: the run record (geometry under ``reference_affine``, ``modality``, classes).
+        out_dir: output folder.
+        fmt: ``nifti`` or ``dicom``.
+        provenance: ``run``, ``checkpoint``, ``seed`` and ``family``.
+
+    Returns:
+        the datalist document written to ``out_dir/datalist.json``.
+    """
+    from medvol.io.writers import lps_geometry_from_affine_ras, write_synthetic_dicom_series, write_synthetic_nifti
+
+    if fmt not in FORMATS:
+        raise MedvolInputError("--format", f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    spatial_dims = int(record["spatial_dims"])
+    affine = np.asarray(record.get("reference_affine") or np.eye(4 if spatial_dims == 3 else 3), dtype=float)
+    spacing, origin, direction = lps_geometry_from_affine_ras(affine)
+    modality = record.get("modality") or "OT"
+    entries = []
+    for index, (array, label) in enumerate(zip(arrays, labels)):
+        name = _label_name(record, label)
+        stem = f"synthetic_{index:04d}"
+        if name is not None:
+            stem += f"_{_safe(name)}"
+        sample_provenance = {**provenance, "sample_index": index}
+        if fmt == "nifti":
+            path = write_synthetic_nifti(array[0], out / f"{stem}.nii.gz", affine_ras=affine, label=name, provenance=sample_provenance)
+        else:
+            export = write_synthetic_dicom_series(
+                array[0],
+                out / stem,
+                spacing=spacing[:spatial_dims] if spatial_dims == 2 else spacing,
+                origin=origin,
+                direction=direction.ravel(),
+                modality=modality,
+                label=name,
+                provenance=sample_provenance,
+                series_number=index + 1,
+            )
+            path = Path(export.directory)
+        entry = {"image": str(path), "id": stem, "subject": stem, "synthetic": True}
+        if label is not None:
+            entry.update({"label": int(label), "label_name": name})
+        entries.append(entry)
+    document = {
+        "medvol_version": __version__,
+        "source": f"synthetic:{provenance['run']}",
+        "synthetic": True,
+        "mode": "volume" if spatial_dims == 3 else "slice",
+        "spatial_dims": spatial_dims,
+        "classes": list(record.get("classes") or []),
+        "format": fmt,
+        "provenance": dict(provenance),
+        "preprocessing": {"size": list(arrays.shape[2:]), "spacing": None},
+        "intensity": dict(record.get("intensity_source") or {}),
+        "training": entries,
+        "validation": [],
+        "test": [],
+        "numTraining": len(entries),
+        "numValidation": 0,
+        "numTest": 0,
+    }
+    (out / "datalist.json").write_text(json.dumps(document, indent=2) + "\n")
+    return document
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def sample_run(
+    run_dir: str | os.PathLike,
+    n: int,
+    out_dir: str | os.PathLike,
+    fmt: str = "nifti",
+    label: str | int | None = None,
+    seed: int = 0,
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+) -> dict:
+    """Generate `n` samples (per class for conditional models, or `n` of `label`) from a run and write them.
+
+    Args:
+        run_dir: the run folder.
+        n: samples (per class for conditional models).
+        out_dir: output folder (gets the files and ``datalist.json``).
+        fmt: ``nifti`` or ``dicom``.
+        label: only this class (name or index); conditional models only.
+        seed: sampling seed (same seed, same checkpoint: same images).
+        checkpoint: a checkpoint path or file name; the latest when None.
+        device: ``cpu`` or ``cuda``; CUDA when available when None.
+
+    Returns:
+        the written datalist document.
+    """
+    if n < 1:
+        raise MedvolInputError("--n", f"must be at least 1, got {n}")
+    if fmt not in FORMATS:
+        raise MedvolInputError("--format", f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    run_dir = Path(run_dir).expanduser().resolve()
+    record = load_run_record(run_dir)
+    checkpoint_path = resolve_checkpoint(run_dir, checkpoint)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    networks = load_networks(record, checkpoint_path, device)
+    labels = sample_labels(record, n, label)
+    images = generate(record, networks, labels, seed=seed, device=device)
+    arrays = to_source_units(images, record)
+    provenance = {"run": str(run_dir), "checkpoint": str(checkpoint_path), "seed": int(seed), "family": record["family"]}
+    document = write_samples(arrays, labels, record, out_dir, fmt, provenance)
+    logger.info("wrote %d synthetic %s samples to %s", len(labels), fmt, out_dir)
+    return document

@@ -1,0 +1,210 @@
+"""Every bundle as the MONAI model zoo's CI tests its bundles: metadata fields, then the train config run through
+`ConfigWorkflow` for 2 iterations on tiny generated inputs in 2D (PNG) and 3D (NIfTI), then the sample config, with
+the outputs checked; and the multi-GPU config trained by 2 gloo processes under torchrun."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from medvol.bundle import BUNDLES_DIR, FAMILIES, load_workflow, resolve_bundle, torchrun_command
+from medvol.errors import MedvolInputError
+
+REPO_ROOT = BUNDLES_DIR.parent
+SIZE = 16
+CONDITIONAL = ("cgan", "acwgan_gp")
+# narrow networks so that one iteration takes about a second on a CPU
+TINY_NETWORKS = {
+    "cae": {"channels": [8, 16], "latent_size": 8},
+    "vae": {"channels": [8, 16], "latent_size": 8},
+    "gan": {"latent_size": 8, "generator": {"hidden_sizes": [32, 64]}, "critic": {"hidden_sizes": [32]}},
+    "dcgan": {"latent_size": 8, "generator": {"channels": [16, 8]}, "critic": {"channels": [8, 16]}},
+    "wgan": {"latent_size": 8, "generator": {"channels": [16, 8]}, "critic": {"channels": [8, 16]}},
+    "cgan": {"latent_size": 8, "generator": {"channels": [16, 8]}, "critic": {"channels": [8, 16]}},
+    "wgan_gp": {"latent_size": 8, "base_channels": 4, "max_channels": 8},
+    "acwgan_gp": {"latent_size": 8, "base_channels": 4, "max_channels": 8},
+}
+METADATA_FIELDS = (
+    "version",
+    "changelog",
+    "monai_version",
+    "pytorch_version",
+    "numpy_version",
+    "required_packages_version",
+    "task",
+    "description",
+    "authors",
+    "license",
+    "network_data_format",
+)
+BUNDLE_FILES = (
+    "configs/metadata.json",
+    "configs/train.yaml",
+    "configs/sample.yaml",
+    "configs/multi_gpu_train.yaml",
+    "configs/logging.conf",
+    "docs/README.md",
+)
+
+
+def prepare_phantoms(out_dir: Path, spatial_dims: int) -> Path:
+    """Tiny labelled phantoms (PNG in 2D, NIfTI in 3D) written and prepared by `medvol prepare`'s code."""
+    from medvol.commands import prepare
+
+    prepare.run(
+        argparse.Namespace(
+            source="phantoms", out=str(out_dir), mode="volume" if spatial_dims == 3 else "slice", labels=None,
+            size=[SIZE] * spatial_dims, spacing=None, split=[0.6, 0.2, 0.2], seed=0,
+        )
+    )
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> dict[int, Path]:
+    root = tmp_path_factory.mktemp("prepared")
+    return {dims: prepare_phantoms(root / f"data{dims}d", dims) for dims in (2, 3)}
+
+
+def tiny_overrides(family: str, spatial_dims: int, data_dir: Path, run_dir: Path) -> dict:
+    return {
+        "dataset_dir": str(data_dir),
+        "output_dir": str(run_dir),
+        "spatial_dims": spatial_dims,
+        "image_size": SIZE,
+        "iterations": 2,
+        "batch_size": 4,
+        "checkpoint_every": 0,
+        "sample_every": 2,
+        "network": TINY_NETWORKS[family],
+        "objective": {} if family in ("cae", "vae") else {"critic_steps": 1},
+        "device": "cpu",
+        "precision": "fp32",
+    }
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bundle_layout_and_metadata(family):
+    folder = resolve_bundle(family)
+    for name in BUNDLE_FILES:
+        assert (folder / name).is_file(), f"{family}: {name} is missing"
+    metadata = json.loads((folder / "configs" / "metadata.json").read_text())
+    missing = [key for key in METADATA_FIELDS if not metadata.get(key)]
+    assert not missing, f"{family}: metadata lacks {missing}"
+    assert metadata["version"] in metadata["changelog"]
+    assert metadata["monai_version"] == __import__("monai").__version__
+    assert metadata["pytorch_version"] == torch.__version__.split("+")[0]
+    assert metadata["numpy_version"] == np.__version__
+    data_format = metadata["network_data_format"]
+    assert data_format["inputs"] and data_format["outputs"]["pred"]["num_channels"] == 1
+    if family in CONDITIONAL:
+        assert "label" in data_format["inputs"]
+
+
+def run_config(config_file: Path, overrides: dict) -> ConfigWorkflow:
+    """What `python -m monai.bundle run --config_file CONFIG --KEY VALUE...` does, without the CLI's trust warning."""
+    workflow = ConfigWorkflow(config_file=str(config_file), workflow_type=None, **overrides)
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
+@pytest.mark.parametrize("spatial_dims", (2, 3))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_train_then_sample_config(family, spatial_dims, prepared, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)  # the configs' macro paths are relative to the repository root
+    run_dir, out_dir = tmp_path / "run", tmp_path / "synthetic"
+    configs = Path("bundles") / family / "configs"
+    run_config(configs / "train.yaml", tiny_overrides(family, spatial_dims, prepared[spatial_dims], run_dir))
+
+    latest = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
+    assert latest["iteration"] == 2
+    state = torch.load(run_dir / "checkpoints" / latest["file"], weights_only=True)
+    assert set(state["networks"]) == ({"autoencoder"} if family in ("cae", "vae") else {"generator", "critic"})
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["family"] == family and record["spatial_dims"] == spatial_dims
+    assert record["image_size"] == [SIZE] * spatial_dims
+    assert record["num_classes"] == (2 if family in CONDITIONAL else 0)
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert plan["effective_batch"] == 4
+    assert list((run_dir / "tensorboard").iterdir()), "no TensorBoard event file"
+    assert list((run_dir / "samples").glob("*.png")), "no sample picture"
+
+    run_config(configs / "sample.yaml", {"run_dir": str(run_dir), "n": 2, "output_dir": str(out_dir), "device": "cpu"})
+    datalist = json.loads((out_dir / "datalist.json").read_text())
+    expected = 2 * (2 if family in CONDITIONAL else 1)
+    assert datalist["numTraining"] == len(datalist["training"]) == expected
+    assert datalist["provenance"]["checkpoint"].endswith(latest["file"])
+    assert datalist["spatial_dims"] == spatial_dims and datalist["classes"] == ["normal", "lesion"]
+    if family in CONDITIONAL:
+        assert sorted(e["label_name"] for e in datalist["training"]) == ["lesion", "lesion", "normal", "normal"]
+    window = record["intensity"]["window"]
+    for entry in datalist["training"]:
+        image = nib.load(entry["image"])
+        assert image.shape == (SIZE,) * spatial_dims
+        assert np.allclose(image.header.get_zooms()[:spatial_dims], 1.0)  # the phantoms' 1 mm voxels
+        values = np.asarray(image.dataobj)
+        assert np.isfinite(values).all()
+        assert window[0] - 1e-3 <= values.min() and values.max() <= window[1] + 1e-3  # back in source units
+        assert b"SYNTHETIC" in image.header["descrip"].tobytes()
+
+
+def test_nested_overrides_apply_after_the_shared_sections_are_expanded(prepared):
+    workflow = load_workflow("dcgan", "train", {"dataset_dir": str(prepared[2]), "train#dataloader#num_workers": 1})
+    assert workflow.parser["train#dataloader#num_workers"] == 1
+    assert workflow.parser["family"] == "dcgan"
+
+
+def test_unknown_bundle_lists_the_choices():
+    with pytest.raises(MedvolInputError, match="available bundles: cae, vae"):
+        resolve_bundle("stylegan")
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_two_iterations_and_write_one_checkpoint(prepared, tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = tiny_overrides("wgan_gp", 2, prepared[2], run_dir)
+    overrides.pop("device")  # the multi-GPU config picks the device: cuda:<local rank>, or the CPU with gloo
+    overrides["batch_size"] = 2
+    command = torchrun_command(2, "wgan_gp", overrides)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint_*.pt"))
+    assert [p.name for p in checkpoints] == ["checkpoint_00000002.pt"]
+    assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["iteration"] == 2
+    assert len(list((run_dir / "tensorboard").iterdir())) == 1  # rank 0 only
+    state = torch.load(checkpoints[0], weights_only=True)
+    assert all(key.startswith("module.") for key in state["networks"]["generator"])  # trained wrapped in DDP
+    assert sys.executable in command
+
+
+@pytest.mark.slow
+def test_monai_bundle_command_line_trains_from_the_repository_root(prepared, tmp_path):
+    """The literal `python -m monai.bundle run --config_file bundles/NAME/configs/train.yaml --KEY VALUE ...`."""
+    run_dir = tmp_path / "run"
+    overrides = tiny_overrides("dcgan", 3, prepared[3], run_dir)
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundles/dcgan/configs/train.yaml"]
+    for key, value in overrides.items():
+        command += [f"--{key}", repr(value)]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["iteration"] == 2
+    assert json.loads((run_dir / "run.json").read_text())["spatial_dims"] == 3
+
+
+def test_torchrun_command_refuses_ids_inside_the_shared_sections():
+    with pytest.raises(ValueError, match="train#dataloader#num_workers"):
+        torchrun_command(2, "wgan_gp", {"train#dataloader#num_workers": 2})

@@ -1,0 +1,148 @@
+"""`medvol train` (data prepared on the fly, resume), `medvol sample` (NIfTI and DICOM with the training geometry,
+no identifiers of a real input series) and `medvol demo` with a tiny time budget."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+import yaml
+
+from medvol.bundle import BUNDLES_DIR
+from medvol.cli import main
+from medvol.data.phantoms import write_phantom_dataset
+from medvol.io.writers import identifying_tags_in, lps_geometry_from_affine_ras
+
+TINY_NETWORKS = {
+    "cgan": {"latent_size": 8, "generator": {"channels": [16, 8]}, "critic": {"channels": [8, 16]}},
+    "cae": {"channels": [8, 16], "latent_size": 8},
+}
+
+
+def tiny_bundle(family: str, folder: Path) -> Path:
+    """A copy of a bundle whose train.yaml has narrow networks, critic_steps 1 and 16^3 images (a 'tiny config')."""
+    target = folder / f"tiny_{family}"
+    shutil.copytree(BUNDLES_DIR / family, target)
+    train_yaml = target / "configs" / "train.yaml"
+    config = yaml.safe_load(train_yaml.read_text())
+    config.update(network=TINY_NETWORKS[family], image_size=16, batch_size=4, sample_every=1, precision="fp32")
+    if family != "cae":
+        config["objective"] = {"critic_steps": 1}
+    train_yaml.write_text(yaml.safe_dump(config, sort_keys=False))
+    return target
+
+
+def checkpoint_iterations(run_dir: Path) -> list[int]:
+    return sorted(int(p.stem.split("_")[1]) for p in (run_dir / "checkpoints").glob("checkpoint_*.pt"))
+
+
+def test_train_prepares_raw_data_resumes_and_samples_nifti(tmp_path, capsys):
+    raw = write_phantom_dataset(tmp_path / "raw", spatial_dims=3, size=(16, 16, 16), n_per_class=4, seed=3)
+    bundle = tiny_bundle("cgan", tmp_path)
+    run_dir = tmp_path / "run"
+    command = ["train", "--bundle", str(bundle), "--data", str(raw), "--out", str(run_dir), "--checkpoint-every", "1",
+               "--device", "cpu", "--seed", "1"]
+
+    assert main([*command, "--iterations", "2"]) == 0
+    assert (run_dir / "data" / "datalist.json").is_file(), "raw data were not prepared into RUN/data"
+    for name in ("run.json", "config.yaml", "plan.json"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").iterdir()) and list((run_dir / "samples").glob("*.png"))
+    assert checkpoint_iterations(run_dir) == [1, 2]
+    config_used = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config_used["spatial_dims"] == 3 and config_used["iterations"] == 2 and config_used["seed"] == 1
+
+    capsys.readouterr()
+    assert main([*command, "--iterations", "3"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert checkpoint_iterations(run_dir) == [1, 2, 3]
+
+    out = tmp_path / "synthetic"
+    assert main(["sample", str(run_dir), "--n", "2", "--format", "nifti", "--out", str(out)]) == 0
+    datalist = json.loads((out / "datalist.json").read_text())
+    assert sorted(e["label_name"] for e in datalist["training"]) == ["lesion", "lesion", "normal", "normal"]
+    assert datalist["provenance"]["checkpoint"].endswith("checkpoint_00000003.pt")
+    training_image = nib.load(json.loads((run_dir / "data" / "datalist.json").read_text())["training"][0]["image"])
+    for entry in datalist["training"]:
+        image = nib.load(entry["image"])
+        assert image.shape == (16, 16, 16)
+        np.testing.assert_allclose(image.header.get_zooms(), training_image.header.get_zooms(), atol=1e-3)
+    # same seed and checkpoint: the same images; another seed: other images
+    def arrays(folder: Path) -> list[np.ndarray]:
+        return [np.asarray(nib.load(str(p)).dataobj) for p in sorted(folder.glob("*.nii.gz"))]
+
+    assert main(["sample", str(run_dir), "--n", "2", "--out", str(tmp_path / "again")]) == 0
+    assert main(["sample", str(run_dir), "--n", "2", "--seed", "5", "--out", str(tmp_path / "other")]) == 0
+    assert all(np.array_equal(a, b) for a, b in zip(arrays(out), arrays(tmp_path / "again")))
+    assert not any(np.array_equal(a, b) for a, b in zip(arrays(out), arrays(tmp_path / "other")))
+    # the synthetic datalist merges with the real one in one line
+    real = json.loads((run_dir / "data" / "datalist.json").read_text())
+    merged = real["training"] + datalist["training"]
+    assert len(merged) == len(real["training"]) + 4
+
+    assert main(["sample", str(run_dir), "--n", "1", "--label", "flower", "--out", str(tmp_path / "bad")]) == 2
+    assert main(["train", "--bundle", "vae", "--data", str(raw), "--out", str(run_dir)]) == 2  # another model in RUN
+
+
+@pytest.mark.shared_data
+def test_dicom_export_has_the_training_geometry_and_no_identifiers(shared_data, tmp_path):
+    source = shared_data / "dicom" / "crop_series"
+    bundle = tiny_bundle("cae", tmp_path)
+    run_dir = tmp_path / "run"
+    assert main(["prepare", str(source), "--out", str(tmp_path / "data"), "--split", "1,0,0"]) == 0
+    assert main(["train", "--bundle", str(bundle), "--data", str(tmp_path / "data"), "--out", str(run_dir),
+                 "--iterations", "1", "--device", "cpu"]) == 0
+    out = tmp_path / "dicom"
+    assert main(["sample", str(run_dir), "--n", "2", "--format", "dicom", "--out", str(out)]) == 0
+
+    record = json.loads((run_dir / "run.json").read_text())
+    spacing, origin, direction = lps_geometry_from_affine_ras(record["reference_affine"])
+    sources = [pydicom.dcmread(str(p), stop_before_pixels=True) for p in sorted(source.rglob("*.dcm"))]
+    source_series = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(source / "study1_hippo_crop")))
+    datalist = json.loads((out / "datalist.json").read_text())
+    assert len(datalist["training"]) == 2
+    for entry in datalist["training"]:
+        series_dir = Path(entry["image"])
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series_dir)))
+        image = reader.Execute()
+        assert image.GetSize() == (16, 16, 16)
+        np.testing.assert_allclose(image.GetSpacing(), spacing, atol=1e-3)
+        np.testing.assert_allclose(image.GetOrigin(), origin, atol=1e-3)
+        np.testing.assert_allclose(image.GetDirection(), direction.ravel(), atol=1e-3)
+        # no resampling in training: the voxel size is the real series' (the axes may be reordered to RAS)
+        np.testing.assert_allclose(sorted(image.GetSpacing()), sorted(source_series.GetSpacing()), atol=1e-3)
+        for path in sorted(series_dir.glob("*.dcm")):
+            exported = pydicom.dcmread(str(path))
+            assert identifying_tags_in(exported, sources) == []
+            assert list(exported.ImageType[:2]) == ["DERIVED", "SECONDARY"]
+            assert "SYNTHETIC" in exported.SeriesDescription
+            assert str(exported.PatientID) not in {str(s.get("PatientID", "")) for s in sources}
+            assert exported.StudyInstanceUID not in {s.StudyInstanceUID for s in sources}
+
+
+@pytest.mark.slow
+def test_demo_with_a_tiny_budget_writes_files_nibabel_and_simpleitk_open(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--minutes", "0.1"]) == 0
+    summary = json.loads((out / "demo.json").read_text())
+    assert set(summary["runs"]) == {"vae_3d", "cgan_2d"}
+    for name, result in summary["runs"].items():
+        assert result["iterations"] >= 1
+        assert Path(result["montage"]).is_file() and Path(result["checkpoint"]).is_file()
+        files = sorted(Path(result["nifti"]).glob("*.nii.gz"))
+        assert len(files) == result["samples"] > 0
+        for path in files:
+            assert np.isfinite(np.asarray(nib.load(str(path)).dataobj)).all()
+            assert sitk.ReadImage(str(path)).GetDimension() == (3 if name.endswith("3d") else 2)
+    dicom_dirs = sorted(p for p in Path(summary["runs"]["vae_3d"]["dicom"]).iterdir() if p.is_dir())
+    assert len(dicom_dirs) == 2
+    image = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(dicom_dirs[0])))
+    assert image.GetSize() == (32, 32, 32)
+    assert "demo: finished" in capsys.readouterr().out
