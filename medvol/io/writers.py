@@ -726,7 +726,7 @@ def identifying_tags_in(
 
     Scans every text element of ``dataset`` (file meta, nested sequences and UIDs included). A source value matches
     an output value when they are equal, or, for source values of 6 characters or more, when it appears inside the
-    output value.
+    output value (inside a UID element: only a dotted source value on component boundaries, see `_uid_contains`).
 
     Args:
         dataset: an exported file, read with ``pydicom.dcmread``.
@@ -744,7 +744,19 @@ def identifying_tags_in(
             if text in needles:
                 leaks.append(IdentifierLeak(location, needles[text], text))
                 continue
+            is_uid = getattr(element, "VR", None) == "UI"
             leaks.extend(
-                IdentifierLeak(location, source, value) for value, source in long_needles.items() if value in text
+                IdentifierLeak(location, source, value)
+                for value, source in long_needles.items()
+                if (_uid_contains(text, value) if is_uid else value in text)
             )
     return leaks
+
+
+def _uid_contains(uid: str, value: str) -> bool:
+    """Whether a source value is embedded in an output UID. Only dotted values (UIDs, UID roots) count, aligned on
+    components: a date or time such as ``010313`` turns up by chance in the digits of a freshly generated random UID
+    (about one UID in ten thousand holds a given 6-digit run) and says nothing about the source."""
+    if "." not in value:
+        return False
+    return f".{value}." in f".{uid}."

@@ -262,6 +262,21 @@ def test_short_identifiers_match_whole_values_only():
     assert sorted((leak.source, leak.value) for leak in leaks) == [("PatientID", "AB12345"), ("StudyID", "1")]
 
 
+def test_uids_match_dotted_source_values_on_component_boundaries_only():
+    source = Dataset()
+    source.StudyTime = "010313"
+    source.StudyInstanceUID = "1.2.840.99999.7"
+    output = Dataset()
+    output.SOPInstanceUID = "2.25.1234010313567"  # a source time inside random UID digits: chance, not a leak
+    output.SeriesInstanceUID = "1.2.840.99999.7.5"  # the source study UID as a root: a leak
+    output.ImageComments = "acquired 010313"  # a source time in free text: a leak
+    leaks = identifying_tags_in(output, [source])
+    assert sorted((leak.source, leak.value) for leak in leaks) == [
+        ("StudyInstanceUID", "1.2.840.99999.7"),
+        ("StudyTime", "010313"),
+    ]
+
+
 # ------------------------------------------------------------------------------------------------- NIfTI
 
 
