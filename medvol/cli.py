@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from medvol import __version__
@@ -154,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     except MedvolInputError as err:
         print(f"medvol {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # output piped into head/less that closed early
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         print(f"medvol {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -41,6 +41,8 @@ def convert(input_path: str | Path, output_path: str | Path, series_key: str | N
     if not source.exists():
         raise MedvolInputError(source, "no such file or folder")
     summary: dict = {"output": str(output_path), "problems": [], "skipped": [], "converted_from": None}
+    if series_key is not None and source.is_file() and has_suffix(source, (*NIFTI_SUFFIXES, *IMAGE_SUFFIXES)):
+        raise MedvolInputError(source, f"--series {series_key!r} selects a DICOM series; this is not DICOM")
     if source.is_file() and has_suffix(source, NIFTI_SUFFIXES):
         array, affine = read_nifti(source)
     elif source.is_file() and has_suffix(source, IMAGE_SUFFIXES):

@@ -19,7 +19,12 @@ COLOUR_NOTE = "converted from {mode} to greyscale with ITU-R 601 weights when re
 def _nifti_entry(path: Path) -> dict:
     geometry = nifti_geometry(path)
     array, _ = read_nifti(path)
-    problem = nonfinite_problem(array)
+    problems = [problem] if (problem := nonfinite_problem(array)) else []
+    if array.ndim > 3:
+        problems.append(
+            f"{array.ndim}D image {list(array.shape)}: shape, spacing and geometry describe the first 3 axes only; "
+            "medvol prepare takes 2D or 3D images"
+        )
     return {
         "kind": "nifti",
         "uid": str(path),
@@ -27,7 +32,7 @@ def _nifti_entry(path: Path) -> dict:
         "modality": "",
         "files": 1,
         **geometry.to_dict(),
-        "problems": [problem] if problem else [],
+        "problems": problems,
         "path": str(path),
     }
 

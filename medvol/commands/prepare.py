@@ -15,6 +15,7 @@ the split). DICOM series are converted to NIfTI under ``DIR/images/``. Writes ``
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -59,8 +60,8 @@ def intensity_hint(spatial_dims_of_source: int, modality: str | None) -> dict:
 
 
 def _check_positive(name: str, values: list[float] | None) -> None:
-    if values is not None and any(v <= 0 for v in values):
-        raise MedvolInputError(name, f"values must be positive, got {values}")
+    if values is not None and not all(0 < v < math.inf for v in values):  # also refuses NaN
+        raise MedvolInputError(name, f"values must be positive and finite, got {values}")
 
 
 def run(args) -> int:
@@ -110,7 +111,8 @@ def run(args) -> int:
         datalists.require_usable(datalist)
 
     if datalist.source_spatial_dims == 2 and mode == "volume":
-        datalist.messages.append("SOURCE holds 2D images: prepared in slice mode (spatial_dims 2)")
+        if args.mode == "volume":  # asked for explicitly; the default needs no warning
+            datalist.messages.append("SOURCE holds 2D images: prepared in slice mode (spatial_dims 2)")
         mode = "slice"
     spatial_dims = 3 if mode == "volume" else 2
     if args.size is not None and len(args.size) != spatial_dims:

@@ -162,6 +162,19 @@ def test_nifti_with_nans(capsys, tmp_path):
     np.testing.assert_allclose(entry["direction"], np.eye(3).ravel())  # RAS -x,-y == LPS +x,+y
     assert main(["convert", str(path), str(tmp_path / "out.nii")]) == 2
     one_error_line(capsys, "nan.nii.gz", "1 NaN")
+    assert main(["convert", str(path), str(tmp_path / "out.nii"), "--series", "T1"]) == 2
+    one_error_line(capsys, "nan.nii.gz", "--series 'T1' selects a DICOM series")
+
+
+@pytest.mark.parametrize("shape, problems", [[(6, 5, 4), 0], [(6, 5, 4, 3), 1], [(6, 5), 0]])
+def test_nifti_beyond_three_axes_is_reported(capsys, tmp_path, shape, problems):
+    path = tmp_path / "image.nii"
+    nib.save(nib.Nifti1Image(np.ones(shape, np.float32), np.eye(4)), str(path))
+    (entry,) = inspect_json(path, capsys)["series"]
+    assert entry["shape"] == list(shape[:3])
+    assert len(entry["problems"]) == problems
+    if problems:
+        assert entry["problems"][0].startswith(f"4D image {list(shape)}")
 
 
 def test_empty_folder_and_missing_path(capsys, tmp_path):

@@ -222,6 +222,8 @@ def test_radiographs_with_wrong_headers_are_reported(shared_data, tmp_path):
     [["--seed", "-1"], "--seed: must be a non-negative integer"],
     [["--split", "0.5,0.5"], "--split: expected 3 fractions"],
     [["--size", "0,16,16"], "--size: values must be positive"],
+    [["--spacing", "nan,1,1"], "--spacing: values must be positive and finite"],
+    [["--spacing", "1,inf,1"], "--spacing: values must be positive and finite"],
 ])
 def test_bad_flags_exit_2_before_any_work(tmp_path, capsys, argv, message):
     assert prepare(tmp_path / "missing", "--out", tmp_path / "out", *argv) == 2
