@@ -117,6 +117,16 @@ def default_prepare_batch(batch: Any, device: torch.device, non_blocking: bool =
     return images, labels
 
 
+def ema_warmup_decay(decay: float, iteration: int) -> float:
+    """EMA decay at `iteration` (1-based): ``min(decay, (1 + iteration) / (10 + iteration))``.
+
+    Args:
+        decay: the decay the average settles at.
+        iteration: generator steps done, this one included.
+    """
+    return min(decay, (1.0 + iteration) / (10.0 + iteration))
+
+
 def _micro_slices(n: int, micro_batch: int) -> list[slice]:
     return [slice(start, min(start + micro_batch, n)) for start in range(0, n, micro_batch)]
 
@@ -579,7 +589,9 @@ class AdversarialTrainer(MedvolTrainer):
         objective: ``discriminator_loss``/``generator_loss``/``after_critic_step``/``critic_steps`` (medvol.objectives).
         critic_steps: critic updates per generator update (default: ``objective.critic_steps``).
         ema_decay: keep an exponential moving average of the generator weights with this decay (e.g. 0.999) and
-            sample from it; None: no EMA.
+            sample from it; None: no EMA. The decay warms up as ``min(ema_decay, (1 + t) / (10 + t))`` at
+            iteration t, so a short run does not sample from weights that are still mostly the initial ones
+            (with a fixed 0.999, 600 iterations leave 55 % of the untrained weights in the average).
         health_interval: check for a winning critic / collapsed generator every this many iterations (0: never).
         health: thresholds for those checks (:class:`AdversarialHealth`).
         kwargs: everything :class:`MedvolTrainer` takes (``max_iterations``, ``precision``, ``memory_plan``,
@@ -719,8 +731,9 @@ class AdversarialTrainer(MedvolTrainer):
     def _update_ema(self) -> None:
         if self.ema_generator is None:
             return
+        decay = ema_warmup_decay(self.ema_decay, int(self.state.iteration))
         for ema_param, param in zip(self.ema_generator.parameters(), self.generator.parameters()):
-            ema_param.lerp_(param.detach(), 1.0 - self.ema_decay)
+            ema_param.lerp_(param.detach(), 1.0 - decay)
         for ema_buffer, buffer in zip(self.ema_generator.buffers(), self.generator.buffers()):
             ema_buffer.copy_(buffer)
 

@@ -8,6 +8,7 @@ from ignite.engine import Events
 
 from medvol.engines import AdversarialTrainer, AutocastModule, AutoencoderTrainer, CheckpointManager
 from medvol.engines.amp import Precision, resolve_precision
+from medvol.engines.trainer import ema_warmup_decay
 from tests.engines.toys import (
     ToyAutoencoder,
     ToyCritic,
@@ -128,13 +129,20 @@ def test_micro_batches_accumulate_to_the_full_batch_step():
     torch.testing.assert_close(weights[0], weights[1], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("iteration, expected", [(1, 2 / 11), (90, 91 / 100), (10_000, 0.999)])
+def test_ema_decay_warms_up_to_its_setting(iteration, expected):
+    assert ema_warmup_decay(0.999, iteration) == pytest.approx(expected)
+
+
 def test_ema_generator_follows_the_generator():
     generator, critic, g_opt, d_opt = make_gan(2, 8)
     initial = [p.detach().clone() for p in generator.parameters()]
     trainer = AdversarialTrainer("cpu", make_loader(), generator, critic, g_opt, d_opt, ToyWassersteinGP(), max_iterations=1, ema_decay=0.9)
     trainer.run()
     for ema, start, now in zip(trainer.ema_generator.parameters(), initial, generator.parameters()):
-        torch.testing.assert_close(ema, 0.9 * start + 0.1 * now.detach())
+        decay = ema_warmup_decay(0.9, 1)
+        assert decay == pytest.approx(2 / 11)
+        torch.testing.assert_close(ema, decay * start + (1 - decay) * now.detach())
     samples = trainer.sample(3, generator=torch.Generator().manual_seed(0))
     assert samples.shape == (3, 1, 8, 8) and samples.abs().max() <= 1
 
