@@ -321,10 +321,10 @@ def place_networks(networks: Mapping[str, torch.nn.Module], device: str | torch.
     for name, network in networks.items():
         network = network.to(device)
         if distributed:
-            # no buffer broadcast: rank 0 alone runs extra forward passes (sample pictures, health checks), and a
-            # collective inside them would wait forever for the other ranks
+            # no buffer sync in forward: rank 0 alone runs extra forward passes (sample pictures, health checks),
+            # and a collective inside them would wait forever for the other ranks (buffers are synced once here)
             network = DistributedNetwork(
-                network, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+                network, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False
             )
         placed[name] = network
     return placed
@@ -360,6 +360,10 @@ def init_distributed(device: str | torch.device | None = None) -> None:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    if not is_rank_zero():
+        # rank 0 alone reports progress; the other ranks still print warnings and errors
+        for name in ("", "ignite", "monai", "medvol"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def distributed_device() -> torch.device:

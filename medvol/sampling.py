@@ -82,10 +82,30 @@ def resolve_checkpoint(run_dir: str | os.PathLike, checkpoint: str | os.PathLike
         return path
     if not folder.is_dir():
         raise MedvolInputError(run_dir, "the run has no checkpoints/ folder (has it trained?)")
-    latest = CheckpointManager(folder).latest_path()
+    # a reader: a training process may be writing a checkpoint into the folder right now
+    latest = CheckpointManager(folder, remove_leftovers=False).latest_path()
     if latest is None:
         raise MedvolInputError(folder, "holds no checkpoint yet")
+    if not latest.is_file():
+        raise MedvolInputError(latest, "the latest checkpoint named by latest.json is missing")
     return latest
+
+
+def check_checkpoint(path: str | os.PathLike) -> dict:
+    """Load `path` once (``weights_only=True``) so that a damaged file is reported in one line before any work;
+    returns its content.
+
+    Raises:
+        MedvolInputError: the file is missing or is not a readable medvol checkpoint.
+    """
+    from medvol.engines.checkpoint import CheckpointManager
+
+    try:
+        return CheckpointManager.load(path, map_location="cpu")
+    except Exception as err:  # torch raises several types for truncated, foreign or pickled files
+        raise MedvolInputError(
+            path, f"not a readable medvol checkpoint ({type(err).__name__}): damaged, or not written by medvol"
+        ) from None
 
 
 def _build_networks(record: Mapping) -> dict[str, torch.nn.Module]:

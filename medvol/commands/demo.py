@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -75,8 +77,8 @@ def run_demo(out: str | Path, minutes: float = 3.0) -> dict[str, Any]:
     from medvol.commands.sample import sample
     from medvol.commands.train import train
 
-    if minutes <= 0:
-        raise MedvolInputError("--minutes", f"must be positive, got {minutes}")
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise MedvolInputError("--minutes", f"must be a positive number, got {minutes}")
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -99,6 +101,9 @@ def run_demo(out: str | Path, minutes: float = 3.0) -> dict[str, Any]:
         print(f"demo: training {family} in {spatial_dims}D for about {budget:.0f} s ...", flush=True)
         result = train(family, overrides, run_dir, extra_handlers=[TrainingTimeLimit(budget)])
         synthetic_dir = run_dir / "synthetic"
+        # a demo run again into the same folder continues training; its samples replace the previous ones
+        for previous in (synthetic_dir, run_dir / "synthetic_dicom"):
+            shutil.rmtree(previous, ignore_errors=True)
         document = sample(run_dir, per_class, synthetic_dir, "nifti", seed=0)
         outputs = {"nifti": str(synthetic_dir), "montage": str(synthetic_montage(synthetic_dir, run_dir / "synthetic_montage.png"))}
         if spatial_dims == 3:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from medvol import bundle as bundles
 from medvol.errors import MedvolInputError
-from medvol.sampling import load_run_record, resolve_checkpoint, sample_labels
+from medvol.sampling import check_checkpoint, load_run_record, resolve_checkpoint, sample_labels
 
 
 def sample(run_dir: str | Path, n: int, out_dir: str | Path, fmt: str = "nifti", label: str | None = None,
@@ -29,7 +29,7 @@ def sample(run_dir: str | Path, n: int, out_dir: str | Path, fmt: str = "nifti",
         raise MedvolInputError("--n", f"must be at least 1, got {n}")
     run_dir = Path(run_dir).expanduser().resolve()
     record = load_run_record(run_dir)
-    resolve_checkpoint(run_dir, checkpoint)
+    check_checkpoint(resolve_checkpoint(run_dir, checkpoint))
     sample_labels(record, n, label)  # a bad --label fails here, with one line, before any work
     out_dir = Path(out_dir).expanduser().resolve()
     if out_dir.is_dir() and any(out_dir.iterdir()):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -116,7 +117,16 @@ def training_overrides(args: argparse.Namespace, data_dir: Path, run_dir: Path) 
 
 
 def check_resumable(run_dir: Path, workflow) -> None:
-    """Refuse to resume a run folder that holds a different model (another family, dimensionality or size)."""
+    """Refuse to resume a run folder that holds a different model (another family, dimensionality or size) or
+    whose latest checkpoint is missing or damaged."""
+    from medvol.sampling import check_checkpoint, resolve_checkpoint
+
+    if (run_dir / "checkpoints" / "latest.json").is_file():
+        state = check_checkpoint(resolve_checkpoint(run_dir))  # a damaged latest checkpoint: one line, before any work
+        wrapped = any(key.startswith("module.") for weights in state.get("networks", {}).values() for key in weights)
+        if wrapped != bool(workflow.parser.get_parsed_content("distributed")):
+            how = "several processes (--nproc 2 or more)" if wrapped else "one process"
+            raise MedvolInputError(run_dir, f"was trained with {how}: resume it the same way, or use another --out")
     record_path = run_dir / "run.json"
     if not record_path.is_file():
         return
@@ -193,8 +203,8 @@ def run(args: argparse.Namespace) -> int:
     bundle_dir = bundles.resolve_bundle(args.bundle)
     if args.nproc < 1:
         raise MedvolInputError("--nproc", f"must be at least 1, got {args.nproc}")
-    if args.max_memory is not None and args.max_memory <= 0:
-        raise MedvolInputError("--max-memory", f"must be positive, got {args.max_memory}")
+    if args.max_memory is not None and not (math.isfinite(args.max_memory) and args.max_memory > 0):
+        raise MedvolInputError("--max-memory", f"must be a positive number of GB, got {args.max_memory}")
     run_dir = Path(args.out).expanduser().resolve()
     if run_dir.exists() and not run_dir.is_dir():
         raise MedvolInputError(run_dir, "--out exists and is not a folder")

@@ -123,9 +123,18 @@ class CheckpointManager:
         keep_last: how many of the most recent checkpoints to keep (at least 1).
         keep_best: also keep the checkpoint with the best ``metric`` passed to :meth:`save`.
         best_mode: ``"min"`` (lower metric is better, e.g. a loss) or ``"max"``.
+        remove_leftovers: delete temporary files of interrupted writes; False for a reader (``medvol sample``)
+            that may look at the folder while a training process is writing to it.
     """
 
-    def __init__(self, directory: str | os.PathLike, keep_last: int = 3, keep_best: bool = True, best_mode: str = "min"):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        keep_last: int = 3,
+        keep_best: bool = True,
+        best_mode: str = "min",
+        remove_leftovers: bool = True,
+    ):
         if keep_last < 1:
             raise ValueError(f"keep_last must be at least 1, got {keep_last}")
         if best_mode not in ("min", "max"):
@@ -135,6 +144,8 @@ class CheckpointManager:
         self.keep_best = keep_best
         self.best_mode = best_mode
         self.directory.mkdir(parents=True, exist_ok=True)
+        if not remove_leftovers:
+            return
         for leftover in self.directory.glob(f"{_TEMP_PREFIX}*"):
             logger.warning("removing an incomplete checkpoint write left by an interrupted run: %s", leftover)
             leftover.unlink(missing_ok=True)

@@ -140,7 +140,7 @@ def parse_memory_budget(max_memory_gb: float | str | None) -> int | None:
         return None
     text = str(max_memory_gb).strip().lower().removesuffix("gib").removesuffix("gb").removesuffix("g")
     value = float(text)
-    if value <= 0:
+    if not (math.isfinite(value) and value > 0):
         raise ValueError(f"the memory budget must be positive, got {max_memory_gb!r}")
     return int(value * GIB)
 

@@ -146,3 +146,40 @@ def test_demo_with_a_tiny_budget_writes_files_nibabel_and_simpleitk_open(tmp_pat
     image = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(dicom_dirs[0])))
     assert image.GetSize() == (32, 32, 32)
     assert "demo: finished" in capsys.readouterr().out
+
+    # the same command again continues both runs and replaces the samples instead of failing on a non-empty folder
+    assert main(["demo", "--out", str(out), "--minutes", "0.1"]) == 0
+    again = json.loads((out / "demo.json").read_text())
+    for name, result in again["runs"].items():
+        assert result["iterations"] > summary["runs"][name]["iterations"]
+        assert len(list(Path(result["nifti"]).glob("*.nii.gz"))) == result["samples"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--bundle", "wgan_gp", "--data", "phantoms", "--max-memory", "nan"],
+        ["train", "--bundle", "wgan_gp", "--data", "phantoms", "--max-memory", "inf"],
+        ["train", "--bundle", "wgan_gp", "--data", "phantoms", "--max-memory", "0"],
+        ["demo", "--minutes", "nan"],
+    ],
+)
+def test_non_finite_numbers_are_refused_before_any_work(argv, tmp_path, capsys):
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "must be" in error[0], error
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage"])
+def test_sample_reports_a_missing_or_damaged_checkpoint_in_one_line(damage, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"family": "cae", "spatial_dims": 2}))
+    (run_dir / "checkpoints" / "latest.json").write_text(json.dumps({"iteration": 2, "file": "checkpoint_00000002.pt"}))
+    if damage == "garbage":
+        (run_dir / "checkpoints" / "checkpoint_00000002.pt").write_bytes(b"not a checkpoint")
+    assert main(["sample", str(run_dir), "--n", "1", "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "checkpoint_00000002.pt" in error[0], error
+    assert ("missing" if damage == "missing" else "not a readable medvol checkpoint") in error[0]

@@ -132,3 +132,13 @@ def test_pickled_objects_are_refused(tmp_path):
 def test_keep_last_must_be_positive(tmp_path):
     with pytest.raises(ValueError):
         CheckpointManager(tmp_path, keep_last=0)
+
+
+def test_a_reader_leaves_the_temporary_file_of_a_running_writer_alone(tmp_path):
+    CheckpointManager(tmp_path).save({"weight": torch.ones(2)}, iteration=1)
+    in_progress = tmp_path / ".tmp-12345-checkpoint_00000002.pt"
+    in_progress.write_bytes(b"half written")
+    assert CheckpointManager(tmp_path, remove_leftovers=False).latest_path().name == "checkpoint_00000001.pt"
+    assert in_progress.is_file()
+    CheckpointManager(tmp_path)  # a trainer starting on the folder cleans it up
+    assert not in_progress.exists()
