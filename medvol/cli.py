@@ -135,7 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on built-in phantoms: prepare, train, sample, write a run folder")
     p.add_argument("--out", default="medvol-demo", help="output folder (default ./medvol-demo)")
-    p.add_argument("--minutes", type=float, default=3.0, help="rough training time budget in minutes (default 3)")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=8.0,
+        help="cap on the training time in minutes (default 8); each model stops at its iteration target or its share "
+        "of this cap, whichever comes first",
+    )
     return parser
 
 
