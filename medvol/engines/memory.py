@@ -122,6 +122,21 @@ class MemoryPlan:
             oom_events=[*self.oom_events, event],
         )
 
+    def agreed_across_ranks(self) -> MemoryPlan:
+        """The plan every distributed rank can run: the smallest micro-batch any rank planned (all ranks must do the
+        same number of backward passes, or DistributedDataParallel's gradient all-reduce waits forever). Without an
+        initialised process group of more than one rank, the plan itself."""
+        distributed = torch.distributed
+        if not (distributed.is_available() and distributed.is_initialized()) or distributed.get_world_size() == 1:
+            return self
+        device = torch.device("cuda", torch.cuda.current_device()) if distributed.get_backend() == "nccl" else "cpu"
+        smallest = torch.tensor([self.micro_batch], dtype=torch.int64, device=device)
+        distributed.all_reduce(smallest, op=distributed.ReduceOp.MIN)
+        micro = int(smallest.item())
+        if micro == self.micro_batch:
+            return self
+        return dataclasses.replace(self, micro_batch=micro, accumulation_steps=math.ceil(self.effective_batch / micro))
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

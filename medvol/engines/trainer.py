@@ -485,7 +485,7 @@ class MedvolTrainer(Trainer):
             logger.info("the run in %s already reached iteration %d: nothing to do", self.checkpoints.directory, self.state.iteration)
             return
         if self.plan is None:
-            self.plan = self._make_plan()
+            self.plan = self._make_plan().agreed_across_ranks()
         if self.plan.checkpointing and not any(
             getattr(m, "_medvol_checkpointed", False) for net in self._checkpointable_networks() for m in net.modules()
         ):
@@ -511,7 +511,12 @@ class MedvolTrainer(Trainer):
             self.plan.save(self.run_dir / "plan.json")
 
     def _with_oom_backoff(self, step: Callable[[int], dict[str, float]]) -> dict[str, float]:
-        """Run ``step(micro_batch)``; on out-of-memory halve the micro-batch and repeat the same step."""
+        """Run ``step(micro_batch)``; on out-of-memory halve the micro-batch and repeat the same step.
+
+        Under DistributedDataParallel the plan is agreed across ranks at the start (`MemoryPlan.agreed_across_ranks`);
+        an out-of-memory error on one rank mid-run cannot be recovered this way, because the other ranks are already
+        waiting in a gradient all-reduce: plan with ``--max-memory`` to leave headroom when training on several GPUs.
+        """
         while True:
             try:
                 return step(self.plan.micro_batch)
