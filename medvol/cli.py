@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    if not args.verbose:  # ignite logs every epoch start/end at INFO; the progress bar already says where a run is
+        logging.getLogger("ignite").setLevel(logging.WARNING)
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_INPUT
