@@ -65,7 +65,7 @@ def synthetic_montage(synthetic_dir: Path, path: Path) -> Path:
     import torch
     from PIL import Image
 
-    from medvol.engines.monitoring import sample_montage
+    from medvol.report.figures import sample_montage
 
     files = sorted(synthetic_dir.glob("*.nii.gz"))
     images = torch.stack([torch.as_tensor(np.asarray(nib.load(str(f)).dataobj, dtype=np.float32))[None] for f in files])
