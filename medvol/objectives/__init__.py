@@ -6,6 +6,7 @@ optimiser settings; `build_optimizer(parameters, settings["optimizer"])` turns t
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
@@ -62,7 +63,11 @@ def build_objective(family: str, **overrides: Any) -> tuple[AdversarialObjective
             raise ValueError(f"{family} is an autoencoder family: critic_steps does not apply")
         objective.critic_steps = int(settings_overrides["critic_steps"])
         settings["critic_steps"] = objective.critic_steps
-    settings["optimizer"].update(settings_overrides.get("optimizer") or {})
+    optimizer_override = dict(settings_overrides.get("optimizer") or {})
+    if optimizer_override.get("name", settings["optimizer"]["name"]) != settings["optimizer"]["name"]:
+        # another optimiser class: the recommended one's own options (Adam's betas) do not apply to it
+        settings["optimizer"] = {"name": optimizer_override["name"], "lr": settings["optimizer"]["lr"]}
+    settings["optimizer"].update(optimizer_override)
     settings["optimizer"].update({key: settings_overrides[key] for key in ("lr", "betas") if key in settings_overrides})
     return objective, settings
 
@@ -75,6 +80,10 @@ def build_optimizer(parameters: Iterable[torch.nn.Parameter], optimizer: dict[st
         raise ValueError(f"unknown optimizer {name!r} (a class of torch.optim, e.g. Adam, RMSprop)")
     if "betas" in options:
         options["betas"] = tuple(options["betas"])
+    accepted = inspect.signature(getattr(torch.optim, name).__init__).parameters
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"optimizer {name} does not take {', '.join(unknown)}")
     return getattr(torch.optim, name)(parameters, **options)
 
 

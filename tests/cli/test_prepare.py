@@ -91,7 +91,6 @@ def test_hippocampus_root_reports_labels_without_image(shared_data, tmp_path):
 
 @pytest.mark.shared_data
 def test_dicom_series_converted_to_nifti(shared_data, tmp_path):
-    pytest.importorskip("medvol.io.dicom")
     source = shared_data / "dicom" / "crop_series"
     assert prepare(source, "--out", tmp_path) == 0
     datalist, report = load(tmp_path)
@@ -204,7 +203,6 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case, message):
 
 @pytest.mark.shared_data
 def test_radiographs_with_wrong_headers_are_reported(shared_data, tmp_path):
-    pytest.importorskip("medvol.io.dicom")
     assert prepare(shared_data / "dicom" / "cxr_single", "--out", tmp_path) == 0
     datalist, report = load(tmp_path)
     records = {Path(f["path"]).name: f for f in report["files"]}

@@ -193,8 +193,9 @@ def test_monai_handlers_attach(tmp_path, capsys):
 
 @pytest.mark.parametrize("family,num_classes", [("wgan_gp", 0), ("acwgan_gp", 2)])
 def test_trains_medvol_networks_with_medvol_objectives(family, num_classes, tmp_path):
-    factory = pytest.importorskip("medvol.networks.factory")
-    adversarial = pytest.importorskip("medvol.objectives.adversarial")
+    from medvol.networks import factory
+    from medvol.objectives import adversarial
+
     torch.manual_seed(0)
     networks = factory.build(family, 2, 16, num_classes=num_classes, base_channels=4)
     generator, critic = networks["generator"], networks["critic"]

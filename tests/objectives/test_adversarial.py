@@ -206,3 +206,13 @@ def test_build_objective_overrides_and_errors():
         build_objective("dcgan", penalty_weight=10)
     with pytest.raises(ValueError, match="unknown optimizer"):
         build_optimizer(nn.Linear(2, 2).parameters(), {"name": "Adamm", "lr": 1e-3})
+
+
+def test_switching_the_optimizer_class_drops_the_recommended_class_options():
+    _, settings = build_objective("wgan_gp", optimizer={"name": "RMSprop"})
+    assert settings["optimizer"] == {"name": "RMSprop", "lr": 1e-4}
+    assert isinstance(build_optimizer(nn.Linear(2, 2).parameters(), settings["optimizer"]), torch.optim.RMSprop)
+    _, settings = build_objective("wgan", optimizer={"name": "Adam", "betas": (0.5, 0.9)})
+    assert settings["optimizer"] == {"name": "Adam", "lr": 5e-5, "betas": (0.5, 0.9)}
+    with pytest.raises(ValueError, match="RMSprop does not take betas"):
+        build_optimizer(nn.Linear(2, 2).parameters(), {"name": "RMSprop", "lr": 1e-3, "betas": (0.5, 0.9)})
