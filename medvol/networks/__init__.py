@@ -1,4 +1,5 @@
-"""Generative networks for 2D and 3D images: autoencoders, GAN generators and critics, conditioning, initialisation.
+"""Networks for 2D and 3D images: autoencoders, GAN generators and critics, conditioning, initialisation, and the
+evaluation's classifier.
 
 Every class takes `spatial_dims` (2 or 3); `medvol.networks.factory.build` assembles a model family by name.
 """
@@ -12,6 +13,7 @@ from medvol.networks.blocks import (
     has_batch_norm,
     plan_resolution,
 )
+from medvol.networks.classifiers import ResNetClassifier
 from medvol.networks.conditioning import CriticHead, InputLabelEmbedding, LabelNoiseConcat
 from medvol.networks.factory import FAMILIES, build
 from medvol.networks.gans import (
@@ -42,6 +44,7 @@ __all__ = [
     "ResidualDownBlock",
     "ResidualGenerator",
     "ResidualUpBlock",
+    "ResNetClassifier",
     "ResolutionPlan",
     "VariationalAutoencoder",
     "build",
