@@ -21,6 +21,7 @@ import os
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,6 @@ import pydicom
 from monai.utils import optional_import
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.datadict import dictionary_has_tag
 from pydicom.multival import MultiValue
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
@@ -51,9 +51,10 @@ __all__ = [
     "IDENTIFYING_KEYWORDS",
     "DicomSeriesExport",
     "IdentifierLeak",
-    "Int16Encoding",
+    "IntegerEncoding",
     "SyntheticProvenance",
     "encode_int16",
+    "encode_uint16",
     "identifying_tags_in",
     "identifying_values",
     "lps_geometry_from_affine_ras",
@@ -132,10 +133,26 @@ def _provenance_summary(provenance: SyntheticProvenance | None, label: str | int
     if label is not None:
         parts.append(f"label={label}")
     if provenance is not None:
-        parts += [f"run={provenance.run}", f"checkpoint={provenance.checkpoint}", f"seed={provenance.seed}"]
+        run, checkpoint = _portable_run_and_checkpoint(provenance.run, provenance.checkpoint)
+        parts += [f"run={run}", f"checkpoint={checkpoint}", f"seed={provenance.seed}"]
         if provenance.sample_index is not None:
             parts.append(f"sample={provenance.sample_index}")
     return "; ".join(parts)
+
+
+def _portable_run_and_checkpoint(run: str, checkpoint: str) -> tuple[str, str]:
+    """The run's folder name and the checkpoint relative to the run (its file name when outside it).
+
+    Files travel to other machines and archives: an absolute path names a user, a host layout or a project, and
+    means nothing elsewhere, so header text keeps only what identifies the model within its run.
+    """
+    run_path, checkpoint_path = Path(run), Path(checkpoint)
+    if checkpoint_path.is_absolute():
+        if run_path.is_absolute() and checkpoint_path.is_relative_to(run_path):
+            checkpoint_path = checkpoint_path.relative_to(run_path)
+        else:
+            checkpoint_path = Path(checkpoint_path.name)
+    return run_path.name or str(run), checkpoint_path.as_posix()
 
 
 def _provenance_record(provenance: SyntheticProvenance | None, label: str | int | None) -> dict:
@@ -324,25 +341,47 @@ def write_synthetic_nifti(
 # ---------------------------------------------------------------------------------------------------------------
 # DICOM
 
+_UINT16_MAX = 65535
+# Value 3 of ImageType where the image module defines it (PS3.3 C.8.2.1.1.1 CT, C.8.3.1.1.1 MR): MR requires one
+# and none of its defined terms (MPR, T1 MAP, ...) describes a generated image, hence OTHER; CT's are AXIAL or
+# LOCALIZER, and a synthetic volume in the training data's frame is an axial stack, not a localizer.
+_IMAGE_TYPE_VALUE_3 = {CTImageStorage: ["AXIAL"], MRImageStorage: ["OTHER"]}
+_WINDOW_PERCENTILES = (1.0, 99.0)
+
 
 @dataclass(frozen=True)
-class Int16Encoding:
-    """Float intensities stored as int16 with ``value = stored * slope + intercept`` (DICOM's modality LUT).
+class IntegerEncoding:
+    """Intensities stored as 16-bit integers with ``value = stored * slope + intercept``.
+
+    CT objects carry ``slope`` and ``intercept`` as RescaleSlope/RescaleIntercept (the Modality LUT that viewers apply,
+    DS strings, to give HU); MR and Secondary Capture objects carry them in a Real World Value Mapping item (float64),
+    and their stored integers are the values viewers show (the MR IOD has no Modality LUT).
 
     Args:
-        stored: int16 array, same shape as the input.
-        slope: RescaleSlope, exactly as written (already rounded to a DICOM DS string).
-        intercept: RescaleIntercept, exactly as written.
+        stored: int16 or uint16 array, same shape as the input.
+        slope: exactly as written.
+        intercept: exactly as written.
+        step: quantisation step in the input's units: ``slope``, or 0 when every input value is stored exactly.
     """
 
     stored: np.ndarray
     slope: float
     intercept: float
+    step: float
 
     @property
     def max_error(self) -> float:
         """Largest difference between an input value and its decoded value: half a quantisation step."""
-        return 0.0 if self.slope == 1.0 and float(self.intercept).is_integer() else self.slope / 2
+        return self.step / 2
+
+    def decode(self) -> np.ndarray:
+        """The intensities the stored integers stand for (float64)."""
+        return self.stored.astype(np.float64) * self.slope + self.intercept
+
+
+def _integer_encoding(values: np.ndarray, stored: np.ndarray, slope: float, intercept: float) -> IntegerEncoding:
+    exact = np.array_equal(stored.astype(np.float64) * slope + intercept, values)
+    return IntegerEncoding(stored, slope, intercept, 0.0 if exact else slope)
 
 
 def _ds(value: float) -> float:
@@ -350,12 +389,12 @@ def _ds(value: float) -> float:
     return float(format_number_as_ds(float(value)))
 
 
-def encode_int16(values: np.ndarray) -> Int16Encoding:
-    """Chooses RescaleSlope/Intercept so int16 storage holds ``values`` faithfully.
+def encode_int16(values: np.ndarray) -> IntegerEncoding:
+    """Chooses RescaleSlope/Intercept so int16 storage holds ``values`` faithfully (CT in HU).
 
-    Integer-valued data that spans at most 65536 values (CT in HU, uint16 MR) is stored losslessly with slope 1 (and
-    intercept 0 when it fits int16 as is); anything else is spread over the int16 range, so the rounding error is at
-    most ``(max - min) / 130000``.
+    Integer-valued data that spans at most 65536 values (CT in HU, uint16 images) is stored losslessly with slope 1
+    (and intercept 0 when it fits int16 as is); anything else is spread over the int16 range, so the rounding error is
+    at most ``(max - min) / 130000``.
 
     Args:
         values: finite intensities of a whole series (one encoding per series keeps slices consistent).
@@ -364,13 +403,36 @@ def encode_int16(values: np.ndarray) -> Int16Encoding:
     low, high = float(values.min()), float(values.max())
     if np.array_equal(values, np.round(values)) and high - low <= _INT16_MAX - _INT16_MIN:
         intercept = 0.0 if low >= _INT16_MIN and high <= _INT16_MAX else low - _INT16_MIN
-        return Int16Encoding((values - intercept).astype(np.int16), 1.0, intercept)
+        return _integer_encoding(values, (values - intercept).astype(np.int16), 1.0, intercept)
     intercept = _ds((low + high) / 2)
     slope = _ds((high - low) / _INT16_QUANTISATION_STEPS) if high > low else 1.0
     if slope <= 0:  # a span so small that 16 characters round it to zero
         slope = _ds(np.finfo(np.float32).tiny)
     stored = np.clip(np.round((values - intercept) / slope), _INT16_MIN, _INT16_MAX).astype(np.int16)
-    return Int16Encoding(stored, slope, intercept)
+    return _integer_encoding(values, stored, slope, intercept)
+
+
+def encode_uint16(values: np.ndarray) -> IntegerEncoding:
+    """Spreads intensities over the whole uint16 range, for MR and SC objects whose stored integers viewers show.
+
+    Integer-valued data that spans at most 65536 values (MR as scanners store it, 8/16-bit pictures) is stored
+    losslessly with slope 1
+    (intercept 0 when it fits uint16 as is); anything else maps its minimum to 0 and its maximum to 65535, a rounding
+    error of at most ``(max - min) / 131070``. Slope and intercept stay float64 (the Real World Value Mapping's FD).
+    Viewers window the stored integers, and a window is at least 1 wide (PS3.3 C.11.2.1.2), so small-range data
+    (generator output in [0, 1], say) must not be stored as such behind a Modality LUT: it would show as black/white.
+
+    Args:
+        values: finite intensities of a whole series.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    low, high = float(values.min()), float(values.max())
+    if np.array_equal(values, np.round(values)) and high - low <= _UINT16_MAX:
+        intercept = 0.0 if low >= 0 and high <= _UINT16_MAX else low
+        return _integer_encoding(values, (values - intercept).astype(np.uint16), 1.0, intercept)
+    slope = (high - low) / _UINT16_MAX if high > low else 1.0
+    stored = np.clip(np.round((values - low) / slope), 0, _UINT16_MAX).astype(np.uint16)
+    return _integer_encoding(values, stored, slope, low)
 
 
 @dataclass(frozen=True)
@@ -380,10 +442,12 @@ class DicomSeriesExport:
     Args:
         directory: the series folder.
         files: the files, in slice order (InstanceNumber 1, 2, ...).
-        study_instance_uid, series_instance_uid, frame_of_reference_uid: the generated UIDs.
+        study_instance_uid, series_instance_uid, frame_of_reference_uid: the generated UIDs (the frame of reference
+            is written only where the IOD has one: MR, CT and 3D Secondary Capture).
         sop_class_uid: MR, CT or Secondary Capture Image Storage.
         patient_id: the generated anonymous PatientID.
-        rescale_slope, rescale_intercept: how int16 storage maps to intensities.
+        encoding: how the stored integers map back to the intensities given (``value = stored * slope + intercept``).
+        sidecar: the JSON file next to the series folder (``<folder>.json``) with provenance and ``encoding``.
     """
 
     directory: Path
@@ -393,13 +457,26 @@ class DicomSeriesExport:
     frame_of_reference_uid: str
     sop_class_uid: str
     patient_id: str
-    rescale_slope: float
-    rescale_intercept: float
+    encoding: IntegerEncoding
+    sidecar: Path
+
+    @property
+    def real_world_value_mapping(self) -> bool:
+        """Whether ``encoding`` is in a Real World Value Mapping item (MR, SC) rather than the Modality LUT (CT)."""
+        return self.sop_class_uid != CTImageStorage
+
+    @property
+    def rescale_slope(self) -> float:
+        """RescaleSlope as a viewer applies it (1 for MR and SC, written without a Modality LUT)."""
+        return 1.0 if self.real_world_value_mapping else self.encoding.slope
+
+    @property
+    def rescale_intercept(self) -> float:
+        """RescaleIntercept as a viewer applies it (0 for MR and SC)."""
+        return 0.0 if self.real_world_value_mapping else self.encoding.intercept
 
 
-def _sop_class_for(modality: str, spatial_dims: int) -> str:
-    if spatial_dims == 2:
-        return SecondaryCaptureImageStorage
+def _sop_class_for(modality: str) -> str:
     return {"MR": MRImageStorage, "CT": CTImageStorage}.get(modality, SecondaryCaptureImageStorage)
 
 
@@ -410,47 +487,64 @@ def _series_description(series_description: str | None, label: str | int | None)
     return text[:64]
 
 
+def _study_id(study_uid: str) -> str:
+    """A short StudyID derived from the study UID, so every series of one synthetic study agrees on it."""
+    return f"SYN{uuid.uuid5(uuid.NAMESPACE_OID, study_uid).hex[:8].upper()}"
+
+
 def _series_dataset(
     *,
     sop_class_uid: str,
     modality: str,
     study_uid: str,
+    study_datetime: datetime,
     series_uid: str,
-    frame_of_reference_uid: str,
     patient_id: str,
     series_description: str,
     series_number: int,
     provenance_text: str,
     family: str | None,
 ) -> Dataset:
-    """The attributes every file of the series shares, written from scratch (never copied from a source)."""
+    """The attributes every file of the series shares, written from scratch (never copied from a source).
+
+    Every Type 1, 2 and 2C attribute of the IOD's modules is present; where a synthetic image has no true value
+    (birth date, sex, physician, accession, acquisition parameters) the Type 2 attribute is present and empty.
+    """
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"] if sop_class_uid == CTImageStorage else ["DERIVED", "SECONDARY"]
+    ds.ImageType = ["DERIVED", "SECONDARY"] + _IMAGE_TYPE_VALUE_3.get(sop_class_uid, [])
     ds.SOPClassUID = sop_class_uid
-    if dictionary_has_tag(0x0008001C):
-        ds.add_new(0x0008001C, "CS", "YES")  # Synthetic Data
-    # Patient and study: Type 2 attributes are present but empty; the name and id are explicit anonymous values
-    # (PACS and viewers group by PatientID, an empty one merges unrelated studies).
-    ds.PatientName = SYNTHETIC_MARK
+    # Synthetic Data (0008,001C), the standard's own mark. dciodvfy releases older than the attribute report it as
+    # "not a recognized standard attribute" (an Error) and the object as Standard Extended: kept on purpose.
+    ds.add_new(0x0008001C, "CS", "YES")
+    ds.TimezoneOffsetFromUTC = "+0000"
+    # Patient and study: PatientName and PatientID are explicit anonymous values (PACS and viewers group by them, an
+    # empty one merges unrelated studies); the name keeps its component delimiter, since a lone word is the retired
+    # pre-1993 name form to validators.
+    ds.PatientName = f"{SYNTHETIC_MARK}^"
     ds.PatientID = patient_id
     ds.PatientBirthDate = ""
     ds.PatientSex = ""
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = _DEIDENTIFICATION_METHOD
     ds.StudyInstanceUID = study_uid
-    ds.StudyDate = ""
-    ds.StudyTime = ""
+    ds.StudyDate = study_datetime.strftime("%Y%m%d")  # when the image was generated: the only true study date
+    ds.StudyTime = study_datetime.strftime("%H%M%S")
+    ds.StudyID = _study_id(study_uid)  # StudyDate, StudyTime and StudyID are what a DICOMDIR's study record needs
     ds.ReferringPhysicianName = ""
-    ds.StudyID = ""
     ds.AccessionNumber = ""
     ds.StudyDescription = f"{SYNTHETIC_MARK} (medvol)"
     ds.Modality = modality
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = series_number
     ds.SeriesDescription = series_description
-    ds.FrameOfReferenceUID = frame_of_reference_uid
-    ds.PositionReferenceIndicator = ""
+    # Type 2C for paired body parts, and unknown for a generated image: present and empty. dciodvfy warns that it
+    # "is only permitted to be empty when actually unknown", which is the case; without it, it reports an error.
+    ds.Laterality = ""
+    if sop_class_uid in (MRImageStorage, CTImageStorage):
+        # Type 2C for CT and MR. Positions are in the training data's patient frame (LPS); head first supine is
+        # how that frame reads without further knowledge, and what readers assume when the attribute is absent.
+        ds.PatientPosition = "HFS"
     ds.Manufacturer = "medvol"
     ds.ManufacturerModelName = f"medvol {family}" if family else "medvol"
     ds.SoftwareVersions = medvol_version
@@ -471,13 +565,41 @@ def _series_dataset(
         ds.AcquisitionNumber = None
     else:
         ds.ConversionType = "SYN"  # synthetic image
+        ds.PatientOrientation = ""  # Type 2C (no Image Plane module in the SC IOD): unknown for a generated image
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated = 16
     ds.BitsStored = 16
     ds.HighBit = 15
-    ds.PixelRepresentation = 1
     return ds
+
+
+def _real_world_value_mapping(encoding: IntegerEncoding) -> Dataset:
+    """The Real World Value Mapping item that takes the stored integers back to the intensities given (MR, SC)."""
+    item = Dataset()
+    item.add_new(0x00409216, "US", 0)  # RealWorldValueFirstValueMapped; US as the pixels are unsigned
+    item.add_new(0x00409211, "US", _UINT16_MAX)  # RealWorldValueLastValueMapped
+    item.RealWorldValueIntercept = float(encoding.intercept)
+    item.RealWorldValueSlope = float(encoding.slope)
+    item.LUTExplanation = "medvol: intensities of the training data (source units)"
+    item.LUTLabel = "MEDVOL_SOURCE"
+    units = Dataset()
+    units.CodeValue = "[arb'U]"  # MR and picture intensities have no physical unit: UCUM's arbitrary unit
+    units.CodingSchemeDesignator = "UCUM"
+    units.CodeMeaning = "arbitrary unit"
+    item.MeasurementUnitsCodeSequence = [units]
+    return item
+
+
+def _window(displayed: np.ndarray) -> tuple[str, str]:
+    """WindowCenter and WindowWidth (DS strings) that span the 1st to 99th percentile of the values a viewer windows."""
+    low, high = (float(v) for v in np.percentile(displayed, _WINDOW_PERCENTILES))
+    center, width = (low + high) / 2, max(high - low, 1.0)  # PS3.3 C.11.2.1.2: the width is at least 1
+    return format_number_as_ds(float(f"{center:.6g}")), format_number_as_ds(float(f"{width:.6g}"))
+
+
+def _dicom_sidecar_path(out_dir: Path) -> Path:
+    return out_dir.with_name(out_dir.name + ".json")
 
 
 def write_synthetic_dicom_series(
@@ -494,25 +616,34 @@ def write_synthetic_dicom_series(
     series_number: int = 1,
     study_instance_uid: str | None = None,
     patient_id: str | None = None,
+    study_datetime: datetime | None = None,
 ) -> DicomSeriesExport:
     """Writes one synthetic image as a DICOM series built from scratch: one file per slice, or one file for 2D.
 
-    Each file is a complete DICOM Part 10 file (preamble, file meta, Explicit VR Little Endian) of the SOP class that
-    fits: MR or CT Image Storage for 3D MR/CT, Secondary Capture Image Storage (ConversionType ``SYN``) for any other
-    modality and for 2D images. New Study/Series/SOP Instance and Frame of Reference UIDs are generated; ImageType is
-    ``DERIVED\\SECONDARY``; SeriesDescription says ``SYNTHETIC`` and the label; the provenance goes into
-    ImageComments and DerivationDescription; BurnedInAnnotation is ``NO``, PatientIdentityRemoved ``YES``, and Synthetic
-    Data (0008,001C) ``YES``. No patient or study attribute comes from anywhere but this call: PatientName is
-    ``SYNTHETIC``, PatientID a generated ``SYN-<hex>`` (both are Type 2 and viewers group series by them), and dates,
-    times, physician, institution and accession fields are absent or empty.
+    Each file is a complete DICOM Part 10 file (preamble, file meta, Explicit VR Little Endian) of the IOD that fits the
+    modality: MR or CT Image Storage for MR and CT (2D and 3D), Secondary Capture Image Storage (ConversionType
+    ``SYN``) for any other. New Study/Series/SOP Instance and Frame of Reference UIDs are generated; ImageType is
+    ``DERIVED\\SECONDARY`` (plus value 3 where the IOD asks for one); SeriesDescription says ``SYNTHETIC`` and the
+    label; the provenance (run folder name, checkpoint relative to the run, seed) goes into ImageComments and
+    DerivationDescription; BurnedInAnnotation is ``NO``, PatientIdentityRemoved ``YES``, and Synthetic Data
+    (0008,001C) ``YES``. No patient or study attribute comes from anywhere but this call: PatientName is
+    ``SYNTHETIC^``, PatientID a generated ``SYN-<hex>`` (both are Type 2 and viewers group series by them), StudyDate
+    and StudyTime the generation time (UTC), StudyID derived from the new study UID; physician, institution and
+    accession fields are absent or empty. The files pass dicom3tools' ``dciodvfy`` without errors apart from Synthetic
+    Data being newer than some releases of it (see ``docs/architecture.md``).
 
     Geometry: slice ``k`` has ImagePositionPatient ``origin + k * spacing[2] * direction[:, 2]``,
     ImageOrientationPatient the first two direction columns, PixelSpacing ``[spacing[1], spacing[0]]`` (DICOM's row
     spacing, column spacing), SliceThickness and SpacingBetweenSlices ``spacing[2]``, so SimpleITK's
     ``ImageSeriesReader`` gives back this spacing, origin and direction. A left-handed direction (third column equal to
     minus the cross product of the first two) cannot be told apart in DICOM: readers return the same voxels in space
-    with the slice axis reversed. Intensities are stored as int16 with one RescaleSlope/Intercept for the whole series
-    (see :func:`encode_int16`): lossless for integer data such as HU, within half a quantisation step otherwise.
+    with the slice axis reversed. A 2D Secondary Capture image keeps only PixelSpacing (its IOD has no patient frame).
+
+    Intensities, one encoding per series so slices agree: CT stores int16 with RescaleSlope/Intercept to HU
+    (:func:`encode_int16`, lossless for integer HU); MR and Secondary Capture store uint16 spread over the whole range
+    without a Modality LUT (:func:`encode_uint16`), and the slope and intercept back to the given intensities go into
+    a Real World Value Mapping item (0040,9096). WindowCenter/Width span the 1st to 99th percentile. ``<out_dir>.json`` beside the folder holds the provenance, the geometry and the encoding (slope,
+    intercept, quantisation step, largest rounding error).
 
     Args:
         volume: image [x, y, z] or [x, y] (numpy or torch), intensities already in the source range (HU for CT).
@@ -527,15 +658,16 @@ def write_synthetic_dicom_series(
         series_number: SeriesNumber.
         study_instance_uid: put this series in an existing synthetic study (a new study when None).
         patient_id: anonymous PatientID to share between series (a new ``SYN-<hex>`` when None). Never pass a real one.
+        study_datetime: StudyDate/StudyTime (the current UTC time when None; pass the same one for series of a study).
 
     Returns:
-        :class:`DicomSeriesExport` with the files and generated UIDs.
+        :class:`DicomSeriesExport` with the files, generated UIDs and intensity encoding.
 
     Raises:
         MedvolInputError: ``out_dir`` is a file or already holds files, or the image holds non-finite values.
         ValueError: wrong array rank or inconsistent geometry arguments.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()
     values = _finite_array(volume, out_dir)
     spatial_dims = values.ndim
     if len(spacing) != spatial_dims or any(float(s) <= 0 for s in spacing):
@@ -548,39 +680,56 @@ def write_synthetic_dicom_series(
     origin3 = _vector3(origin, "origin", 0.0)
     axes = _direction_matrix(direction)
     volume3 = values[..., np.newaxis] if spatial_dims == 2 else values
-    encoding = encode_int16(volume3)
 
-    sop_class_uid = _sop_class_for(modality, spatial_dims)
+    sop_class_uid = _sop_class_for(modality)
+    real_world_mapping = sop_class_uid != CTImageStorage
+    # The SC IOD has no Image Plane or Frame of Reference module. A 3D Secondary Capture series keeps positions,
+    # orientation and frame of reference all the same (dciodvfy: "Attribute is not present in standard DICOM IOD",
+    # a Standard Extended SOP Class, warnings only), as without them neither SimpleITK nor medvol can stack its files
+    # into a volume; a 2D one keeps only PixelSpacing, which the SC Image module has.
+    secondary_capture = sop_class_uid == SecondaryCaptureImageStorage
+    image_plane = not secondary_capture or spatial_dims == 3
+    encoding = encode_uint16(volume3) if real_world_mapping else encode_int16(volume3)
     study_uid = study_instance_uid or generate_uid()
     series_uid = generate_uid()
     frame_of_reference_uid = generate_uid()
     patient_id = patient_id or f"SYN-{uuid.uuid4().hex[:12].upper()}"
-    provenance_text = _provenance_summary(provenance, label)
+    study_datetime = study_datetime or datetime.now(timezone.utc)
     shared = _series_dataset(
         sop_class_uid=sop_class_uid,
         modality=modality,
         study_uid=study_uid,
+        study_datetime=study_datetime,
         series_uid=series_uid,
-        frame_of_reference_uid=frame_of_reference_uid,
         patient_id=patient_id,
         series_description=_series_description(series_description, label),
         series_number=series_number,
-        provenance_text=provenance_text,
+        provenance_text=_provenance_summary(provenance, label),
         family=provenance.family if provenance else None,
     )
     columns, rows, slices = volume3.shape
     shared.Rows, shared.Columns = rows, columns
-    shared.ImageOrientationPatient = [format_number_as_ds(float(v)) for v in np.concatenate([axes[:, 0], axes[:, 1]])]
+    shared.PixelRepresentation = 0 if real_world_mapping else 1
     shared.PixelSpacing = [format_number_as_ds(float(spacing3[1])), format_number_as_ds(float(spacing3[0]))]
-    if spatial_dims == 3:
-        shared.SliceThickness = format_number_as_ds(float(spacing3[2]))
-        shared.SpacingBetweenSlices = format_number_as_ds(float(spacing3[2]))
-    shared.RescaleIntercept = format_number_as_ds(encoding.intercept)
-    shared.RescaleSlope = format_number_as_ds(encoding.slope)
-    shared.RescaleType = "HU" if modality == "CT" else "US"
-    low, high = float(volume3.min()), float(volume3.max())
-    shared.WindowCenter = format_number_as_ds((low + high) / 2)
-    shared.WindowWidth = format_number_as_ds(max(high - low, 1.0))
+    if image_plane:
+        shared.FrameOfReferenceUID = frame_of_reference_uid
+        shared.PositionReferenceIndicator = ""
+        shared.ImageOrientationPatient = [format_number_as_ds(float(v)) for v in np.concatenate([axes[:, 0], axes[:, 1]])]
+    if not secondary_capture:  # Type 2 in the Image Plane module: the slice spacing, unknown for a lone 2D slice
+        shared.SliceThickness = format_number_as_ds(float(spacing3[2])) if spatial_dims == 3 else ""
+        if spatial_dims == 3:
+            shared.SpacingBetweenSlices = format_number_as_ds(float(spacing3[2]))
+    if real_world_mapping:
+        shared.RealWorldValueMappingSequence = [_real_world_value_mapping(encoding)]
+        displayed = encoding.stored
+    else:
+        shared.RescaleIntercept = format_number_as_ds(encoding.intercept)
+        shared.RescaleSlope = format_number_as_ds(encoding.slope)
+        shared.RescaleType = "HU"
+        displayed = encoding.decode()
+    shared.WindowCenter, shared.WindowWidth = _window(displayed)
+    shared.WindowCenterWidthExplanation = "1st to 99th percentile"
+    pixel_dtype = "<u2" if real_world_mapping else "<i2"
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
@@ -590,11 +739,12 @@ def write_synthetic_dicom_series(
         ds.update(shared)
         ds.SOPInstanceUID = generate_uid()
         ds.InstanceNumber = k + 1
-        position = origin3 + k * spacing3[2] * axes[:, 2]
-        ds.ImagePositionPatient = [format_number_as_ds(float(v)) for v in position]
-        if spatial_dims == 3:
+        if image_plane:
+            position = origin3 + k * spacing3[2] * axes[:, 2]
+            ds.ImagePositionPatient = [format_number_as_ds(float(v)) for v in position]
+        if not secondary_capture:
             ds.SliceLocation = format_number_as_ds(float(position @ axes[:, 2]))
-        ds.PixelData = np.ascontiguousarray(encoding.stored[:, :, k].T).astype("<i2").tobytes()
+        ds.PixelData = np.ascontiguousarray(encoding.stored[:, :, k].T).astype(pixel_dtype).tobytes()
         ds.file_meta = FileMetaDataset()
         ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -604,6 +754,31 @@ def write_synthetic_dicom_series(
         path = out_dir / f"{k + 1:0{digits}d}.dcm"
         pydicom.dcmwrite(path, ds, enforce_file_format=True)
         files.append(path)
+
+    sidecar = _dicom_sidecar_path(out_dir)
+    record = _provenance_record(provenance, label)
+    record.update({
+        "series": out_dir.name,
+        "files": [path.name for path in files],
+        "modality": modality,
+        "sop_class_uid": sop_class_uid,
+        "study_instance_uid": study_uid,
+        "series_instance_uid": series_uid,
+        "spacing": spacing3[:spatial_dims].tolist(),
+        "origin_lps": origin3.tolist() if image_plane else None,
+        "direction_lps": axes.ravel().tolist() if image_plane else None,
+        "intensity": {
+            "stored": "uint16" if real_world_mapping else "int16",
+            "mapping": "RealWorldValueMappingSequence (0040,9096)" if real_world_mapping
+            else "RescaleSlope/RescaleIntercept (0028,1053)/(0028,1052)",
+            "slope": encoding.slope,
+            "intercept": encoding.intercept,
+            "quantisation_step": encoding.step,
+            "max_error": encoding.max_error,
+            "units": "HU" if modality == "CT" else "source units of the training data",
+        },
+    })  # fmt: skip
+    sidecar.write_text(json.dumps(record, indent=2, default=str) + "\n")
     return DicomSeriesExport(
         directory=out_dir,
         files=files,
@@ -612,8 +787,8 @@ def write_synthetic_dicom_series(
         frame_of_reference_uid=frame_of_reference_uid,
         sop_class_uid=sop_class_uid,
         patient_id=patient_id,
-        rescale_slope=encoding.slope,
-        rescale_intercept=encoding.intercept,
+        encoding=encoding,
+        sidecar=sidecar,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import nibabel
@@ -21,6 +22,7 @@ from medvol.io.writers import (
     SYNTHETIC_MARK,
     SyntheticProvenance,
     encode_int16,
+    encode_uint16,
     identifying_tags_in,
     identifying_values,
     lps_geometry_from_affine_ras,
@@ -29,7 +31,9 @@ from medvol.io.writers import (
 )
 
 OBLIQUE_SERIES = Path("dicom/study_mixed_series/11-T1post-18670")
-PROVENANCE = SyntheticProvenance(run="/runs/wgan_gp_3d", checkpoint="checkpoint_000200.pt", seed=7, family="wgan_gp")
+PROVENANCE = SyntheticProvenance(
+    run="/runs/wgan_gp_3d", checkpoint="/runs/wgan_gp_3d/checkpoints/checkpoint_000200.pt", seed=7, family="wgan_gp"
+)
 # An axis-aligned geometry with x, y and z spacings and sizes all different, so a swapped PixelSpacing order or
 # transposed slice shows up.
 AXIS_ALIGNED = {"spacing": (0.8, 1.3, 2.5), "origin": (-12.0, 30.5, 7.25), "direction": np.eye(3).ravel()}
@@ -45,6 +49,14 @@ def read_series(folder: Path) -> tuple[sitk.Image, list[str]]:
 
 def as_xyz(image: sitk.Image) -> np.ndarray:
     return sitk.GetArrayFromImage(image).T
+
+
+def real_world_values(stored: np.ndarray, header: Dataset) -> np.ndarray:
+    """Stored integers of an MR or SC export mapped back to the given intensities by its Real World Value Mapping."""
+    mapping = header.RealWorldValueMappingSequence[0]
+    assert (mapping.RealWorldValueFirstValueMapped, mapping.RealWorldValueLastValueMapped) == (0, 65535)
+    assert mapping.MeasurementUnitsCodeSequence[0].CodingSchemeDesignator == "UCUM"
+    return stored * mapping.RealWorldValueSlope + mapping.RealWorldValueIntercept
 
 
 def assert_geometry(image: sitk.Image, spacing, origin, direction, atol: float = 1e-3) -> None:
@@ -81,11 +93,14 @@ def source_identifiers(source_datasets):
 # ------------------------------------------------------------------------------------------------- DICOM geometry
 
 TEST_CASE_MR_INTEGER = ["MR", lambda a: a, MRImageStorage]
+TEST_CASE_MR_FLOAT = ["MR", lambda a: a.astype(np.float64) / 977.3 - 0.25, MRImageStorage]
 TEST_CASE_CT_FLOAT_HU = ["CT", lambda a: a.astype(np.float32) * 0.731 - 1024.25, CTImageStorage]
 TEST_CASE_OT_FLOAT = ["OT", lambda a: np.sqrt(a.astype(np.float64)) / 7.0, SecondaryCaptureImageStorage]
 
 
-@pytest.mark.parametrize("modality, intensities, sop_class", [TEST_CASE_MR_INTEGER, TEST_CASE_CT_FLOAT_HU, TEST_CASE_OT_FLOAT])
+@pytest.mark.parametrize(
+    "modality, intensities, sop_class", [TEST_CASE_MR_INTEGER, TEST_CASE_MR_FLOAT, TEST_CASE_CT_FLOAT_HU, TEST_CASE_OT_FLOAT]
+)
 def test_oblique_series_round_trip(oblique, tmp_path, modality, intensities, sop_class):
     volume = intensities(oblique["array"])
     export = write_synthetic_dicom_series(
@@ -99,16 +114,26 @@ def test_oblique_series_round_trip(oblique, tmp_path, modality, intensities, sop
     assert_geometry(image, oblique["spacing"], oblique["origin"], oblique["direction"])
     decoded = as_xyz(image).astype(np.float64)
     assert decoded.shape == volume.shape
-    np.testing.assert_allclose(decoded, volume, rtol=0, atol=encode_int16(volume).max_error + 1e-6)
-    assert pydicom.dcmread(export.files[0]).SOPClassUID == sop_class
-    if modality == "MR":  # integer MR intensities are stored losslessly
-        assert export.rescale_slope == 1.0 and np.array_equal(decoded, volume)
+    first = pydicom.dcmread(export.files[0])
+    assert first.SOPClassUID == sop_class
+    if modality != "CT":  # stored integers are what viewers show; the Real World Value Mapping leads back
+        assert "RescaleSlope" not in first and image.GetPixelID() == sitk.sitkUInt16
+        decoded = real_world_values(decoded, first)
+    np.testing.assert_allclose(decoded, volume, rtol=0, atol=export.encoding.max_error + 1e-6)
+    if intensities is TEST_CASE_MR_INTEGER[1]:  # integer MR intensities are stored losslessly, as they are
+        assert export.encoding.step == 0 and np.array_equal(as_xyz(image), volume)
+    if intensities is TEST_CASE_MR_FLOAT[1]:  # float MR intensities use the whole uint16 range
+        assert as_xyz(image).min() == 0 and as_xyz(image).max() == 65535
+        assert export.encoding.step == pytest.approx((volume.max() - volume.min()) / 65535)
 
 
 def test_axis_aligned_series_header(tmp_path):
     rng = np.random.default_rng(0)
     volume = rng.integers(-1000, 2000, size=(12, 9, 5)).astype(np.float32)
-    export = write_synthetic_dicom_series(volume, tmp_path / "ct", modality="CT", label="normal", provenance=PROVENANCE, **AXIS_ALIGNED)
+    export = write_synthetic_dicom_series(
+        volume, tmp_path / "ct", modality="CT", label="normal", provenance=PROVENANCE,
+        study_datetime=datetime(2026, 3, 14, 9, 26, 53, tzinfo=timezone.utc), **AXIS_ALIGNED,
+    )  # fmt: skip
 
     image, _ = read_series(tmp_path / "ct")
     assert_geometry(image, AXIS_ALIGNED["spacing"], AXIS_ALIGNED["origin"], AXIS_ALIGNED["direction"], atol=1e-6)
@@ -133,13 +158,18 @@ def test_axis_aligned_series_header(tmp_path):
     assert first.SeriesDescription == f"{SYNTHETIC_MARK} normal"
     assert (first.BurnedInAnnotation, first.PatientIdentityRemoved, first.RescaleType) == ("NO", "YES", "HU")
     assert first.DeidentificationMethod
-    assert str(first.PatientName) == SYNTHETIC_MARK and first.PatientID == export.patient_id.upper()
+    assert first.PatientName.family_name == SYNTHETIC_MARK and first.PatientID == export.patient_id.upper()
     assert first.PatientID.startswith("SYN-")
-    for empty in ("StudyDate", "StudyTime", "PatientBirthDate", "ReferringPhysicianName", "AccessionNumber", "StudyID"):
+    assert (first.StudyDate, first.StudyTime, first.TimezoneOffsetFromUTC) == ("20260314", "092653", "+0000")
+    assert first.StudyID.startswith("SYN") and first.PatientPosition == "HFS" and first.Laterality == ""
+    for empty in ("PatientBirthDate", "PatientSex", "ReferringPhysicianName", "AccessionNumber"):
         assert first.get(empty) in ("", None), empty
     for absent in ("InstitutionName", "SeriesDate", "AcquisitionDate", "ContentDate", "ContentTime", "DeviceSerialNumber"):
         assert absent not in first, absent
-    assert "seed=7" in first.ImageComments and "checkpoint_000200.pt" in first.ImageComments and "label=normal" in first.ImageComments
+    assert "seed=7" in first.ImageComments and "label=normal" in first.ImageComments
+    # provenance without absolute paths: the run's folder name and the checkpoint relative to it
+    assert "run=wgan_gp_3d; checkpoint=checkpoints/checkpoint_000200.pt" in first.ImageComments
+    assert first.DerivationDescription == first.ImageComments and "/runs" not in first.ImageComments
     uids = {(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID) for ds in datasets}
     assert uids == {(export.study_instance_uid, export.series_instance_uid, export.frame_of_reference_uid)}
     assert len({ds.SOPInstanceUID for ds in datasets}) == len(datasets)
@@ -154,20 +184,45 @@ def test_single_frame_2d(tmp_path):
     ds = pydicom.dcmread(export.files[0])
     assert (ds.Modality, ds.ConversionType, ds.SOPClassUID) == ("DX", "SYN", SecondaryCaptureImageStorage)
     assert (ds.Rows, ds.Columns) == (14, 20) and "Effusion" in ds.SeriesDescription
+    for not_in_secondary_capture in ("ImagePositionPatient", "ImageOrientationPatient", "FrameOfReferenceUID", "SliceThickness"):
+        assert not_in_secondary_capture not in ds, not_in_secondary_capture
+    assert ds.PatientOrientation == "" and "PatientPosition" not in ds
     image = sitk.ReadImage(str(export.files[0]))
     assert image.GetSize()[:2] == (20, 14)
     np.testing.assert_allclose(image.GetSpacing()[:2], (0.3, 0.45), atol=1e-6)
-    np.testing.assert_allclose(as_xyz(image)[..., 0], image_2d, atol=export.rescale_slope / 2 + 1e-9)
+    np.testing.assert_allclose(real_world_values(as_xyz(image)[..., 0], ds), image_2d, atol=export.encoding.max_error + 1e-9)
+    assert export.encoding.max_error == pytest.approx(np.ptp(image_2d) / 65535 / 2)
+
+
+def test_2d_mr_slice_keeps_its_plane(tmp_path):
+    rotation = [np.cos(0.3), -np.sin(0.3), np.sin(0.3), np.cos(0.3)]
+    image_2d = np.random.default_rng(4).uniform(-1.0, 3.0, size=(12, 10))
+    export = write_synthetic_dicom_series(image_2d, tmp_path / "slice", spacing=(0.5, 0.8), origin=(5.0, -3.0, 12.0), direction=rotation)
+
+    assert export.sop_class_uid == MRImageStorage and len(export.files) == 1
+    ds = pydicom.dcmread(export.files[0])
+    np.testing.assert_allclose([float(v) for v in ds.ImagePositionPatient], [5.0, -3.0, 12.0])
+    np.testing.assert_allclose([float(v) for v in ds.ImageOrientationPatient], [np.cos(0.3), np.sin(0.3), 0, -np.sin(0.3), np.cos(0.3), 0], atol=1e-9)
+    assert ds.SliceThickness in ("", None) and "SpacingBetweenSlices" not in ds and ds.PatientPosition == "HFS"
+    np.testing.assert_allclose(real_world_values(ds.pixel_array.T, ds), image_2d, atol=export.encoding.max_error + 1e-12)
+    assert export.encoding.max_error == pytest.approx(np.ptp(image_2d) / 65535 / 2)
 
 
 def test_series_can_share_a_synthetic_study(tmp_path):
+    started = datetime.now(timezone.utc).replace(microsecond=0)
     first = write_synthetic_dicom_series(np.zeros((4, 4, 2)), tmp_path / "a", spacing=(1, 1, 1), series_description="phantom")
+    first_ds = pydicom.dcmread(first.files[0])
+    study_datetime = datetime.strptime(first_ds.StudyDate + first_ds.StudyTime, "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+    assert started <= study_datetime <= datetime.now(timezone.utc)  # the generation time, in UTC
     second = write_synthetic_dicom_series(
         np.ones((4, 4, 2)), tmp_path / "b", spacing=(1, 1, 1), study_instance_uid=first.study_instance_uid,
-        patient_id=first.patient_id, series_number=2,
+        patient_id=first.patient_id, series_number=2, study_datetime=study_datetime,
     )  # fmt: skip
     assert second.study_instance_uid == first.study_instance_uid and second.series_instance_uid != first.series_instance_uid
-    assert pydicom.dcmread(first.files[0]).SeriesDescription == f"{SYNTHETIC_MARK} phantom"
+    assert first_ds.SeriesDescription == f"{SYNTHETIC_MARK} phantom"
+    second_ds = pydicom.dcmread(second.files[0])
+    study = ("StudyInstanceUID", "StudyID", "StudyDate", "StudyTime", "PatientID")
+    assert [first_ds.get(k) for k in study] == [second_ds.get(k) for k in study]
     for folder in ("a", "b"):
         assert len(read_series(tmp_path / folder)[1]) == 1
 
@@ -202,9 +257,13 @@ def test_exported_series_holds_no_source_identifier(oblique, tmp_path, source_da
         assert identifying in source_identifiers
     assert all(ds.SOPInstanceUID in source_identifiers for ds in source_datasets if "SOPInstanceUID" in ds)
 
+    # a fixed generation time: a source time of day equal to the clock's would be chance, not a leak
+    generated = datetime(2031, 5, 17, 14, 22, 9, tzinfo=timezone.utc)
+    assert not {generated.strftime("%Y%m%d"), generated.strftime("%H%M%S")} & set(source_identifiers)
     export = write_synthetic_dicom_series(
         oblique["array"][:64, :64], tmp_path / "series", spacing=oblique["spacing"], origin=oblique["origin"],
         direction=oblique["direction"], modality=t1_source.Modality, label="lesion", provenance=PROVENANCE,
+        study_datetime=generated,
     )  # fmt: skip
     long_identifiers = [value.encode() for value in source_identifiers if len(value) >= 6]
     for path in export.files:
@@ -389,6 +448,26 @@ def test_encode_int16_is_faithful(values, worst_error):
     error = np.abs(decoded - values).max()
     assert error <= encoding.max_error + 1e-9
     assert error <= worst_error * 1.001 + 1e-12
+
+
+TEST_CASE_UINT16_AS_IS = [np.array([0.0, 7.0, 40000.0, 65535.0]), 0.0]
+TEST_CASE_NEGATIVE_INTEGERS = [np.array([-300.0, 0.0, 1200.0]), 0.0]
+TEST_CASE_FLOAT_MR = [np.linspace(-0.3, 1.7, 999), 2.0 / 65535 / 2]
+TEST_CASE_WIDE_INTEGERS = [np.array([-1.0e6, 3.0, 2.0e6]), 3.0e6 / 65535 / 2]
+
+
+@pytest.mark.parametrize("values, worst_error", [TEST_CASE_UINT16_AS_IS, TEST_CASE_NEGATIVE_INTEGERS, TEST_CASE_FLOAT_MR, TEST_CASE_WIDE_INTEGERS, TEST_CASE_CONSTANT])
+def test_encode_uint16_uses_the_whole_range(values, worst_error):
+    encoding = encode_uint16(values)
+    assert encoding.stored.dtype == np.uint16
+    error = np.abs(encoding.decode() - values).max()
+    assert error <= encoding.max_error + 1e-12 and encoding.max_error <= worst_error * (1 + 1e-9)
+    if worst_error:  # not stored as is: the range spans every stored value
+        assert (encoding.stored.min(), encoding.stored.max()) == (0, 65535) and encoding.step == encoding.slope
+    else:
+        assert encoding.step == 0 and encoding.slope == 1.0
+    if values is TEST_CASE_UINT16_AS_IS[0]:
+        np.testing.assert_array_equal(encoding.stored, values)
 
 
 def test_provenance_requires_run_checkpoint_and_seed():
