@@ -52,7 +52,8 @@ DUPLICATE_POSITION_MM = 1e-3
 ORIENTATION_TOLERANCE = 1e-4
 # Angle between the stacking direction and the slice normal beyond which the stack is sheared (gantry tilt).
 MAX_SHEAR_DEGREES = 0.5
-# Attributes of the Patient, Study and General Series modules: one value for every file of a series.
+# Attributes of the Patient, Study and General Series modules, and the synthetic mark: one value for every file of
+# a series.
 SERIES_LEVEL_TAGS = (
     "Modality",
     "BodyPartExamined",
@@ -62,6 +63,7 @@ SERIES_LEVEL_TAGS = (
     "PatientName",
     "StudyInstanceUID",
     "FrameOfReferenceUID",
+    "SyntheticData",
 )
 PATIENT_LEVEL_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")
 # Modalities whose image modules (PS3.3 CT, MR, PET Image) make the Image Plane module mandatory.
@@ -87,6 +89,8 @@ class DicomSeries:
         direction: row-major 3x3 LPS direction; columns are the row, column and slice-normal directions.
         problems: human-readable findings; each one is reported, the data are not trusted blindly.
         study_uid: StudyInstanceUID ("" when absent).
+        synthetic: the files say they are synthetic (Synthetic Data (0008,001C) ``YES`` or ConversionType ``SYN``),
+            as medvol's own exports do: not images of a patient, never to be mixed with real data unknowingly.
     """
 
     uid: str
@@ -100,6 +104,7 @@ class DicomSeries:
     direction: list[float]
     problems: list[str] = field(default_factory=list)
     study_uid: str = ""
+    synthetic: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -176,6 +181,13 @@ def _instance_number(dataset) -> int:
         return int(dataset.get("InstanceNumber") or 0)
     except (TypeError, ValueError):
         return 0
+
+
+def is_synthetic(dataset) -> bool:
+    """Whether a DICOM header marks its image as synthetic: Synthetic Data (0008,001C) ``YES`` or ConversionType
+    ``SYN`` (Secondary Capture's "synthetic image"). ImageType ``DERIVED\\SECONDARY`` alone is not enough: every
+    reformat and map carries it."""
+    return _text(dataset, "SyntheticData").upper() == "YES" or _text(dataset, "ConversionType").upper() == "SYN"
 
 
 def _is_greyscale(dataset) -> bool:
@@ -480,6 +492,7 @@ def _build_series(uid: str, paths: list[Path], datasets: list) -> DicomSeries:
         direction=direction_list,
         problems=problems,
         study_uid=_text(first, "StudyInstanceUID"),
+        synthetic=any(is_synthetic(d) for d in datasets),
     )
 
 
@@ -559,6 +572,9 @@ def discover_series(
     for file in tqdm(candidates, desc="reading DICOM headers", unit="file", disable=not progress, leave=False):
         if has_suffix(file, NIFTI_SUFFIXES + IMAGE_SUFFIXES):
             records[str(file)] = FileRecord(str(file), SKIPPED, "not DICOM (NIfTI or 2D image file)")
+            continue
+        if has_suffix(file, (".json",)):
+            records[str(file)] = FileRecord(str(file), SKIPPED, "not DICOM (JSON: a sidecar or datalist)")
             continue
         dataset, reason = read_header(file)
         if dataset is None:
@@ -718,6 +734,7 @@ class DicomSeriesReader(ImageReader):
                     "modality": series.modality,
                     "patient_id": series.patient_id or "",
                     "problems": list(series.problems),
+                    "synthetic": series.synthetic,
                     "skipped_files": [f"{r.path}: {r.reason}" for r in skipped],
                 }
         return (arrays[0] if len(arrays) == 1 else np.stack(arrays)), meta

@@ -322,3 +322,30 @@ def test_colour_dicom_to_greyscale(name, shape, photometric):
     expected = (rgb.astype(np.float32) * np.asarray([0.2989, 0.5870, 0.1140], np.float32)).sum(-1).transpose(2, 1, 0)
     assert dataset.PhotometricInterpretation == photometric
     np.testing.assert_allclose(array, expected, rtol=1e-6)
+
+
+@pytest.mark.filterwarnings(NVIMGCODEC_WARNING)
+def test_synthetic_export_is_marked_and_has_no_problem(shared_data, tmp_path):
+    from medvol.io.writers import write_synthetic_dicom_series
+
+    volume = np.random.default_rng(0).normal(size=(16, 12, 6))
+    export = write_synthetic_dicom_series(volume, tmp_path / "synthetic", spacing=(0.9, 1.1, 2.0), modality="MR")
+    scan = discover_series(tmp_path)  # the series folder and its <folder>.json sidecar
+    assert [s.uid for s in scan.series] == [export.series_instance_uid]
+    series = scan.series[0]
+    assert series.synthetic and series.problems == [] and series.shape == [16, 12, 6]
+    assert [(Path(r.path).name, r.reason) for r in scan.skipped] == [("synthetic.json", "not DICOM (JSON: a sidecar or datalist)")]
+    meta = LoadImage(reader=DicomSeriesReader(), image_only=True)(str(export.directory)).meta
+    assert meta["synthetic"] is True
+    assert not any(s.synthetic for s in discover_series(shared_data / "dicom/study_mixed_series").series)
+
+
+def test_series_mixing_synthetic_and_real_files_reported(shared_data, tmp_path):
+    folder = copy_folder(shared_data / "dicom/ct_tiny", tmp_path / "ct")
+    marked = sorted(p for p in folder.iterdir() if p.is_file())[0]
+    dataset = pydicom.dcmread(marked)
+    dataset.SyntheticData = "YES"
+    dataset.save_as(marked)
+    series = discover_series(folder).series[0]
+    assert series.synthetic  # one synthetic file is enough to keep the series away from real data
+    assert any(p.startswith("SyntheticData differs between files of one series") for p in series.problems)
