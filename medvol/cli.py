@@ -93,10 +93,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         choices=["slice", "volume"],
         default=None,
-        help="slice-wise 2D or volumetric 3D samples (default: volume for 3D sources, slice for 2D images)",
+        help="slice-wise 2D or volumetric 3D samples (default: volume for 3D sources, slice for 2D images; 2D "
+        "images cannot be prepared in volume mode)",
     )
-    p.add_argument("--labels", help="CSV of id,label (ids are subject ids or file stems)")
-    p.add_argument("--size", type=_ints, help="target shape, comma separated (e.g. 64,64,64 or 64,64)")
+    p.add_argument(
+        "--labels",
+        help="CSV of class labels: a header naming the id and label columns (id,label; patient,diagnosis; ...) or "
+        "two columns without header; ids are subject ids, file names or stems. A labels.csv in SOURCE is used "
+        "unless --labels none",
+    )
+    p.add_argument("--id-column", help="CSV column holding the ids (when the header does not make it clear)")
+    p.add_argument("--label-column", help="CSV column holding the labels (when the header does not make it clear)")
+    p.add_argument(
+        "--unlabelled",
+        choices=["skip", "keep"],
+        help="images the CSV does not label: skip them (listed in report.json) or keep them without a label; "
+        "without this option they are an error",
+    )
+    p.add_argument(
+        "--size",
+        type=_ints,
+        help="shape the samples are brought to, comma separated (e.g. 64,64,64 or 64,64); how: see --fit. "
+        "Default: keep the shapes here; training brings them to its image size the same way",
+    )
+    p.add_argument(
+        "--fit",
+        choices=["fit", "crop_pad", "resize"],
+        help="how images reach --size: 'fit' scales the whole field of view into it keeping the aspect ratio and "
+        "pads with background (default without --spacing); 'crop_pad' centre-crops/pads without scaling "
+        "(default with --spacing); 'resize' stretches every axis",
+    )
+    p.add_argument(
+        "--crop-foreground",
+        action="store_true",
+        help="crop each image to the body (foreground bounding box) before fitting it to --size",
+    )
     p.add_argument("--spacing", type=_floats, help="target spacing in mm, comma separated (e.g. 1,1,1)")
     p.add_argument("--split", type=_floats, default=[0.6, 0.2, 0.2], help="train,validation,test fractions (default 0.6,0.2,0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the patient-level split (default 0)")

@@ -8,8 +8,13 @@ SOURCE is a folder (NIfTI volumes, 2D images in one folder per class, a DICOM tr
 - ``phantoms``: ``builtin:phantoms3d`` with ``--mode volume``, ``builtin:phantoms2d`` with ``--mode slice``.
 
 Built-in phantoms are written to ``DIR/source/`` first (always with the same data seed, so ``--seed`` changes only
-the split). DICOM series are converted to NIfTI under ``DIR/images/``. Writes ``DIR/datalist.json`` and
-``DIR/report.json``.
+the split). DICOM series are converted to NIfTI under ``DIR/images/``. Writes ``DIR/datalist.json``,
+``DIR/report.json`` and ``DIR/preview.png`` (training samples exactly as the model will see them).
+
+Sizing (``--fit``, recorded under ``preprocessing`` in datalist.json, which training, sampling and evaluation read):
+``fit`` (default without ``--spacing``) scales each image so its whole field of view fits ``--size`` (physical aspect
+ratio kept) and pads with background; ``crop_pad`` (default with ``--spacing``) centre-crops / pads after resampling to
+the spacing; ``resize`` stretches every axis to ``--size``. ``--crop-foreground`` first crops to the body.
 """
 
 from __future__ import annotations
@@ -27,6 +32,11 @@ BUILTIN_SOURCES = ("builtin:phantoms3d", "builtin:phantoms2d", "phantoms")
 PHANTOMS_PER_CLASS = 20
 PHANTOM_DATA_SEED = 0
 DEFAULT_PHANTOM_SIZE = {2: (64, 64), 3: (32, 32, 32)}
+PREVIEW_FILE = "preview.png"
+PREVIEW_PER_CLASS = {2: 4, 3: 3}
+PREVIEW_UNLABELLED = {2: 16, 3: 6}
+PREVIEW_MIN_TILE = 96  # pixels: smaller samples are enlarged (nearest neighbour) in the picture
+PREVIEW_SIZE = 64  # per axis, when --size is not given (training then fits to the bundle's image size)
 
 
 def resolve_builtin(source: str, mode: str) -> int | None:
@@ -64,14 +74,43 @@ def _check_positive(name: str, values: list[float] | None) -> None:
         raise MedvolInputError(name, f"values must be positive and finite, got {values}")
 
 
+def default_shape_mode(spacing) -> str:
+    """``fit`` (whole field of view, aspect ratio kept, padded) unless a target spacing is given: then ``crop_pad``
+    keeps that voxel size and centre-crops / pads to the size."""
+    from medvol.transforms.spatial import ShapeMode
+
+    return str(ShapeMode.CROP_PAD if spacing else ShapeMode.FIT)
+
+
+def describe_sizing(preprocessing: dict, spatial_dims: int) -> str:
+    """One sentence saying what happens to an image's size and field of view."""
+    size, spacing, mode = preprocessing["size"], preprocessing["spacing"], preprocessing["shape_mode"]
+    steps = []
+    if spacing:
+        steps.append(f"resampled to {'x'.join(f'{v:g}' for v in spacing)} mm")
+    if preprocessing.get("crop_foreground"):
+        steps.append("cropped to the body (foreground bounding box)")
+    target = "x".join(str(v) for v in size) if size else "the training image size (the bundle's, or --image-size)"
+    if mode == "fit":
+        steps.append(f"scaled so the whole field of view fits {target} (aspect ratio kept), padded with background")
+    elif mode == "resize":
+        steps.append(f"stretched to {target} (aspect ratio not kept)")
+    else:
+        steps.append(f"centre-cropped / padded to {target} without scaling (what lies outside is cut off)")
+    kind = "slice" if spatial_dims == 2 else "volume"
+    return f"each {kind}: " + ", then ".join(steps)
+
+
 def run(args) -> int:
     """Prepare SOURCE into ``args.out`` (see the module docstring).
 
     Raises:
-        MedvolInputError: missing/empty SOURCE, nothing usable, bad labels CSV, bad --split/--size/--spacing.
+        MedvolInputError: missing/empty SOURCE, nothing usable, bad labels CSV, bad --split/--size/--spacing,
+            2D images with ``--mode volume``.
     """
     from medvol.data.splits import split_subjects, split_summary, validate_fractions
     from medvol.io import datalist as datalists
+    from medvol.io.discovery import build_datalist, require_usable
 
     started = time.perf_counter()
     fractions = validate_fractions(args.split)
@@ -79,16 +118,17 @@ def run(args) -> int:
         raise MedvolInputError("--seed", f"must be a non-negative integer, got {args.seed}")
     _check_positive("--size", args.size)
     _check_positive("--spacing", args.spacing)
-    mode = args.mode or "volume"
-    builtin_dims = resolve_builtin(str(args.source), mode)
+    labels_arg = getattr(args, "labels", None)
+    ignore_labels_csv = labels_arg is not None and str(labels_arg).strip().lower() == "none"
+    labels_csv = None if ignore_labels_csv else labels_arg
+    builtin_dims = resolve_builtin(str(args.source), args.mode or "volume")
     class_order = None
-    labels_csv = args.labels
     if builtin_dims is None:
         source = Path(args.source).expanduser()
         if not source.exists():
             raise MedvolInputError(source, "SOURCE does not exist")
         if labels_csv and not Path(labels_csv).is_file():
-            raise MedvolInputError(labels_csv, "labels CSV does not exist")
+            raise MedvolInputError(labels_csv, "labels CSV does not exist (--labels none ignores a labels.csv)")
     elif labels_csv:
         raise MedvolInputError("--labels", f"built-in source {args.source} brings its own labels")
     out_dir = Path(args.out).expanduser().resolve()
@@ -104,22 +144,31 @@ def run(args) -> int:
         source = write_builtin_phantoms(out_dir, builtin_dims, args.size)
         labels_csv, class_order = source / "labels.csv", list(CLASSES)
 
-    datalist = datalists.build_datalist(source, images_dir=out_dir / "images", labels_csv=labels_csv,
-                                        class_order=class_order, require_entries=False, exclude=[out_dir])
+    datalist = build_datalist(
+        source, images_dir=out_dir / "images", labels_csv=labels_csv, class_order=class_order, require_entries=False,
+        exclude=[out_dir], find_labels_csv=not ignore_labels_csv, id_column=getattr(args, "id_column", None),
+        label_column=getattr(args, "label_column", None), unlabelled=getattr(args, "unlabelled", None))
     if not datalist.entries:
         datalists.write_report(out_dir / datalists.REPORT_FILE, datalist)
-        datalists.require_usable(datalist)
+        require_usable(datalist)
 
-    if datalist.source_spatial_dims == 2 and mode == "volume":
-        if args.mode == "volume":  # asked for explicitly; the default needs no warning
-            datalist.messages.append("SOURCE holds 2D images: prepared in slice mode (spatial_dims 2)")
-        mode = "slice"
+    if datalist.source_spatial_dims == 2 and args.mode == "volume":
+        raise MedvolInputError(datalist.source, "holds 2D images: volume mode needs 3D volumes; prepare it with "
+                               "--mode slice (or without --mode)")
+    mode = "slice" if datalist.source_spatial_dims == 2 else (args.mode or "volume")
     spatial_dims = 3 if mode == "volume" else 2
     if args.size is not None and len(args.size) != spatial_dims:
         raise MedvolInputError("--size", f"{mode} mode needs {spatial_dims} values, got {args.size}")
     if args.spacing is not None and len(args.spacing) not in {datalist.source_spatial_dims, spatial_dims}:
         dims = datalist.source_spatial_dims
         raise MedvolInputError("--spacing", f"expected {dims} values for these {dims}D images, got {args.spacing}")
+    preprocessing = {
+        "size": args.size,
+        "spacing": args.spacing,
+        "shape_mode": getattr(args, "fit", None) or default_shape_mode(args.spacing),
+        "crop_foreground": bool(getattr(args, "crop_foreground", False)),
+    }
+    sizing = describe_sizing(preprocessing, spatial_dims)
 
     splits = split_subjects(datalist.entries, fractions, seed=args.seed)
     for name, fraction in zip(("validation", "test"), fractions[1:]):
@@ -127,37 +176,126 @@ def run(args) -> int:
             datalist.messages.append(f"the {name} split is empty: {len(set(e['subject'] for e in datalist.entries))} "
                                      f"subject(s) are too few for the fractions {list(fractions)}")
     source_text = str(args.source) if builtin_dims is not None else datalist.source
-    datalists.write_datalist(
+    document = datalists.write_datalist(
         out_dir / datalists.DATALIST_FILE, datalist, splits,
         source=source_text,
         mode=mode,
         spatial_dims=spatial_dims,
         seed=args.seed,
         split_fractions=list(fractions),
-        preprocessing={"size": args.size, "spacing": args.spacing},
+        preprocessing=preprocessing,
         intensity=intensity_hint(datalist.source_spatial_dims, datalist.modality),
         labels_csv=datalist.labels_csv,
     )
+    preview = write_preview(out_dir / PREVIEW_FILE, document)
     elapsed = time.perf_counter() - started
     summary = datalist.summary()
     datalists.write_report(out_dir / datalists.REPORT_FILE, datalist,
-                           summary={"splits": split_summary(splits, datalist.classes), "seconds": round(elapsed, 3)})
+                           summary={"splits": split_summary(splits, datalist.classes), "seconds": round(elapsed, 3)},
+                           preprocessing={**preprocessing, "description": sizing}, preview=preview)
     for message in datalist.messages:
-        logger.warning(message)
+        if message.startswith("labels read from"):
+            print(message)
+        else:
+            logger.warning(message)
     _print_problem_records(datalist.records.values())
     sizes = " / ".join(f"{name} {len(entries)}" for name, entries in splits.items())
     print(f"prepared {summary['entries']} images of {summary['subjects']} subjects ({sizes}); "
           f"{summary['skipped']} of {summary['files']} file records skipped, {summary['warning']} with warnings; "
           f"wrote {out_dir / datalists.DATALIST_FILE} and {out_dir / datalists.REPORT_FILE} in {elapsed:.1f} s")
+    print(f"sizing: {sizing} (see --fit and --crop-foreground)")
+    print(f"preview: {preview['file']} ({preview['description']})")
     return 0
 
 
-def _print_problem_records(records, limit: int = 20) -> None:
-    """List skipped files and warnings on the console (all of them are in report.json)."""
+def _preview_samples(dataset, positions: list[int]) -> list:
+    """One image per chosen datalist entry: the sample itself (2D images, volumes), or the middle kept slice of a
+    volume cut into slices."""
+    from medvol.data.datasets import SliceDataset
+
+    if not isinstance(dataset, SliceDataset):
+        return [dataset[i]["image"] for i in positions]
+    by_volume: dict[int, list[int]] = {}
+    for index, (volume, _) in enumerate(dataset.index):
+        by_volume.setdefault(volume, []).append(index)
+    return [dataset[by_volume[p][len(by_volume[p]) // 2]]["image"] if by_volume.get(p) else None for p in positions]
+
+
+def write_preview(path: Path, document: dict) -> dict:
+    """Write a grid of training samples through `build_dataset`, exactly as training preprocesses them (tri-planar
+    views for volumes): one row per class (a few images each), or a grid when unlabelled.
+
+    Returns:
+        ``{"file", "rows", "per_row", "size", "description"}`` for report.json and the console.
+    """
+    import torch
+
+    from medvol.data.datasets import build_dataset
+    from medvol.report.figures import sample_montage, save_png
+
+    spatial_dims = int(document["spatial_dims"])
+    entries = document["training"] or document["validation"] or document["test"]
+    classes = list(document.get("classes") or [])
+    groups: list[tuple[str, list[dict]]] = []
+    if classes:
+        per_class = PREVIEW_PER_CLASS[spatial_dims]
+        for index, name in enumerate(classes):
+            groups.append((name, [e for e in entries if e.get("label") == index][:per_class]))
+        unlabelled = [e for e in entries if e.get("label") is None][:per_class]
+        if unlabelled:
+            groups.append(("unlabelled", unlabelled))
+        per_row = per_class
+    else:
+        groups.append(("all", entries[: PREVIEW_UNLABELLED[spatial_dims]]))
+        per_row = math.ceil(math.sqrt(len(groups[0][1]))) if spatial_dims == 2 else 1
+    chosen = [e for _, group in groups for e in group]
+    size = document["preprocessing"].get("size") or [PREVIEW_SIZE] * spatial_dims
+    dataset = build_dataset({**document, "training": chosen}, split="training", size=size)
+    images = _preview_samples(dataset, list(range(len(chosen))))
+    low = float(dataset.preprocessing.output_range[0])
+    blank = torch.full((1, *size), low)
+    tiles, position = [], 0
+    for _, group in groups:
+        row = [torch.as_tensor(images[position + k]) if images[position + k] is not None else blank
+               for k in range(len(group))]
+        position += len(group)
+        if spatial_dims == 2 and classes:
+            row += [blank] * (per_row - len(row))
+        tiles += row
+    picture = sample_montage(torch.stack(tiles), columns=per_row if spatial_dims == 2 else None)
+    zoom = max(1, math.ceil(PREVIEW_MIN_TILE / max(size)))  # small tiles enlarged, pixel for pixel
+    save_png(picture.repeat(zoom, axis=0).repeat(zoom, axis=1), path)
+    shown = "x".join(str(v) for v in size)
+    if spatial_dims == 3:
+        layout = "one volume per row: axial, coronal and sagittal middle slices"
+    else:
+        layout = f"{per_row} per row"
+    rows = [name for name, _ in groups]
+    description = (f"{len(chosen)} training samples at {shown}" + (f" (enlarged x{zoom})" if zoom > 1 else "")
+                   + f", {layout}"
+                   + (f"; rows by class: {', '.join(f'{n} x{len(g)}' for n, g in groups)}" if classes else "")
+                   + ("" if document["preprocessing"].get("size") else
+                      f"; no --size: shown at {shown}, training uses its own image size"))
+    return {"file": str(path), "rows": rows, "per_row": per_row, "size": size, "description": description}
+
+
+def _print_problem_records(records, limit: int = 20, examples: int = 3) -> None:
+    """Skipped files and warnings on the console, one line per distinct reason with the count and a few examples
+    (every file with its reason is in report.json)."""
     for status in ("skipped", "warning"):
-        chosen = [r for r in records if r.status == status]
-        for record in chosen[:limit]:
-            reason = record.reason if len(record.reason) <= 240 else record.reason[:240] + " ... (see report.json)"
-            print(f"  {status}: {record.path}: {reason}")
-        if len(chosen) > limit:
-            print(f"  ... and {len(chosen) - limit} more {status} files (see report.json)")
+        by_reason: dict[str, list[str]] = {}
+        for record in records:
+            if record.status == status:
+                by_reason.setdefault(record.reason, []).append(record.path)
+        ordered = sorted(by_reason.items(), key=lambda item: -len(item[1]))
+        for shown, (reason, paths) in enumerate(ordered):
+            if shown == limit:
+                rest = sum(len(p) for _, p in ordered[limit:])
+                print(f"  ... and {rest} more {status} files with other reasons (see report.json)")
+                break
+            text = reason if len(reason) <= 240 else reason[:240] + " ... (see report.json)"
+            if len(paths) == 1:
+                print(f"  {status}: {paths[0]}: {text}")
+            else:
+                more = f", ... ({len(paths) - examples} more in report.json)" if len(paths) > examples else ""
+                print(f"  {status}: {len(paths)} files: {text} (e.g. {', '.join(paths[:examples])}{more})")

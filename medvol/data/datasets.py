@@ -14,7 +14,6 @@ modification time. Random patches and augmentation run after the cache, on every
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -26,6 +25,8 @@ from monai.transforms import Compose, RandSpatialCropd, SelectItemsd, SpatialPad
 from monai.utils import StrEnum, look_up_option
 
 from medvol.errors import MedvolInputError
+from medvol.io.datalist import datalist_file, read_datalist
+from medvol.io.files import image_stem, is_image_2d
 from medvol.transforms.augment import classical_augmentation
 from medvol.transforms.intensity import (
     DEFAULT_OUTPUT_RANGE,
@@ -39,7 +40,6 @@ from medvol.transforms.spatial import ShapeMode, extract_slice, kept_slice_indic
 SPLITS = ("training", "validation", "test")
 SAMPLE_KEYS = ("image", "label", "subject")
 UNLABELLED = -1
-IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 logger = logging.getLogger(__name__)
 
@@ -51,34 +51,21 @@ class DatasetMode(StrEnum):
     VOLUME = "volume"
 
 
-def read_datalist(source: str | os.PathLike | Mapping) -> tuple[dict, Path | None]:
-    """The datalist dict and the folder relative image paths are resolved against (None for a dict).
+def load_datalist(source: str | os.PathLike | Mapping) -> tuple[dict, Path | None]:
+    """The datalist dict (read by `medvol.io.datalist.read_datalist`) and the folder relative image paths are
+    resolved against (None for a dict).
 
     Args:
         source: path of a ``datalist.json`` (or of the folder holding it), or an already loaded dict.
     """
     if isinstance(source, Mapping):
         return dict(source), None
-    path = Path(source)
-    if path.is_dir():
-        path = path / "datalist.json"
-    if not path.is_file():
-        raise MedvolInputError(path, "datalist not found (run `medvol prepare` first)")
-    try:
-        datalist = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise MedvolInputError(path, f"is not a readable datalist JSON ({err})") from None
-    if not isinstance(datalist, dict):
-        raise MedvolInputError(path, "is not a datalist: expected a JSON object with 'training'/'validation'/'test'")
-    return datalist, path.parent
+    path = datalist_file(source)
+    return read_datalist(path), path.parent
 
 
 def _subject_from_path(image: str) -> str:
-    name = Path(image).name
-    for suffix in (".nii.gz", ".nii", *IMAGE_2D_SUFFIXES):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
+    return image_stem(image)
 
 
 def _label(entry: Mapping, classes: Sequence[str], where: str) -> int:
@@ -214,7 +201,8 @@ def build_dataset(
     window: Sequence[float] | None = None,
     percentiles: Sequence[float] | None = None,
     output_range: Sequence[float] | None = None,
-    shape_mode: ShapeMode | str = ShapeMode.CROP_PAD,
+    shape_mode: ShapeMode | str | None = None,
+    crop_foreground: bool | None = None,
     slice_axis: int = 2,
     min_foreground_fraction: float = 0.0,
     foreground_level: float = 0.05,
@@ -225,8 +213,10 @@ def build_dataset(
     """A slice-wise or volumetric dataset of one datalist split.
 
     Settings left as None come from the datalist (``mode``, ``preprocessing.size``, ``preprocessing.spacing``,
-    ``intensity.kind``, ``intensity.window`` (CT), ``intensity.percentiles`` and ``intensity.output_range``), then
-    from the defaults (volume mode, MR scaling of the 0.5-99.5 percentiles to [-1, 1]).
+    ``preprocessing.shape_mode``, ``preprocessing.crop_foreground``, ``intensity.kind``, ``intensity.window`` (CT),
+    ``intensity.percentiles`` and ``intensity.output_range``), then from the defaults (volume mode, ``crop_pad``,
+    no foreground crop, MR scaling of the 0.5-99.5 percentiles to [-1, 1]). So training, sampling and evaluation
+    see the images the way ``medvol prepare`` recorded (and previewed) them.
     The returned dataset has an attribute ``preprocessing`` (the `PreprocessingSettings` used).
 
     Args:
@@ -241,7 +231,9 @@ def build_dataset(
         window: CT window in HU (default -1000, 1000).
         percentiles: MR percentiles (default 0.5, 99.5).
         output_range: intensity range of the samples (default -1, 1).
-        shape_mode: ``crop_pad``, ``resize`` or ``fit``.
+        shape_mode: ``crop_pad``, ``resize`` or ``fit`` (see `medvol.transforms.spatial.ShapeMode`); how images reach
+            `size`.
+        crop_foreground: crop each image to its foreground (body) bounding box before fitting it to `size`.
         slice_axis: slice mode: the spatial axis slices are cut across (2: axial for RAS volumes).
         min_foreground_fraction: slice mode: drop slices with less foreground than this fraction.
         foreground_level: slice mode: relative intensity level of the foreground.
@@ -250,7 +242,7 @@ def build_dataset(
             whenever a slice of another volume was read in between: give a cache for shuffled training).
         augment: False, True (the classical preset), or keyword arguments for `classical_augmentation`.
     """
-    datalist_dict, base_dir = read_datalist(datalist)
+    datalist_dict, base_dir = load_datalist(datalist)
     where = str(base_dir / "datalist.json") if base_dir is not None else "settings"
     preprocessing_defaults, intensity_defaults = _datalist_defaults(datalist_dict)
     try:
@@ -260,6 +252,9 @@ def build_dataset(
     spatial_dims = 2 if mode == DatasetMode.SLICE else 3
     size = size if size is not None else preprocessing_defaults.get("size")
     spacing = spacing if spacing is not None else preprocessing_defaults.get("spacing")
+    shape_mode = shape_mode or preprocessing_defaults.get("shape_mode") or ShapeMode.CROP_PAD
+    if crop_foreground is None:
+        crop_foreground = bool(preprocessing_defaults.get("crop_foreground", False))
     intensity = intensity or intensity_defaults.get("kind") or IntensityKind.MR
     if window is None and intensity_defaults.get("kind") == str(IntensityKind.CT):
         window = intensity_defaults.get("window")
@@ -281,6 +276,7 @@ def build_dataset(
             output_range=tuple(output_range),
             shape_mode=shape_mode,
             slice_axis=slice_axis,
+            crop_foreground=crop_foreground,
         )
         ScaleIntensityWindow(settings.intensity, settings.window, settings.percentiles, settings.output_range)
     except ValueError as err:
@@ -288,7 +284,7 @@ def build_dataset(
     items = split_items(datalist_dict, split, base_dir)
     if mode == DatasetMode.VOLUME:
         for item in items:
-            if item["image"].lower().endswith(IMAGE_2D_SUFFIXES):
+            if is_image_2d(item["image"]):
                 raise MedvolInputError(item["image"], "is a 2D image; volume mode needs 3D volumes (use slice mode)")
 
     keys = list(settings.keys)

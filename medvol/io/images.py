@@ -14,13 +14,14 @@ import numpy as np
 from monai.utils import optional_import
 
 from medvol.errors import MedvolInputError
+from medvol.io.files import IMAGE_2D_SUFFIXES
+from medvol.io.report import SKIPPED, USED, WARNING
 
 Image, _ = optional_import("PIL.Image")
 pydicom, _ = optional_import("pydicom")
 sitk, _ = optional_import("SimpleITK")
 
 ITU_R_601_WEIGHTS = (0.2989, 0.5870, 0.1140)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GREYSCALE_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "F", "1")
 
 
@@ -46,8 +47,10 @@ def _read_pillow(path: Path) -> tuple[np.ndarray, str | None]:
                 rows_columns = np.asarray(image.getchannel("L"), dtype=np.float32)
                 converted_from = mode
             else:  # RGB, RGBA, P, PA, CMYK, YCbCr, ...: to RGB first, then luma
-                rows_columns = rgb_to_grey(np.asarray(image.convert("RGB")))
-                converted_from = mode
+                rgb = np.asarray(image.convert("RGB"))
+                rows_columns = rgb_to_grey(rgb)
+                equal = np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])
+                converted_from = None if equal else mode
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise MedvolInputError(path, f"not a readable image ({type(err).__name__}: {err})") from None
     return np.ascontiguousarray(rows_columns.T), converted_from
@@ -86,7 +89,8 @@ def read_image_2d(path: str | os.PathLike) -> tuple[np.ndarray, str | None]:
 
     Returns:
         ``(array, converted_from)``: float32 [x, y] and the mode converted from (``"RGB"``, ``"RGBA"``, ``"P"``,
-        ``"LA"``, ``"MONOCHROME1"``, ...), or None when the file was greyscale already.
+        ``"LA"``, ``"MONOCHROME1"``, ...), or None when the file was greyscale already (or colour-coded grey: three
+        equal channels).
 
     Raises:
         MedvolInputError: missing or unreadable file.
@@ -94,7 +98,7 @@ def read_image_2d(path: str | os.PathLike) -> tuple[np.ndarray, str | None]:
     path = Path(path)
     if not path.is_file():
         raise MedvolInputError(path, "no such image file")
-    if path.name.lower().endswith(IMAGE_SUFFIXES):
+    if path.name.lower().endswith(IMAGE_2D_SUFFIXES):
         return _read_pillow(path)
     return _read_dicom_2d(path)
 
@@ -110,3 +114,37 @@ def image_mode(path: str | os.PathLike) -> tuple[list[int], str]:
             return [int(image.width), int(image.height)], image.mode
     except (OSError, ValueError) as err:
         raise MedvolInputError(path, f"not a readable image ({type(err).__name__}: {err})") from None
+
+
+def colour_channels_differ(image) -> bool:
+    """True when a Pillow image holds colour: its R, G and B channels differ somewhere (a greyscale picture saved
+    as RGB, or a palette of greys, is not colour)."""
+    if image.mode in GREYSCALE_MODES or image.mode in ("LA", "La"):
+        return False
+    rgb = np.asarray(image.convert("RGB"))
+    return bool(np.any(rgb[..., 0] != rgb[..., 1]) or np.any(rgb[..., 0] != rgb[..., 2]))
+
+
+def check_image_2d(path: str | os.PathLike) -> tuple[str, str, str | None]:
+    """Validate one PNG/JPEG/... with Pillow (decodes it, which takes well under a millisecond for thumbnails).
+
+    Returns:
+        (status, reason, converted_from): `converted_from` is the Pillow mode (``"RGB"``, ``"P"``, ...) when the
+        image holds colour and will be read as ITU-R 601 greyscale, None when it is greyscale (also when stored as
+        RGB with three equal channels: the conversion then changes nothing).
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            frames = getattr(image, "n_frames", 1)
+            colour = colour_channels_differ(image)
+    except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError... for broken files
+        return SKIPPED, f"unreadable image: {err}", None
+    reasons = []
+    converted_from = mode if colour else None
+    if converted_from:
+        reasons.append(f"{mode} colour image read as greyscale with ITU-R 601 weights")
+    if frames > 1:
+        reasons.append(f"{frames} frames, only the first is used")
+    return (WARNING if reasons else USED), "; ".join(reasons), converted_from

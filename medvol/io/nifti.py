@@ -14,11 +14,12 @@ import numpy as np
 from monai.utils import optional_import
 
 from medvol.errors import MedvolInputError
+from medvol.io.files import NIFTI_SUFFIXES
 from medvol.io.geometry import ImageGeometry, geometry_from_affine_ras
+from medvol.io.report import SKIPPED, USED, WARNING
 
 nib, _ = optional_import("nibabel")
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def check_nifti_suffix(path: str | os.PathLike) -> None:
@@ -108,3 +109,49 @@ def nonfinite_problem(array: np.ndarray) -> str | None:
         f"{nan_count} NaN and {inf_count} infinite voxels of {array.size}: intensities are not usable until they "
         "are repaired or masked"
     )
+
+
+def check_nifti(path: str | os.PathLike, read_voxels: bool = True) -> tuple[str, str, tuple[int, ...] | None]:
+    """Validate one NIfTI file with nibabel.
+
+    Args:
+        path: the file.
+        read_voxels: also read the voxels to reject NaN/Inf and flag constant images (otherwise the header only).
+
+    Returns:
+        (status, reason, spatial shape or None): status ``used``, ``warning`` or ``skipped``.
+    """
+    try:
+        image = nib.load(str(path))
+        shape = tuple(int(s) for s in image.shape)
+    except Exception as err:  # nibabel raises many types for broken files
+        return SKIPPED, f"unreadable NIfTI: {err}", None
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) not in (2, 3):
+        return SKIPPED, f"NIfTI has {len(shape)} dimensions {list(image.shape)}; expected a 2D or 3D image", None
+    if min(shape) < 1:
+        return SKIPPED, f"NIfTI has an empty dimension {list(shape)}", None
+    if not np.all(np.isfinite(image.affine)):
+        return SKIPPED, "NIfTI affine contains NaN/Inf", shape
+    if not read_voxels:
+        return USED, "", shape
+    try:
+        voxels = np.asanyarray(image.dataobj)
+    except Exception as err:
+        return SKIPPED, f"unreadable NIfTI voxels (truncated file?): {err}", shape
+    if np.issubdtype(voxels.dtype, np.inexact):
+        bad = int(np.count_nonzero(~np.isfinite(voxels)))
+        if bad:
+            return SKIPPED, f"NIfTI contains {bad} NaN/Inf voxels of {voxels.size}", shape
+    if voxels.size and voxels.min() == voxels.max():
+        return WARNING, f"image is constant (every voxel = {voxels.flat[0]})", shape
+    return USED, "", shape
+
+
+def nifti_spatial_dims(path: str | os.PathLike) -> int:
+    """2 for a 2D NIfTI (also ``[x, y, 1]``, how radiographs are stored), 3 for a volume; from the header alone."""
+    shape = list(nib.load(str(path)).shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape.pop()
+    return 2 if len(shape) == 2 or shape[-1] == 1 else 3

@@ -14,12 +14,14 @@ from medvol.transforms.intensity import (
 from medvol.transforms.presets import CacheSafeMetad, PreprocessingSettings, preprocessing
 from medvol.transforms.spatial import (
     SLICE_META_KEY,
+    CropForegroundd,
     ExtractSlicesd,
     FitToShape,
     FitToShaped,
     OrientToRASd,
     ResampleToSpacingd,
     ShapeMode,
+    UprightPicturesd,
     extract_slice,
     kept_slice_indices,
 )
@@ -28,6 +30,7 @@ __all__ = [
     "INTENSITY_META_KEY",
     "SLICE_META_KEY",
     "CacheSafeMetad",
+    "CropForegroundd",
     "ExtractSlicesd",
     "FitToShape",
     "FitToShaped",
@@ -38,6 +41,7 @@ __all__ = [
     "ScaleIntensityWindow",
     "ScaleIntensityWindowd",
     "ShapeMode",
+    "UprightPicturesd",
     "classical_augmentation",
     "extract_slice",
     "intensity_record",

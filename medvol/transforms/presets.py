@@ -1,8 +1,9 @@
 """The preprocessing pipeline datasets use, built from a small set of settings that also key the disk cache.
 
-Order: load (MONAI's reader choice by suffix, channel first; colour 2D images to greyscale) -> orient to RAS
--> resample to a spacing (optional) -> intensity window to the output range (recorded in the meta) -> fit to the
-target shape (padding with the recorded background) -> float32 -> metadata made loadable by
+Order: load (MONAI's reader choice by suffix, channel first; colour 2D images to greyscale; pictures upright) ->
+orient to RAS
+-> resample to a spacing (optional) -> intensity window to the output range (recorded in the meta) -> crop to the
+foreground (optional) -> fit to the target shape (padding with the recorded background) -> float32 -> metadata made loadable by
 ``torch.load(weights_only=True)``.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,10 +31,17 @@ from medvol.transforms.intensity import (
     IntensityKind,
     ScaleIntensityWindowd,
 )
-from medvol.transforms.spatial import FitToShaped, OrientToRASd, ResampleToSpacingd, ShapeMode
+from medvol.transforms.spatial import (
+    CropForegroundd,
+    FitToShaped,
+    OrientToRASd,
+    ResampleToSpacingd,
+    ShapeMode,
+    UprightPicturesd,
+)
 
 # Bump when the meaning of a setting or the pipeline order changes, so older caches are never reused.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: `fit` scales by physical extent; crop_foreground
 GREYSCALE_MODES = ("L", "I", "I;16", "F")
 
 
@@ -96,9 +105,10 @@ class PreprocessingSettings:
         window: CT window in HU (None: -1000, 1000).
         percentiles: MR percentiles.
         output_range: intensity range of the samples.
-        shape_mode: ``crop_pad``, ``resize`` or ``fit``.
+        shape_mode: ``crop_pad``, ``resize`` or ``fit`` (see `ShapeMode`).
         slice_axis: for ``spatial_dims=2`` and volume files: the axis slices are cut across (kept whole when
             fitting the volume to the 2D `size`).
+        crop_foreground: crop each image to the bounding box of its foreground (the body) before fitting.
     """
 
     spatial_dims: int
@@ -110,6 +120,7 @@ class PreprocessingSettings:
     output_range: tuple[float, float] = DEFAULT_OUTPUT_RANGE
     shape_mode: str = ShapeMode.CROP_PAD.value
     slice_axis: int = 2
+    crop_foreground: bool = False
     keys: tuple[str, ...] = field(default=("image",))
 
     def __post_init__(self) -> None:
@@ -131,6 +142,7 @@ class PreprocessingSettings:
         object.__setattr__(self, "percentiles", tuple(float(v) for v in self.percentiles))
         object.__setattr__(self, "output_range", tuple(float(v) for v in self.output_range))
         object.__setattr__(self, "shape_mode", str(look_up_option(self.shape_mode, ShapeMode)))
+        object.__setattr__(self, "crop_foreground", bool(self.crop_foreground))
         object.__setattr__(self, "keys", tuple(self.keys))
 
     def to_dict(self) -> dict:
@@ -150,18 +162,27 @@ class PreprocessingSettings:
     def compose(self) -> Compose:
         """The deterministic preprocessing pipeline for these settings."""
         keys = list(self.keys)
+        codec_logger = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+        level = codec_logger.level
         with warnings.catch_warnings():
-            # MONAI 1.6 builds its nvImageCodec DICOM reader with every LoadImage and warns when the codec is absent
+            # MONAI 1.6 builds its nvImageCodec DICOM reader with every LoadImage and warns (a warning and a log
+            # line) when the codec is absent; medvol reads DICOM through its own converter
             warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader", category=UserWarning)
-            load = LoadImaged(keys, image_only=True, ensure_channel_first=True)
+            codec_logger.setLevel(logging.ERROR)
+            try:
+                load = LoadImaged(keys, image_only=True, ensure_channel_first=True)
+            finally:
+                codec_logger.setLevel(level)
         # registered last, so it is the first reader asked for 2D image suffixes; readers passed as `reader=` would
         # instead be tried on every file, suffix or not
         load.register(PILReader(converter=to_greyscale))
-        transforms = [load, OrientToRASd(keys)]
+        transforms = [load, UprightPicturesd(keys), OrientToRASd(keys)]
         slice_axis = self.slice_axis if self.spatial_dims == 2 else None
         if self.spacing is not None:
             transforms.append(ResampleToSpacingd(keys, self.spacing, slice_axis=slice_axis))
         transforms.append(ScaleIntensityWindowd(keys, self.intensity, self.window, self.percentiles, self.output_range))
+        if self.crop_foreground:
+            transforms.append(CropForegroundd(keys, slice_axis=slice_axis, in_plane_rank=self.spatial_dims))
         if self.size is not None:
             transforms.append(FitToShaped(keys, self.size, self.shape_mode, slice_axis=slice_axis))
         transforms += [EnsureTyped(keys, dtype=torch.float32, track_meta=True), CacheSafeMetad(keys)]
@@ -178,6 +199,7 @@ def preprocessing(
     output_range: Sequence[float] = DEFAULT_OUTPUT_RANGE,
     shape_mode: ShapeMode | str = ShapeMode.CROP_PAD,
     slice_axis: int = 2,
+    crop_foreground: bool = False,
     keys: KeysCollection = ("image",),
 ) -> Compose:
     """The preprocessing `Compose` for file paths under `keys` (see `PreprocessingSettings` for the arguments)."""
@@ -192,5 +214,6 @@ def preprocessing(
         output_range=tuple(output_range),
         shape_mode=shape_mode,
         slice_axis=slice_axis,
+        crop_foreground=crop_foreground,
         keys=keys,
     ).compose()

@@ -1,4 +1,5 @@
-"""Geometry: orientation to RAS, resampling to a spacing, fitting to a target shape, and slice extraction.
+"""Geometry: orientation to RAS, resampling to a spacing, cropping to the body, fitting to a target shape, and slice
+extraction.
 
 All transforms work on channel-first MetaTensors of spatial rank 2 or 3 (``[C, x, y(, z)]``) and keep their
 metadata; MONAI's own transforms do the work (`Orientation`, `Spacing`, `Resize`, `ResizeWithPadOrCrop`), these
@@ -13,7 +14,8 @@ from collections.abc import Hashable, Mapping, Sequence
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Orientation, Resize, ResizeWithPadOrCrop, Spacing, Transform
+from monai.transforms import MapTransform, Orientation, Resize, ResizeWithPadOrCrop, Spacing, SpatialCrop, Transform
+from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import StrEnum, convert_to_tensor, look_up_option
 
 from medvol.transforms.intensity import intensity_record
@@ -24,9 +26,12 @@ SLICE_META_KEY = "medvol_slice"
 class ShapeMode(StrEnum):
     """How `FitToShape` reaches the target shape.
 
-    - ``crop_pad``: centre crop / pad, no interpolation (keeps the voxel size).
+    - ``crop_pad``: centre crop / pad, no interpolation (keeps the voxel size; cuts off what lies outside the
+      target, e.g. the skull of a large image).
     - ``resize``: interpolate every axis to the target (changes the aspect ratio when the shapes differ in ratio).
-    - ``fit``: scale uniformly so the image fits inside the target, then pad (keeps the aspect ratio).
+    - ``fit``: scale so the whole field of view fits inside the target, then pad with the background (keeps the
+      physical aspect ratio: the output voxels are isotropic along the fitted axes, so anisotropic volumes are
+      resampled correctly; 2D pictures without spacing have 1 mm pixels).
     """
 
     CROP_PAD = "crop_pad"
@@ -36,6 +41,16 @@ class ShapeMode(StrEnum):
 
 def _spatial_rank(img: torch.Tensor) -> int:
     return img.ndim - 1
+
+
+def voxel_size(img: torch.Tensor) -> list[float]:
+    """Voxel size per spatial axis from a MetaTensor's affine (column norms), 1.0 per axis for a plain tensor."""
+    rank = _spatial_rank(img)
+    if not isinstance(img, MetaTensor):
+        return [1.0] * rank
+    affine = img.affine
+    sizes = torch.linalg.norm(affine[: min(3, affine.shape[0] - 1), :rank].double(), dim=0).tolist()
+    return [float(v) if v > 0 else 1.0 for v in sizes] + [1.0] * (rank - len(sizes))
 
 
 class OrientToRASd(MapTransform):
@@ -52,6 +67,34 @@ class OrientToRASd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = Orientation(axcodes="RAS"[: _spatial_rank(d[key])], labels=None)(d[key])
+        return d
+
+
+class UprightPicturesd(MapTransform):
+    """Gives 2D pictures (PNG, JPEG, BMP, TIFF) the geometry of what they show: their rows run top-down, medvol's
+    y axis points up (anterior / superior, how RAS volumes are displayed), so the y column of the affine is negated
+    and `OrientToRASd` then turns the pixels upright. Without this, every picture would be trained and shown
+    upside down. Other images (NIfTI, DICOM-derived) carry their own geometry and pass unchanged.
+
+    Args:
+        keys: keys of the images.
+        allow_missing_keys: do not raise when a key is missing.
+    """
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        from medvol.io.files import is_image_2d
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            if not isinstance(img, MetaTensor) or _spatial_rank(img) != 2:
+                continue
+            if not is_image_2d(str(img.meta.get("filename_or_obj", ""))):
+                continue
+            affine = img.affine.clone()
+            affine[:, 1] = -affine[:, 1]
+            affine[:-1, -1] += img.affine[:-1, 1] * (img.shape[2] - 1)
+            img.affine = affine
         return d
 
 
@@ -159,9 +202,11 @@ class FitToShape(Transform):
         if self.mode == ShapeMode.RESIZE:
             return Resize(target, mode=interpolation, anti_aliasing=True)(img)
         if self.mode == ShapeMode.FIT:
-            scale = min((t / s for t, s in zip(target, shape) if t > 0), default=1.0)
-            scaled = [max(1, round(s * scale)) if t > 0 else -1 for t, s in zip(target, shape)]
-            img = Resize(scaled, mode=interpolation, anti_aliasing=True)(img)
+            extents = [s * v for s, v in zip(shape, voxel_size(img))]
+            new_voxel = max((e / t for e, t in zip(extents, target) if t > 0), default=1.0)
+            scaled = [min(t, max(1, round(e / new_voxel))) if t > 0 else -1 for e, t in zip(extents, target)]
+            if scaled != [s if t > 0 else -1 for s, t in zip(shape, target)]:
+                img = Resize(scaled, mode=interpolation, anti_aliasing=True)(img)
         return ResizeWithPadOrCrop(target, mode="constant", value=pad_value)(img)
 
 
@@ -195,6 +240,74 @@ class FitToShaped(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.fitter(d[key])
+        return d
+
+
+def largest_component(mask: torch.Tensor) -> torch.Tensor:
+    """The largest connected component (face-connected) of a boolean mask; an empty mask stays empty."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask.cpu().numpy())
+    if count <= 1:
+        return mask
+    sizes = torch.bincount(torch.as_tensor(labels).flatten())
+    sizes[0] = 0
+    return torch.as_tensor(labels == int(sizes.argmax()))
+
+
+class CropForegroundd(MapTransform):
+    """Crops images to the bounding box of their foreground (the body: the largest connected region of voxels above
+    `foreground_threshold`, so a scanner table, a frame line or noise outside the body do not widen the box), with
+    a margin, so that fitting afterwards spends the target shape on anatomy instead of the air around it.
+
+    An image without foreground is left as it is. With `slice_axis`, a volume (one more axis than `in_plane_rank`)
+    keeps that axis whole, so its slices stay the slices of the whole volume.
+
+    Args:
+        keys: keys of the images to crop.
+        foreground_level: relative intensity level of the foreground (see `foreground_threshold`).
+        margin: margin around the box, as a fraction of each axis' length (at least one voxel).
+        slice_axis: axis kept whole for volumes that will be sliced.
+        in_plane_rank: spatial rank of the samples (2 in slice mode); a volume of rank ``in_plane_rank + 1`` keeps
+            `slice_axis`.
+        allow_missing_keys: do not raise when a key is missing.
+    """
+
+    backend = SpatialCrop.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        foreground_level: float = 0.05,
+        margin: float = 0.02,
+        slice_axis: int | None = None,
+        in_plane_rank: int | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.foreground_level = foreground_level
+        self.margin = margin
+        self.slice_axis = slice_axis
+        self.in_plane_rank = in_plane_rank
+
+    def crop(self, img: torch.Tensor) -> torch.Tensor:
+        """The crop of one channel-first image."""
+        img = convert_to_tensor(img, track_meta=True)
+        shape = list(img.shape[1:])
+        threshold = foreground_threshold(img, self.foreground_level)
+        body = largest_component(torch.as_tensor(img).amax(0) > threshold)
+        margins = [max(1, round(self.margin * s)) for s in shape]
+        start, end = generate_spatial_bounding_box(body[None], margin=margins, allow_smaller=True)
+        if all(e <= b for b, e in zip(start, end)):  # no foreground at all
+            return img
+        if self.slice_axis is not None and self.in_plane_rank is not None and len(shape) == self.in_plane_rank + 1:
+            start[self.slice_axis], end[self.slice_axis] = 0, shape[self.slice_axis]
+        return SpatialCrop(roi_start=start, roi_end=end)(img)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.crop(d[key])
         return d
 
 

@@ -68,7 +68,8 @@ def test_mednist_class_folders_stratified(shared_data, tmp_path):
     datalist, report = load(tmp_path)
     assert datalist["classes"] == ["CTAbd", "CTChest", "CTHead", "CXR", "MRBrain", "MRBreast"]
     assert datalist["spatial_dims"] == 2 and datalist["intensity"]["kind"] == "minmax"
-    assert datalist["preprocessing"] == {"size": [64, 64], "spacing": None}
+    assert datalist["preprocessing"] == {"size": [64, 64], "spacing": None, "shape_mode": "fit",
+                                         "crop_foreground": False}
     assert report["summary"]["files"] == 3000 and report["summary"]["used"] == 3000
     assert_no_leak(datalist)
     for name, fraction in zip(SPLITS, datalist["split_fractions"]):
@@ -157,13 +158,13 @@ def test_csv_with_space_in_id_is_repaired(tmp_path):
     source = write_volumes(tmp_path / "src", ["sub_01", "sub_02", "sub_03", "sub_04", "sub_05"])
     labels = tmp_path / "labels.csv"
     labels.write_text("id,label\nsub 01,lesion\nsub_02,normal\nsub_03,lesion\nsub_03,lesion\nsub_09,normal\nsub_05,normal\n")
-    assert prepare(source, "--out", tmp_path / "out", "--labels", labels) == 0
+    assert prepare(source, "--out", tmp_path / "out", "--labels", labels, "--unlabelled", "skip") == 0
     datalist, report = load(tmp_path / "out")
     reasons = {f["path"].rsplit("/", 1)[-1]: f["reason"] for f in report["files"]}
     assert "repaired to 'sub_01'" in reasons["labels.csv:2"]
     assert "duplicate id 'sub_03'" in reasons["labels.csv:5"]
     assert "unknown id 'sub_09'" in reasons["labels.csv:6"]
-    assert reasons["sub_04.nii.gz"] == "no label in labels.csv"
+    assert reasons["sub_04.nii.gz"] == "no label in labels.csv (--unlabelled skip)"
     assert datalist["classes"] == ["lesion", "normal"]
     assert sorted(e["subject"] for s in SPLITS for e in datalist[s]) == ["sub_01", "sub_02", "sub_03", "sub_05"]
 

@@ -12,7 +12,7 @@ import torch
 from monai.data import DataLoader, MetaTensor
 from PIL import Image
 
-from medvol.data.datasets import UNLABELLED, SliceDataset, build_dataset, read_datalist, split_items
+from medvol.data.datasets import UNLABELLED, SliceDataset, build_dataset, load_datalist, split_items
 from medvol.errors import MedvolInputError
 
 SHAPE = (12, 10, 8)
@@ -183,12 +183,12 @@ def test_bad_datalists_raise_input_errors(datalist, split, match):
         split_items(datalist, split)
 
 
-def test_read_datalist_errors(tmp_path):
+def test_load_datalist_errors(tmp_path):
     with pytest.raises(MedvolInputError, match="not found"):
-        read_datalist(tmp_path)
+        load_datalist(tmp_path)
     (tmp_path / "datalist.json").write_text("{not json")
     with pytest.raises(MedvolInputError, match="readable"):
-        read_datalist(tmp_path)
+        load_datalist(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -239,7 +239,7 @@ def test_real_hippocampus_volumes_and_slices(shared_data, tmp_path):
 
 
 def test_settings_default_to_the_datalist(datalist_dir):
-    datalist, base_dir = read_datalist(datalist_dir)
+    datalist, base_dir = load_datalist(datalist_dir)
     datalist["mode"] = "slice"
     datalist["preprocessing"] = {"size": [8, 8], "spacing": [2.0, 2.0, 2.0]}
     datalist["intensity"] = {"kind": "ct", "window": [-100, 3000], "output_range": [0, 1]}

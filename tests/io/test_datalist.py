@@ -11,19 +11,16 @@ import pytest
 from PIL import Image
 
 from medvol.errors import MedvolInputError
-from medvol.io.datalist import (
-    apply_labels_csv,
+from medvol.io.datalist import read_datalist, write_datalist, write_report
+from medvol.io.discovery import (
     build_datalist,
-    classify_file,
     datalist_from_decathlon_json,
     datalist_from_files,
     datalist_from_image_label_folders,
-    image_stem,
-    read_datalist,
     subject_from_stem,
-    write_datalist,
-    write_report,
 )
+from medvol.io.files import classify_file, image_stem
+from medvol.io.labels import apply_labels_csv
 from medvol.io.report import SKIPPED, USED, WARNING
 
 
@@ -104,7 +101,17 @@ def test_class_folders_unique_ids_and_rgb_warning(tmp_path):
     assert found["README.txt"] == (SKIPPED, "not an image file (.txt file)")
     rgb = datalist.records[str((tmp_path / "Hand" / "0000.png").resolve())]
     assert rgb.status == WARNING and "ITU-R 601" in rgb.reason
-    assert any("converted to greyscale" in m and "Hand/0000.png" in m for m in datalist.messages)
+    assert rgb.reason.count("ITU-R 601") == 1 and not datalist.messages  # once per file, in its record only
+
+
+def test_rgb_file_with_equal_channels_is_greyscale(tmp_path):
+    grey = (np.random.default_rng(2).random((8, 8)) * 255).astype(np.uint8)
+    Image.fromarray(np.stack([grey] * 3, -1), "RGB").save(tmp_path / "grey_as_rgb.png")
+    Image.fromarray(grey, "L").convert("P").save(tmp_path / "grey_palette.png")
+    write_png(tmp_path / "colour.png", "RGB")
+    found = statuses(datalist_from_files(tmp_path))
+    assert found["grey_as_rgb.png"] == (USED, "") and found["grey_palette.png"] == (USED, "")
+    assert found["colour.png"] == (WARNING, "RGB colour image read as greyscale with ITU-R 601 weights")
 
 
 def test_nifti_folder_skips_nan_and_keeps_others(volume_folder):
@@ -151,7 +158,10 @@ def test_csv_labels_report_every_problem(volume_folder):
         "sub_07,normal",  # 10: conflicting duplicate
         "",
     ]))
-    datalist = apply_labels_csv(datalist_from_files(volume_folder), csv_path)
+    with pytest.raises(MedvolInputError, match=r"labels 5 of 7 images; 1 image without a label \(e.g. 'sub_04'\); "
+                       r"1 of its 9 rows name no image \(e.g. 'ghost'\).*--unlabelled skip"):
+        apply_labels_csv(datalist_from_files(volume_folder), csv_path)
+    datalist = apply_labels_csv(datalist_from_files(volume_folder), csv_path, unlabelled="skip")
     found = statuses(datalist)
     assert found["csv:2"][0] == WARNING and "repaired to 'sub_01'" in found["csv:2"][1]
     assert found["csv:3"][0] == WARNING and "repaired to 'sub_02'" in found["csv:3"][1]
@@ -161,7 +171,7 @@ def test_csv_labels_report_every_problem(volume_folder):
     assert found["csv:10"][0] == SKIPPED and "duplicate id 'sub_07'" in found["csv:10"][1]
     assert "csv:7" not in found and "csv:4" not in found
     assert found["labels.csv"] == (USED, "labels CSV")
-    assert found["sub_04.nii.gz"] == (SKIPPED, "no label in labels.csv")
+    assert found["sub_04.nii.gz"] == (SKIPPED, "no label in labels.csv (--unlabelled skip)")
     assert found["sub_07.nii.gz"][0] == SKIPPED and "conflicting labels" in found["sub_07.nii.gz"][1]
     labels = {e["id"]: e["label_name"] for e in datalist.entries}
     assert labels == {"sub_01": "lesion", "sub_02": "normal", "sub_03": "normal", "sub 05": "lesion", "sub,06": "normal"}
@@ -171,7 +181,7 @@ def test_csv_labels_report_every_problem(volume_folder):
 
 def test_csv_path_column_reports_missing_image(volume_folder):
     csv_path = write_csv(volume_folder / "list.csv", "image;class\nsub_01.nii.gz;1\nsub_02.nii.gz;0\nmissing.nii.gz;1\n")
-    datalist = apply_labels_csv(datalist_from_files(volume_folder, class_folders=False), csv_path, class_order=None)
+    datalist = apply_labels_csv(datalist_from_files(volume_folder, class_folders=False), csv_path, unlabelled="skip")
     found = statuses(datalist)
     assert found["csv:4"][0] == SKIPPED and "missing image" in found["csv:4"][1]
     assert {e["id"]: e["label"] for e in datalist.entries} == {"sub_01": 1, "sub_02": 0}
@@ -182,7 +192,7 @@ TEST_CASES_BAD_CSV = [
     ["id,label\nsub,0,1,lesion\n", "joining", []],  # three pieces that join to nothing known
     ["id,label\nsub 01,lesion\n", "matches several images", ["sub-01"]],  # sub_01 and sub-01 both exist
     ["id,label\nghost,lesion\n", "none of its 1 ids", []],
-    ["name;value;other\nx;y;z\n", "names no id column", []],
+    ["name;value;other\nx;y;z\n", r"header \['name', 'value', 'other'\] is ambiguous \(label column", []],
     ["", "empty", []],
 ]
 
@@ -276,7 +286,7 @@ def test_write_and_read_datalist_round_trip(tmp_path, volume_folder):
     assert loaded[0]["image"] == datalist.entries[4]["image"]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["summary"]["used"] == 5 and len(report["files"]) == 5
-    with pytest.raises(MedvolInputError, match="does not exist"):
+    with pytest.raises(MedvolInputError, match="not found"):
         read_datalist(tmp_path / "nowhere" / "datalist.json")
 
 

@@ -1,0 +1,132 @@
+"""Files: what kind of image a path is (one list of suffixes for the whole project), listing a folder, and atomic
+writes (temporary file, fsync, rename) for every JSON and checkpoint medvol writes."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+NON_IMAGE_SUFFIXES = frozenset(
+    {".txt", ".csv", ".tsv", ".json", ".md", ".rst", ".py", ".xml", ".html", ".htm", ".pdf", ".log", ".yaml", ".yml",
+     ".zip", ".tar", ".gz", ".npz", ".npy", ".pkl", ".pt", ".ini", ".cfg", ".doc", ".docx", ".xls", ".xlsx", ".sh"}
+)
+TEMP_PREFIX = ".tmp-"
+
+
+def image_suffix(path: str | os.PathLike) -> str:
+    """Lower-case suffix that knows ``.nii.gz``."""
+    name = Path(path).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def image_stem(path: str | os.PathLike) -> str:
+    """File name without ``.nii.gz`` / ``.nii`` / the last suffix."""
+    name = Path(path).name
+    suffix = image_suffix(path)
+    return name[: -len(suffix)] if suffix else name
+
+
+def is_image_2d(path: str | os.PathLike) -> bool:
+    """True for PNG, JPEG, BMP and TIFF files (by suffix)."""
+    return image_suffix(path) in IMAGE_2D_SUFFIXES
+
+
+def is_nifti(path: str | os.PathLike) -> bool:
+    """True for ``.nii`` and ``.nii.gz`` files (by suffix)."""
+    return image_suffix(path) in NIFTI_SUFFIXES
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def classify_file(path: Path) -> str:
+    """``nifti``, ``image2d``, ``dicom`` (a candidate: DICOM suffix, no suffix, or the DICM preamble), ``other``."""
+    if path.name.startswith("."):
+        return "other"
+    suffix = image_suffix(path)
+    if suffix in NIFTI_SUFFIXES:
+        return "nifti"
+    if suffix in IMAGE_2D_SUFFIXES:
+        return "image2d"
+    if suffix in DICOM_SUFFIXES or not suffix:
+        return "dicom"
+    if suffix not in NON_IMAGE_SUFFIXES and _has_dicom_preamble(path):
+        return "dicom"
+    return "other"
+
+
+def not_an_image_reason(path: Path) -> str:
+    """Why `path` is not used as an image (for a `FileRecord`)."""
+    if path.name.startswith("."):
+        return "hidden file, not an image"
+    suffix = image_suffix(path)
+    return f"not an image file ({suffix} file)" if suffix else "not an image file"
+
+
+def list_files(root: Path, exclude: Sequence[Path] = ()) -> list[Path]:
+    """Every file under `root` (recursively, skipping hidden folders and folders of `exclude` inside `root`), sorted."""
+    root = root.resolve()
+    excluded = [e for e in (Path(x).resolve() for x in exclude) if e != root and e.is_relative_to(root)]
+    return sorted(
+        p for p in root.rglob("*")
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts[:-1])
+        and not any(p.resolve().is_relative_to(e) for e in excluded)
+    )
+
+
+def _fsync_dir(directory: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:
+    """Call ``write(binary_stream)`` on a temporary file next to `path`, fsync it and rename it to `path`: readers
+    see the old file or the new one, never a partial one (a crash leaves at most a ``.tmp-<pid>-<name>`` file).
+
+    Args:
+        path: the file to (re)write; its folder must exist.
+        write: writes the content to the stream it is given.
+    """
+    path = Path(path)
+    temp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{path.name}")
+    try:
+        with open(temp, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically (see `atomic_write`)."""
+    atomic_write(path, lambda stream: stream.write(data))
+
+
+def write_json(path: str | os.PathLike, document, indent: int = 1) -> Path:
+    """Write a JSON document atomically, creating the folder; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(document, indent=indent) + "\n").encode())
+    return path
