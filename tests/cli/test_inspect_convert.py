@@ -214,3 +214,43 @@ def test_inspect_image_folder_and_nifti(shared_data, capsys, tmp_path):
     nifti = sorted((shared_data / "hippocampus3d/images").glob("*.nii.gz"))[0]
     (entry,) = inspect_json(nifti, capsys)["series"]
     assert_geometry_equal(entry, sitk.ReadImage(str(nifti)))
+
+
+def synthetic_dicom_samples(out: Path, spatial_dims: int, modality: str) -> dict:
+    """What `medvol sample --format dicom` writes for a conditional run: three series, sidecars, datalist.json."""
+    from medvol.sampling import write_samples
+
+    arrays = np.random.default_rng(spatial_dims).normal(0.4, 0.1, size=(3, 1, *(16,) * spatial_dims)).astype(np.float32)
+    affine = np.diag([-0.9, -1.1, 2.0, 1.0]) if spatial_dims == 3 else np.diag([-0.9, -1.1, 1.0])
+    record = {"spatial_dims": spatial_dims, "modality": modality, "classes": ["normal", "lesion"], "reference_affine": affine.tolist()}
+    run = out.parent / "run"
+    provenance = {"run": str(run), "checkpoint": str(run / "checkpoints" / "checkpoint_000010.pt"), "seed": 0, "family": "wgan_gp"}
+    return write_samples(arrays, [0, 1, 0], record, out, "dicom", provenance)
+
+
+@pytest.mark.parametrize("spatial_dims, modality, sop_class", [(3, "MR", "MR Image Storage"), (2, "OT", "Secondary Capture Image Storage")])
+def test_inspect_synthetic_dicom_export(capsys, tmp_path, spatial_dims, modality, sop_class):
+    document = synthetic_dicom_samples(tmp_path / "synthetic", spatial_dims, modality)
+    report = inspect_json(tmp_path / "synthetic", capsys)
+    assert len(report["series"]) == 3 and all(entry["kind"] == "dicom" for entry in report["series"])
+    assert sorted(Path(entry["folder"]).name for entry in report["series"]) == sorted(e["id"] for e in document["training"])
+    for entry in report["series"]:
+        assert entry["synthetic"] is True and entry["modality"] == modality and entry["description"].startswith("SYNTHETIC")
+        assert entry["shape"] == [16, 16, 16 if spatial_dims == 3 else 1]
+        np.testing.assert_allclose(entry["spacing"][:2], [0.9, 1.1])
+        # a volume has nothing to report; a 2D picture is, as every single-file series, noted as not a volume
+        assert entry["problems"] == ([] if spatial_dims == 3 else ["single-file series: one 2D slice, not a volume"])
+        header = read_header(entry["first_file"])
+        assert header.SOPClassUID.name == sop_class
+        # provenance without the machine's paths: the run's folder name, the checkpoint relative to the run
+        assert "run=run; checkpoint=checkpoints/checkpoint_000010.pt; seed=0" in header.ImageComments
+        assert str(tmp_path) not in header.ImageComments + header.DerivationDescription
+    skipped = sorted(Path(s["path"]).name for s in report["skipped"])  # the JSON files beside the series, with a reason
+    assert skipped == sorted(["datalist.json"] + [f"{e['id']}.json" for e in document["training"]])
+    assert {s["reason"] for s in report["skipped"]} == {"not DICOM (JSON: a sidecar or datalist)"}
+
+
+def read_header(path: str):
+    import pydicom
+
+    return pydicom.dcmread(path, stop_before_pixels=True)
