@@ -146,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, help="generator iterations to train")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--checkpoint-every", type=int, help="save a checkpoint every K iterations")
+    p.add_argument(
+        "--evaluate-every",
+        type=int,
+        help="every K iterations: FID and diversity of generated samples against the validation split (TensorBoard "
+        "evaluation/*), keeping the checkpoint of the lowest FID as 'best'; 0: off (default: every tenth of runs of "
+        "2000 iterations or more, off for shorter ones)",
+    )
     p.add_argument("--batch-size", type=_batch_size, default="auto", help="'auto' (memory plan) or an effective batch size")
     p.add_argument("--max-memory", type=float, help="memory budget in GB for the planner")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto", help="training precision")
@@ -159,7 +166,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["nifti", "dicom"], default="nifti", help="output format (default nifti)")
     p.add_argument("--out", required=True, help="output folder (gets datalist.json)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    p.add_argument("--checkpoint", default="latest", help="'latest' (default), a file name in RUN/checkpoints, or a path")
+    p.add_argument(
+        "--checkpoint",
+        default="latest",
+        help="'latest' (default), 'best' (lowest FID of the evaluations during training), a file name in "
+        "RUN/checkpoints, or a path",
+    )
+
+    p = sub.add_parser(
+        "evaluate",
+        help="is the synthetic data faithful, diverse, private and useful? metrics.json and report.html",
+        description="Compares a synthetic folder with the real data: FID/KID with real-vs-real baselines, MMD, "
+        "precision/recall, density/coverage, MS-SSIM diversity and a mode_collapse flag, nearest-neighbour privacy "
+        "(possible copies of training images), recognisability by a real-trained classifier and, with --utility, "
+        "classifiers trained on real / real+augmentation / synthetic / real+synthetic / real+augmentation+synthetic "
+        "(paired seeds, tested on the real test split). Writes OUT/metrics.json and a self-contained OUT/report.html.",
+    )
+    p.add_argument("--real", required=True, help="datalist.json written by `medvol prepare` (needs training and test splits)")
+    p.add_argument(
+        "--synthetic",
+        required=True,
+        help="a `medvol sample` output (labels from its datalist.json) or a folder of images/volumes (unlabelled, "
+        "or one sub-folder per class)",
+    )
+    p.add_argument("--out", required=True, help="output folder (metrics.json, report.html, caches reused by reruns)")
+    p.add_argument("--utility", action="store_true", help="run the utility study (classifiers per arm and seed)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of the utility study (default 3)")
+    p.add_argument(
+        "--synthetic-ratio", type=float, default=1.0, help="synthetic samples per real sample in the mixed arms (default 1)"
+    )
+    p.add_argument("--classifier-epochs", type=int, help="epochs of every classifier trained (default: the recipe's)")
+    p.add_argument(
+        "--features",
+        help="feature extractor checkpoint (TorchScript or a medvol classifier) instead of the classifier trained on "
+        "the real training split",
+    )
+    p.add_argument("--run", help="the training run: its TensorBoard curves go into the report")
+    p.add_argument(
+        "--filter",
+        action="store_true",
+        help="drop the synthetic samples a real-vs-synthetic classifier separates most confidently and report the "
+        "utility before and after (implies --utility)",
+    )
+    p.add_argument("--device", choices=["cpu", "cuda"], help="device (default: cuda when available)")
+    p.add_argument("--max-samples", type=int, help="at most this many samples per real split and synthetic set (seeded subset)")
+    p.add_argument("--seed", type=int, default=0, help="seed of subsets, feature extractor, bootstrap (default 0)")
 
     p = sub.add_parser("bench", help="benchmark loading, caching and training speed")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -176,15 +227,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _OnlyOnce(logging.Filter):
+    """Lets each distinct warning message through once (a warning repeated per file or per iteration says nothing
+    new); other levels pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING:
+            return True
+        key = (record.name, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+# third-party loggers that talk at INFO about their own machinery (ignite: every run start/end and epoch); shown
+# with --verbose
+QUIET_LOGGERS = ("ignite", "monai", "torch")
+
+
+def configure_logging(verbose: bool = False, rank_zero: bool = True) -> None:
+    """The console of every medvol command: medvol's own INFO lines and everyone's warnings (each once) and errors;
+    with `verbose` everything down to DEBUG. Processes other than rank 0 of a distributed run show errors only.
+
+    Args:
+        verbose: show debug messages and third-party INFO lines.
+        rank_zero: False in the other processes of a distributed run.
+    """
+    root = logging.getLogger()
+    if not root.handlers:  # a host application (or pytest) may have its own
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+        for handler in root.handlers:
+            handler.addFilter(_OnlyOnce())
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
+    if not rank_zero:
+        for name in ("", "medvol", *QUIET_LOGGERS):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `medvol` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
-    if not args.verbose:  # ignite logs every epoch start/end at INFO; the progress bar already says where a run is
-        logging.getLogger("ignite").setLevel(logging.WARNING)
+    configure_logging(args.verbose)
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_INPUT
@@ -197,9 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into head/less that closed early
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except KeyboardInterrupt:
-        print(f"medvol {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or medvol.engines.trainer.TrainingInterrupted (SIGINT/SIGTERM)
+        print(f"medvol {args.command}: {str(interrupt) or 'interrupted'}", file=sys.stderr)
+        return int(getattr(interrupt, "exit_code", 130))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import torch
 
 from medvol import __version__
 from medvol.errors import MedvolInputError
+from medvol.io.files import write_json
 
 __all__ = [
     "RUN_RECORD",
@@ -43,6 +44,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RUN_RECORD = "run.json"
+MODEL_EXPORT = Path("models") / "model.pt"  # the generator-only export training writes (medvol.engines.trainer)
 CAE_FIT_SAMPLES = 64
 SAMPLE_BATCH = 8
 FORMATS = ("nifti", "dicom")
@@ -65,25 +67,42 @@ def load_run_record(run_dir: str | os.PathLike) -> dict:
 
 
 def resolve_checkpoint(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> Path:
-    """The checkpoint file to sample from: `checkpoint` (a path, or a file name in ``RUN/checkpoints``), else the
-    latest one.
+    """The checkpoint file to sample from: `checkpoint` (a path, a file name in ``RUN/checkpoints``, or ``best``: the
+    one with the lowest FID of the evaluations during training), else the latest one, else, when the run has no
+    checkpoint (``checkpoints/`` deleted to save space), its final export ``RUN/models/model.pt``. A path may also
+    name a generator-only export (see :func:`load_networks`).
 
     Raises:
-        MedvolInputError: no checkpoint found.
+        MedvolInputError: no checkpoint found; ``best`` asked of a run that has none.
     """
     from medvol.engines.checkpoint import CheckpointManager
 
     folder = Path(run_dir) / "checkpoints"
-    if checkpoint not in (None, "", "latest"):
+    if checkpoint not in (None, "", "latest", "best"):
         path = Path(checkpoint)
         path = path if path.is_file() else folder / str(checkpoint)
         if not path.is_file():
             raise MedvolInputError(checkpoint, "checkpoint file not found")
         return path
+    export = Path(run_dir) / MODEL_EXPORT
     if not folder.is_dir():
-        raise MedvolInputError(run_dir, "the run has no checkpoints/ folder (has it trained?)")
+        if checkpoint != "best" and export.is_file():
+            return export
+        raise MedvolInputError(run_dir, f"the run has no checkpoints/ folder and no {MODEL_EXPORT.as_posix()} (has it trained?)")
+    if checkpoint == "best":
+        best = CheckpointManager(folder, remove_leftovers=False).best_path()
+        if best is None:
+            raise MedvolInputError(
+                folder, "the run has no best checkpoint yet: it is chosen by FID on the validation split during "
+                "training (medvol train --evaluate-every K); use --checkpoint latest"
+            )
+        if not best.is_file():
+            raise MedvolInputError(best, "the best checkpoint named by latest.json is missing")
+        return best
     # a reader: a training process may be writing a checkpoint into the folder right now
     latest = CheckpointManager(folder, remove_leftovers=False).latest_path()
+    if latest is None and export.is_file():
+        return export
     if latest is None:
         raise MedvolInputError(folder, "holds no checkpoint yet")
     if not latest.is_file():
@@ -127,14 +146,26 @@ def load_networks(
 
     Args:
         record: the run record (``run.json``).
-        checkpoint: a checkpoint file written by the run's trainer.
+        checkpoint: a checkpoint file written by the run's trainer, or a generator-only export (``RUN/models/model.pt``:
+            the plain ``state_dict`` of the generator, its EMA when training kept one, or of the autoencoder); from an
+            export only that network is returned.
         device: where to put the networks.
         use_ema: load the exponential moving average of the generator weights when the checkpoint has one.
+
+    Raises:
+        MedvolInputError: the file holds no weights for the run's networks, or weights of another shape.
     """
     from medvol.engines.checkpoint import CheckpointManager
 
     networks = _build_networks(record)
     state = CheckpointManager.load(checkpoint, map_location="cpu")
+    if _is_export(state):
+        from medvol.networks.factory import AUTOENCODER_FAMILIES
+
+        default = "autoencoder" if record["family"] in AUTOENCODER_FAMILIES else "generator"
+        name = str((record.get("model") or {}).get("network") or default)
+        networks = {name: networks[name]}
+        state = {"networks": {name: state}}
     weights = dict(state.get("networks") or {})
     extra = state.get("extra") or {}
     for name, module in networks.items():
@@ -143,9 +174,20 @@ def load_networks(
             source = extra[f"ema_{name}"]
         if source is None:
             raise MedvolInputError(checkpoint, f"checkpoint holds no weights for the {name} (it has {sorted(weights)})")
-        module.load_state_dict(_unwrapped(source))
+        try:
+            module.load_state_dict(_unwrapped(source))
+        except RuntimeError as err:
+            problem = str(err).strip().splitlines()[0]
+            raise MedvolInputError(
+                checkpoint, f"its {name} weights do not fit the {record['family']} network that run.json describes ({problem})"
+            ) from None
         module.to(device).eval()
     return networks
+
+
+def _is_export(state: Mapping[str, Any]) -> bool:
+    """A plain ``state_dict`` (the model-zoo ``models/model.pt``) rather than a trainer checkpoint."""
+    return bool(state) and "networks" not in state and all(isinstance(v, torch.Tensor) for v in state.values())
 
 
 def _unwrapped(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -333,7 +375,7 @@ def write_samples(
         "numValidation": 0,
         "numTest": 0,
     }
-    (out / "datalist.json").write_text(json.dumps(document, indent=2) + "\n")
+    write_json(out / "datalist.json", document, indent=2)
     return document
 
 

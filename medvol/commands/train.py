@@ -5,7 +5,13 @@ The command does not wire training itself: it turns its arguments into overrides
 Steps: resolve the bundle; prepare DIR into ``RUN/data`` when it holds raw images instead of a ``datalist.json``
 (``medvol prepare``'s code); write ``RUN/config.yaml`` (the config used); run the workflow, which writes
 ``run.json``, ``plan.json`` (memory plan), ``checkpoints/``, ``tensorboard/`` and ``samples/`` and resumes from the
-latest checkpoint when there is one. ``--nproc N`` runs ``multi_gpu_train.yaml`` on top under ``torchrun``.
+latest checkpoint when there is one. ``--nproc N`` runs ``multi_gpu_train.yaml`` on top under ``torchrun``, one
+process per rank running this module (``python -m medvol.commands.train BUNDLE OVERRIDES``, see `worker_main`).
+
+Ctrl-C (SIGINT) or SIGTERM ends training after the current iteration with a checkpoint of it, one line saying where,
+and exit code 130 / 143; the same command resumes. Under ``--nproc`` the workers run in their own session, so that
+only this process receives the terminal's Ctrl-C: it asks the workers to stop through a file in RUN (`STOP_FILE`),
+they agree on the iteration to stop after, rank 0 saves it, and they exit normally.
 """
 
 from __future__ import annotations
@@ -14,6 +20,10 @@ import argparse
 import json
 import logging
 import math
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +33,7 @@ import yaml
 
 from medvol import bundle as bundles
 from medvol.errors import MedvolInputError
+from medvol.io.datalist import read_datalist
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +41,22 @@ DATALIST_FILE = "datalist.json"
 PREPARED_DIR = "data"
 # run.json facts that must match when a command resumes an existing run
 RESUME_KEYS = ("family", "spatial_dims", "image_size")
+# written by `medvol train --nproc N` when it receives SIGINT/SIGTERM: its workers stop after the current iteration
+STOP_FILE = ".stop-requested"
+# where rank 0 of `medvol train --nproc N` leaves a bad-input message for the parent to print
+WORKER_ERROR_FILE = ".worker-error"
+# the logger of the bundles' StatsHandler (bundles/common/configs/train.yaml): loss lines every `sample_every`
+# iterations, which `medvol train` shows only with --verbose (TensorBoard has them; the progress bar shows the loss)
+STATS_LOGGER = "medvol.train"
+
+
+def _verbose() -> bool:
+    return logging.getLogger("medvol").isEnabledFor(logging.DEBUG)
+
+
+def _quiet_statistics() -> None:
+    if not _verbose():  # after the workflow built its StatsHandler, which sets the level of its logger to INFO
+        logging.getLogger(STATS_LOGGER).setLevel(logging.WARNING)
 
 
 def prepared_data(data: str | Path, run_dir: Path, spatial_dims: int | None, seed: int) -> Path:
@@ -56,7 +83,7 @@ def prepared_data(data: str | Path, run_dir: Path, spatial_dims: int | None, see
         argparse.Namespace(
             source=str(data),
             out=str(target),
-            mode="slice" if spatial_dims == 2 else "volume",
+            mode={2: "slice", 3: "volume"}.get(spatial_dims),  # None: from the data (2D images give slices)
             labels=None,
             size=None,
             spacing=None,
@@ -83,7 +110,7 @@ def _datalist_image_size(datalist: Mapping, spatial_dims: int) -> list[int] | No
 
 def training_overrides(args: argparse.Namespace, data_dir: Path, run_dir: Path) -> dict[str, Any]:
     """The bundle config overrides that `medvol train`'s arguments stand for."""
-    datalist = json.loads((data_dir / DATALIST_FILE).read_text())
+    datalist = read_datalist(data_dir)
     spatial_dims = args.spatial_dims or int(datalist.get("spatial_dims") or (3 if datalist.get("mode") == "volume" else 2))
     if spatial_dims == 3 and int(datalist.get("source_spatial_dims") or 3) == 2:
         raise MedvolInputError(data_dir, "holds 2D images: it can train only with --spatial-dims 2")
@@ -109,6 +136,11 @@ def training_overrides(args: argparse.Namespace, data_dir: Path, run_dir: Path) 
         overrides["iterations"] = int(args.iterations)
     if args.checkpoint_every is not None:
         overrides["checkpoint_every"] = int(args.checkpoint_every)
+    evaluate_every = getattr(args, "evaluate_every", None)
+    if evaluate_every is not None:
+        if evaluate_every < 0:
+            raise MedvolInputError("--evaluate-every", f"must be 0 (off) or a positive number of iterations, got {evaluate_every}")
+        overrides["evaluate_every"] = int(evaluate_every)
     if args.batch_size != "auto":
         overrides["batch_size"] = int(args.batch_size)
     if args.device is not None:
@@ -144,6 +176,71 @@ def check_resumable(run_dir: Path, workflow) -> None:
             )
 
 
+def check_conditional(workflow, data_dir: Path) -> None:
+    """Refuse, before any work, to train a conditional family (cgan, acwgan_gp) on data without class labels."""
+    from medvol.networks.factory import GAN_FAMILIES
+
+    family = workflow.parser.get_parsed_content("family")
+    if family not in GAN_FAMILIES or not GAN_FAMILIES[family][4]:
+        return
+    classes = read_datalist(data_dir).get("classes") or []
+    if len(classes) < 2:
+        found = f"only the class {classes[0]!r}" if classes else "no class labels"
+        raise MedvolInputError(
+            data_dir / DATALIST_FILE,
+            f"{family} is a conditional family and needs at least 2 classes, but the data has {found}: prepare it "
+            "with `medvol prepare SOURCE --labels CSV --out DIR` (or from one folder per class), or train an "
+            "unconditional family such as dcgan or wgan_gp",
+        )
+
+
+def worker_command(nproc: int, bundle: str | Path, overrides: Mapping[str, Any], verbose: bool = False) -> list[str]:
+    """The ``torchrun`` command line of ``medvol train --nproc N``: `nproc` processes running `worker_main`."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "medvol.commands.train", str(bundle), json.dumps(dict(overrides))]
+    return command + (["--verbose"] if verbose else [])
+
+
+def run_workers(command: list[str], run_dir: Path) -> tuple[int, int | None]:
+    """Run the `worker_command` until it ends; SIGINT/SIGTERM meanwhile ask the workers to stop (`STOP_FILE`).
+
+    Returns:
+        ``(torchrun's exit code, the signal received or None)``.
+    """
+    stop_file = run_dir / STOP_FILE
+    stop_file.unlink(missing_ok=True)
+    received: list[int] = []
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if not received:
+            received.append(signum)
+            stop_file.touch()
+
+    env = dict(os.environ)
+    # torchrun prints a banner when it has to choose the threads per process itself
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(command[4].split("=")[1]))))
+    logger.debug("running: %s", " ".join(command))
+    # a session of their own: the terminal's Ctrl-C reaches this process only (torchrun would forward it as a
+    # SIGINT of its own and print its shutdown report)
+    process = subprocess.Popen(command, cwd=str(bundles.BUNDLES_DIR.parent), env=env, start_new_session=True)
+    previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = process.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        stop_file.unlink(missing_ok=True)
+    return code, (received[0] if received else None)
+
+
+def _latest_checkpoint(run_dir: Path) -> tuple[int, str | None]:
+    pointer = run_dir / "checkpoints" / "latest.json"
+    if not pointer.is_file():
+        return 0, None
+    latest = json.loads(pointer.read_text())
+    return int(latest["iteration"]), str(run_dir / "checkpoints" / latest["file"])
+
+
 def train(
     bundle: str | Path,
     overrides: Mapping[str, Any],
@@ -163,23 +260,35 @@ def train(
     Returns:
         ``{"iterations", "checkpoint", "seconds", "resumed_from"}``.
     """
+    from medvol.engines.trainer import TrainingInterrupted
+
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     config_workflow = bundles.load_workflow(bundle, "train", overrides, distributed=nproc > 1, logging_file=False)
+    check_conditional(config_workflow, Path(overrides["dataset_dir"]))
     check_resumable(run_dir, config_workflow)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(bundles.resolved_config(config_workflow), sort_keys=False))
     if nproc > 1:
         # each process takes the GPU of its local rank: only an explicit CPU choice is passed on
         per_process = {k: v for k, v in overrides.items() if k != "device" or str(v) == "cpu"}
-        command = bundles.torchrun_command(nproc, bundle, per_process)
-        code = bundles.run_torchrun(command)
+        command = worker_command(nproc, bundle, per_process, verbose=_verbose())
+        error_file = run_dir / WORKER_ERROR_FILE
+        error_file.unlink(missing_ok=True)
+        code, received = run_workers(command, run_dir)
+        iteration, checkpoint = _latest_checkpoint(run_dir)
+        if error_file.is_file():
+            problem = error_file.read_text().strip()
+            error_file.unlink()
+            raise MedvolInputError(None, problem)
+        if received is not None:
+            raise TrainingInterrupted(received, iteration, checkpoint)
         if code != 0:
             raise RuntimeError(f"distributed training failed (exit code {code}): {' '.join(command)}")
-        latest = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
-        return {"iterations": latest["iteration"], "checkpoint": str(run_dir / "checkpoints" / latest["file"]),
-                "seconds": time.perf_counter() - started, "resumed_from": None}
+        return {"iterations": iteration, "checkpoint": checkpoint, "seconds": time.perf_counter() - started,
+                "resumed_from": None}
     config_workflow.initialize()
     trainer = config_workflow.parser.get_parsed_content("train#trainer")
+    _quiet_statistics()
     for handler in extra_handlers or []:
         handler.attach(trainer)
     try:
@@ -218,8 +327,73 @@ def run(args: argparse.Namespace) -> int:
         memory = json.loads(plan_path.read_text())
         plan = (f"; memory plan: micro-batch {memory['micro_batch']} x {memory['accumulation_steps']} accumulation steps, "
                 f"{memory['precision']}")
+    best = ""
+    pointer_path = run_dir / "checkpoints" / "latest.json"
+    if pointer_path.is_file() and json.loads(pointer_path.read_text()).get("best"):
+        entry = json.loads(pointer_path.read_text())["best"]
+        best = f"; best checkpoint {entry['file']} (FID {entry['metric']:.4g} at iteration {entry['iteration']})"
     print(
         f"trained {bundle_dir.name} to iteration {summary['iterations']} in {summary['seconds']:.1f} s{resumed}{plan}; "
-        f"checkpoint {summary['checkpoint']}; run folder {run_dir}"
+        f"checkpoint {summary['checkpoint']}{best}; run folder {run_dir}"
     )
     return 0
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    """One process of ``medvol train --nproc N``, started by torchrun: the bundle's train workflow with
+    ``multi_gpu_train.yaml``, logging like the ``medvol`` command on rank 0 and only errors on the other ranks.
+
+    Usage: ``python -m medvol.commands.train BUNDLE OVERRIDES_JSON [--verbose]``. It stops after the iteration in which
+    ``RUN/.stop-requested`` appears (see `run_workers`) and then exits 0, leaving the message to the parent; bad input
+    goes to ``RUN/.worker-error`` for the parent to print, also with exit code 0 (torchrun would print a report of
+    its own for any other code).
+    """
+    import warnings
+
+    from ignite.engine import Events
+
+    from medvol.cli import configure_logging
+    from medvol.engines.trainer import TrainingInterrupted
+
+    parser = argparse.ArgumentParser(prog="python -m medvol.commands.train")
+    parser.add_argument("bundle")
+    parser.add_argument("overrides", help="config overrides as JSON")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    rank_zero = int(os.environ.get("RANK", "0")) == 0
+    configure_logging(args.verbose, rank_zero=rank_zero)
+    if not rank_zero:
+        warnings.simplefilter("ignore")  # rank 0 shows the same warnings
+    overrides = json.loads(args.overrides)
+    run_dir = Path(overrides["output_dir"])
+    stop_file = run_dir / STOP_FILE
+    workflow = None
+    try:
+        workflow = bundles.create_workflow(args.bundle, "train", overrides, distributed=True, logging_file=False)
+        trainer = workflow.parser.get_parsed_content("train#trainer")
+        _quiet_statistics()
+
+        def stop_when_asked(engine: Any) -> None:
+            if stop_file.exists():
+                trainer.request_stop(signal.SIGINT)
+
+        trainer.add_event_handler(Events.ITERATION_STARTED, stop_when_asked)
+        workflow.run()
+    except MedvolInputError as err:
+        if rank_zero:
+            (run_dir / WORKER_ERROR_FILE).write_text(str(err))
+        return 0
+    except TrainingInterrupted as stop:
+        if stop_file.exists():
+            return 0
+        if rank_zero:
+            print(f"medvol train: {stop}", file=sys.stderr)
+        return stop.exit_code
+    finally:
+        if workflow is not None:
+            workflow.finalize()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())

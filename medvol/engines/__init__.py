@@ -1,8 +1,10 @@
 """Training engines: adversarial and autoencoder trainers (MONAI/ignite), mixed precision, memory planning,
-crash-safe checkpoints and monitoring. See :mod:`medvol.engines.trainer` for how to construct a trainer."""
+crash-safe checkpoints, monitoring and evaluation during training. See :mod:`medvol.engines.trainer` for how to
+construct a trainer."""
 
 from medvol.engines.amp import AutocastModule, Precision, resolve_precision
 from medvol.engines.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from medvol.engines.evaluation import TrainingEvaluator
 from medvol.engines.guards import AdversarialHealth, NonFiniteLossError
 from medvol.engines.memory import MemoryPlan, TensorMemoryTracker, apply_activation_checkpointing, plan_memory
 from medvol.engines.monitoring import TrainingMonitor, sample_montage
@@ -27,6 +29,7 @@ __all__ = [
     "plan_memory",
     "apply_activation_checkpointing",
     "TrainingMonitor",
+    "TrainingEvaluator",
     "sample_montage",
     "BatchStream",
 ]
