@@ -258,8 +258,9 @@ def datalist_path(dataset_dir: str | os.PathLike) -> str:
     Raises:
         MedvolInputError: no datalist there (the folder was not prepared).
     """
-    path = Path(dataset_dir).expanduser()
-    path = path / "datalist.json" if path.is_dir() or path.suffix != ".json" else path
+    from medvol.io.datalist import datalist_file
+
+    path = datalist_file(dataset_dir)
     if not path.is_file():
         raise MedvolInputError(path, "no datalist here: prepare the data first (`medvol prepare SOURCE --out DIR`)")
     return str(path.resolve())
@@ -267,7 +268,9 @@ def datalist_path(dataset_dir: str | os.PathLike) -> str:
 
 def class_count(dataset_dir: str | os.PathLike) -> int:
     """The number of classes of a prepared folder's datalist (what conditional families condition on)."""
-    return len(json.loads(Path(datalist_path(dataset_dir)).read_text()).get("classes") or [])
+    from medvol.io.datalist import read_datalist
+
+    return len(read_datalist(datalist_path(dataset_dir)).get("classes") or [])
 
 
 def training_dataset(datalist_file: str | os.PathLike, options: Mapping[str, Any]) -> torch.utils.data.Dataset:
@@ -469,7 +472,9 @@ def write_run_record(output_dir: str | os.PathLike, **facts: Any) -> bool:
     run_dir = Path(output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     dataset = facts.pop("dataset")
-    datalist = json.loads(Path(facts["datalist"]).read_text())
+    from medvol.io.datalist import read_datalist
+
+    datalist = read_datalist(facts["datalist"])
     record = {
         "medvol_version": __version__,
         **_plain_json(facts),
@@ -481,9 +486,9 @@ def write_run_record(output_dir: str | os.PathLike, **facts: Any) -> bool:
     if path.is_file():
         previous = json.loads(path.read_text())
         record["history"] = [*previous.get("history", []), {k: previous.get(k) for k in ("iterations", "seed")}]
-    from medvol.engines.checkpoint import atomic_write_bytes
+    from medvol.io.files import write_json
 
-    atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
+    write_json(path, record, indent=2)
     return True
 
 

@@ -32,44 +32,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from medvol.io.files import TEMP_PREFIX as _TEMP_PREFIX
+from medvol.io.files import atomic_write as _atomic_write
+from medvol.io.files import atomic_write_bytes
+
 __all__ = ["CheckpointManager", "capture_rng_state", "restore_rng_state", "atomic_write_bytes"]
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 _CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
-_TEMP_PREFIX = ".tmp-"
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temporary file next to ``path``, fsync it, and rename it to ``path``."""
-    path = Path(path)
-    temp = path.with_name(f"{_TEMP_PREFIX}{os.getpid()}-{path.name}")
-    try:
-        with open(temp, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
-    _atomic_write(Path(path), lambda stream: stream.write(data))
 
 
 def capture_rng_state() -> dict[str, Any]:
