@@ -77,7 +77,12 @@ def _check_images(images: torch.Tensor, name: str, minimum: int = 2) -> torch.Te
         raise MedvolInputError(None, f"{name}: expected images [N, C, x, y(, z)], got {shape}")
     if images.shape[0] < minimum:
         raise MedvolInputError(None, f"{name} needs at least {minimum} images, got {images.shape[0]}")
-    return images.detach().float()
+    return _plain(images)
+
+
+def _plain(images: torch.Tensor) -> torch.Tensor:
+    """float32 torch.Tensor without autograd history or MetaTensor metadata (none is needed for a similarity)."""
+    return images.detach().float().as_subclass(torch.Tensor)
 
 
 def _pairs(n: int, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +107,11 @@ def pair_ssim(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
 
     Uses the same 5-voxel Gaussian window as the MS-SSIM here; images in [-1, 1].
     """
-    first, second = first.detach().float(), second.detach().float()
+    first, second = _plain(first), _plain(second)
+    if first.shape != second.shape:
+        raise MedvolInputError(None, f"SSIM: images of shape {list(first.shape)} and {list(second.shape)} differ")
+    if min(first.shape[2:]) < _KERNEL_SIZE:
+        raise MedvolInputError(None, f"SSIM needs at least {_KERNEL_SIZE} voxels per side, got images of size {list(first.shape[2:])}")
     spatial_dims = first.ndim - 2
     out = []
     for start in range(0, first.shape[0], _PAIR_CHUNK):
@@ -205,7 +214,8 @@ def diversity_report(
     ratio 0 in every class. The thresholds come from real data split against itself (random disjoint sets of n images
     per class of mednist64 at 32^2, 12 draws, 6 classes, both ratios): the smallest ratio seen was 0.58 at n=8,
     0.67 at n=16, 0.84 at n=50, but 0.18 at n=4, where 6 pairs are too few to tell a small spread from collapse;
-    hence 0.5 from 8 images on and only near-identical samples (ratio < 0.1) below that. A generator whose samples
+    hippocampus volumes (8 draws at 16^3 and 32^3) stayed above 0.84 from n=8 on and above 0.70 at n=4.
+    Hence 0.5 from 8 images on and only near-identical samples (ratio < 0.1) below that. A generator whose samples
     of a class are copies of 2 images sits near 0.5 and may go either way; 3 or more modes are not flagged.
 
     Args:
