@@ -53,6 +53,7 @@ __all__ = [
     "IdentifierLeak",
     "IntegerEncoding",
     "SyntheticProvenance",
+    "encode_hu",
     "encode_int16",
     "encode_uint16",
     "identifying_tags_in",
@@ -342,6 +343,7 @@ def write_synthetic_nifti(
 # DICOM
 
 _UINT16_MAX = 65535
+_CT_RESCALE_INTERCEPT = -1024.0
 # Value 3 of ImageType where the image module defines it (PS3.3 C.8.2.1.1.1 CT, C.8.3.1.1.1 MR): MR requires one
 # and none of its defined terms (MPR, T1 MAP, ...) describes a generated image, hence OTHER; CT's are AXIAL or
 # LOCALIZER, and a synthetic volume in the training data's frame is an axial stack, not a localizer.
@@ -390,7 +392,7 @@ def _ds(value: float) -> float:
 
 
 def encode_int16(values: np.ndarray) -> IntegerEncoding:
-    """Chooses RescaleSlope/Intercept so int16 storage holds ``values`` faithfully (CT in HU).
+    """Chooses RescaleSlope/Intercept so int16 storage holds any ``values`` faithfully (CT beyond the HU range).
 
     Integer-valued data that spans at most 65536 values (CT in HU, uint16 images) is stored losslessly with slope 1
     (and intercept 0 when it fits int16 as is); anything else is spread over the int16 range, so the rounding error is
@@ -412,13 +414,29 @@ def encode_int16(values: np.ndarray) -> IntegerEncoding:
     return _integer_encoding(values, stored, slope, intercept)
 
 
+def encode_hu(values: np.ndarray) -> IntegerEncoding:
+    """CT intensities as integer HU the usual way: int16 with RescaleSlope 1 and RescaleIntercept -1024.
+
+    Fractional HU (a generator's output) are rounded: half a HU at most, far below any CT's noise, and viewers (dcmtk
+    among them) show whole HU anyway. Values that int16 cannot hold this way (not HU at all) fall back to
+    :func:`encode_int16`.
+
+    Args:
+        values: finite intensities of a whole series, in HU.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    stored = np.round(values) - _CT_RESCALE_INTERCEPT
+    if stored.min() < _INT16_MIN or stored.max() > _INT16_MAX:
+        return encode_int16(values)
+    return _integer_encoding(values, stored.astype(np.int16), 1.0, _CT_RESCALE_INTERCEPT)
+
+
 def encode_uint16(values: np.ndarray) -> IntegerEncoding:
     """Spreads intensities over the whole uint16 range, for MR and SC objects whose stored integers viewers show.
 
     Integer-valued data that spans at most 65536 values (MR as scanners store it, 8/16-bit pictures) is stored
-    losslessly with slope 1
-    (intercept 0 when it fits uint16 as is); anything else maps its minimum to 0 and its maximum to 65535, a rounding
-    error of at most ``(max - min) / 131070``. Slope and intercept stay float64 (the Real World Value Mapping's FD).
+    losslessly with slope 1 (intercept 0 when it fits uint16 as is); anything else maps its minimum to 0 and its
+    maximum to 65535, a rounding error of at most ``(max - min) / 131070``. Slope and intercept stay float64 (the Real World Value Mapping's FD).
     Viewers window the stored integers, and a window is at least 1 wide (PS3.3 C.11.2.1.2), so small-range data
     (generator output in [0, 1], say) must not be stored as such behind a Modality LUT: it would show as black/white.
 
@@ -639,8 +657,8 @@ def write_synthetic_dicom_series(
     minus the cross product of the first two) cannot be told apart in DICOM: readers return the same voxels in space
     with the slice axis reversed. A 2D Secondary Capture image keeps only PixelSpacing (its IOD has no patient frame).
 
-    Intensities, one encoding per series so slices agree: CT stores int16 with RescaleSlope/Intercept to HU
-    (:func:`encode_int16`, lossless for integer HU); MR and Secondary Capture store uint16 spread over the whole range
+    Intensities, one encoding per series so slices agree: CT stores integer HU as int16 with RescaleSlope 1 and
+    RescaleIntercept -1024 (:func:`encode_hu`, lossless for integer HU, half a HU at most otherwise); MR and Secondary Capture store uint16 spread over the whole range
     without a Modality LUT (:func:`encode_uint16`), and the slope and intercept back to the given intensities go into
     a Real World Value Mapping item (0040,9096). WindowCenter/Width span the 1st to 99th percentile. ``<out_dir>.json`` beside the folder holds the provenance, the geometry and the encoding (slope,
     intercept, quantisation step, largest rounding error).
@@ -689,7 +707,7 @@ def write_synthetic_dicom_series(
     # into a volume; a 2D one keeps only PixelSpacing, which the SC Image module has.
     secondary_capture = sop_class_uid == SecondaryCaptureImageStorage
     image_plane = not secondary_capture or spatial_dims == 3
-    encoding = encode_uint16(volume3) if real_world_mapping else encode_int16(volume3)
+    encoding = encode_uint16(volume3) if real_world_mapping else encode_hu(volume3)
     study_uid = study_instance_uid or generate_uid()
     series_uid = generate_uid()
     frame_of_reference_uid = generate_uid()

@@ -21,6 +21,7 @@ from medvol.io.geometry import affine_ras_from_geometry
 from medvol.io.writers import (
     SYNTHETIC_MARK,
     SyntheticProvenance,
+    encode_hu,
     encode_int16,
     encode_uint16,
     identifying_tags_in,
@@ -454,6 +455,18 @@ TEST_CASE_UINT16_AS_IS = [np.array([0.0, 7.0, 40000.0, 65535.0]), 0.0]
 TEST_CASE_NEGATIVE_INTEGERS = [np.array([-300.0, 0.0, 1200.0]), 0.0]
 TEST_CASE_FLOAT_MR = [np.linspace(-0.3, 1.7, 999), 2.0 / 65535 / 2]
 TEST_CASE_WIDE_INTEGERS = [np.array([-1.0e6, 3.0, 2.0e6]), 3.0e6 / 65535 / 2]
+TEST_CASE_HU_AS_IS = [np.array([-1024.0, -3.0, 40.0, 3071.0]), 0.0, False]
+TEST_CASE_FRACTIONAL_HU = [np.linspace(-1024.0, 3071.0, 1001), 0.5, False]
+TEST_CASE_NOT_HU = [np.array([-1.0e6, 3.5, 2.0e6]), 3.0e6 / 65000 / 2, True]
+
+
+@pytest.mark.parametrize("values, worst_error, fallback", [TEST_CASE_HU_AS_IS, TEST_CASE_FRACTIONAL_HU, TEST_CASE_NOT_HU])
+def test_encode_hu_the_usual_way(values, worst_error, fallback):
+    encoding = encode_hu(values)
+    assert encoding.stored.dtype == np.int16
+    assert ((encoding.slope, encoding.intercept) == (1.0, -1024.0)) is not fallback
+    error = np.abs(encoding.decode() - values).max()
+    assert error <= encoding.max_error + 1e-9 and encoding.max_error == pytest.approx(worst_error, rel=0.01, abs=1e-12)
 
 
 @pytest.mark.parametrize("values, worst_error", [TEST_CASE_UINT16_AS_IS, TEST_CASE_NEGATIVE_INTEGERS, TEST_CASE_FLOAT_MR, TEST_CASE_WIDE_INTEGERS, TEST_CASE_CONSTANT])
