@@ -152,13 +152,21 @@ def load_workflow(
     root = BUNDLES_DIR.parent
     overrides = {key: _anchor_macros(value, root) for key, value in (overrides or {}).items()}
     top_level = {key: value for key, value in overrides.items() if "#" not in key and "::" not in key}
-    config_workflow = ConfigWorkflow(
-        config_file=[str(f) for f in files],
-        meta_file=str(files[0].parent / "metadata.json"),
-        logging_file=logging_file if logging_file is not None else str(files[0].parent / "logging.conf"),
-        workflow_type="train" if workflow == "train" else "infer",
-        **top_level,
-    )
+    # MONAI warns "Logging file is set to False, skipping logging." when asked to leave logging alone
+    workflows_logger = logging.getLogger("monai.bundle.workflows")
+    level = workflows_logger.level
+    if logging_file is False:
+        workflows_logger.setLevel(logging.ERROR)
+    try:
+        config_workflow = ConfigWorkflow(
+            config_file=[str(f) for f in files],
+            meta_file=str(files[0].parent / "metadata.json"),
+            logging_file=logging_file if logging_file is not None else str(files[0].parent / "logging.conf"),
+            workflow_type="train" if workflow == "train" else "infer",
+            **top_level,
+        )
+    finally:
+        workflows_logger.setLevel(level)
     parser = config_workflow.parser
     parser.set(_anchor_macros(parser.get(), root))
     parser.resolve_macro_and_relative_ids()
@@ -364,9 +372,9 @@ def init_distributed(device: str | torch.device | None = None) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not is_rank_zero():
-        # rank 0 alone reports progress; the other ranks still print warnings and errors
+        # rank 0 alone reports progress and warnings (the other ranks would repeat them); errors come from every rank
         for name in ("", "ignite", "monai", "medvol"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def distributed_device() -> torch.device:

@@ -3,8 +3,10 @@
 ``Precision.AUTO`` resolves to bfloat16 on a CUDA device that supports it, float16 on older CUDA devices (which then
 need a :class:`torch.amp.GradScaler`, one per optimiser: generator and critic losses have different magnitudes, so
 sharing one scale would let one network's overflow skip the other's steps), bfloat16 on a CPU with native bfloat16
-kernels, and float32 elsewhere. An explicit ``bf16`` runs on any CPU (emulated, slower where there is no native
-support).
+instructions (x86: AVX512-BF16 or AMX; other CPUs: oneDNN's bfloat16 check), and float32 on every other CPU.
+:func:`resolve_precision` returns the choice with its reason; the trainers log both once and record them in
+``plan.json``. An explicit ``bf16`` runs on any CPU, emulated where there are no native instructions (measured 30x
+slower than fp32 on an AVX2-only CPU, see docs/benchmarks.md).
 
 The gradient penalty of WGAN-GP differentiates the critic with respect to its input (``autograd.grad`` with
 ``create_graph=True``). Under float16/bfloat16 autocast that input gradient loses precision (bfloat16 keeps 8 bits of
@@ -18,6 +20,7 @@ backward are computed in full precision. The objective's code does not change.
 from __future__ import annotations
 
 import contextlib
+import platform
 from enum import Enum
 
 import torch
@@ -30,6 +33,7 @@ __all__ = [
     "make_grad_scaler",
     "AutocastModule",
     "cpu_supports_bf16",
+    "cpu_bf16_support",
 ]
 
 
@@ -42,33 +46,69 @@ class Precision(str, Enum):
     FP16 = "fp16"
 
 
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU has native bfloat16 kernels (oneDNN with AVX512-BF16/AMX)."""
+_X86 = ("x86_64", "amd64", "i386", "i686", "x86")
+
+
+def _onednn_bf16() -> bool:
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
 
 
-def resolve_precision(precision: str | Precision, device: str | torch.device) -> Precision:
-    """Turn ``auto`` into a concrete precision for ``device`` and validate the others.
+def _x86_bf16_instructions() -> list[str]:
+    flags = (("AVX512-BF16", "_is_avx512_bf16_supported"), ("AMX", "_is_amx_tile_supported"))
+    return [name for name, probe in flags if getattr(torch.cpu, probe, lambda: False)()]
+
+
+def cpu_bf16_support() -> tuple[bool, str]:
+    """Whether this CPU runs bfloat16 natively, and what that verdict rests on (for the console and plan.json).
+
+    oneDNN's own check (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) can answer yes on x86 CPUs that have AVX512
+    but no bfloat16 instructions, where oneDNN emulates bfloat16; on x86 the AVX512-BF16 or AMX instructions are
+    therefore required as well.
+    """
+    if not _onednn_bf16():
+        return False, "this CPU has no native bfloat16 kernels (oneDNN), so bf16 would be emulated and much slower"
+    if platform.machine().lower() not in _X86:
+        return True, f"this {platform.machine()} CPU has native bfloat16 kernels (oneDNN)"
+    found = _x86_bf16_instructions()
+    if found:
+        return True, f"this CPU has native bfloat16 instructions: {' and '.join(found)}"
+    return False, "this CPU has no AVX512-BF16 or AMX instructions, so bf16 would be emulated and much slower"
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bfloat16 instructions (see :func:`cpu_bf16_support`)."""
+    return cpu_bf16_support()[0]
+
+
+def resolve_precision(precision: str | Precision, device: str | torch.device) -> tuple[Precision, str]:
+    """Turn ``auto`` into a concrete precision for ``device``, validate the others, and say why.
 
     Args:
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
         device: the training device.
 
     Returns:
-        The concrete :class:`Precision` (never ``AUTO``).
+        ``(precision, reason)``: the concrete :class:`Precision` (never ``AUTO``) and one sentence saying why it was
+        chosen (e.g. ``"auto: this CPU has native bfloat16 instructions: AVX512-BF16 and AMX"``).
     """
     precision = Precision(precision)
     device = torch.device(device)
     if precision != Precision.AUTO:
-        return precision
+        reason = "requested"
+        if precision == Precision.BF16 and device.type == "cpu" and not cpu_supports_bf16():
+            reason += "; " + cpu_bf16_support()[1]
+        return precision, reason
     if device.type == "cuda":
-        return Precision.BF16 if torch.cuda.is_bf16_supported() else Precision.FP16
-    if device.type == "cpu" and cpu_supports_bf16():
-        return Precision.BF16
-    return Precision.FP32
+        if torch.cuda.is_bf16_supported():
+            return Precision.BF16, "auto: the CUDA device supports bfloat16"
+        return Precision.FP16, "auto: the CUDA device has no bfloat16 support; float16 with gradient scaling"
+    if device.type == "cpu":
+        native, why = cpu_bf16_support()
+        return (Precision.BF16 if native else Precision.FP32), f"auto: {why}"
+    return Precision.FP32, f"auto: no mixed precision on {device.type} devices"
 
 
 _AUTOCAST_DTYPES = {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}

@@ -77,6 +77,7 @@ class MemoryPlan:
         accumulation_steps: micro-batches accumulated per optimiser step (``ceil(effective_batch / micro_batch)``).
         effective_batch: samples per optimiser step (the data loader's batch size).
         precision: ``fp32``, ``bf16`` or ``fp16``.
+        precision_reason: why that precision (``"requested"`` or what ``auto`` found on the device).
         checkpointing: whether activation checkpointing is applied to the networks.
         estimated_peak_bytes: the planner's estimate for ``micro_batch`` (None when not estimated).
         measured_peak_bytes: the peak measured on a real step at ``micro_batch`` (None when not measured).
@@ -92,6 +93,7 @@ class MemoryPlan:
     accumulation_steps: int
     effective_batch: int
     precision: str = "fp32"
+    precision_reason: str | None = None
     checkpointing: bool = False
     estimated_peak_bytes: int | None = None
     measured_peak_bytes: int | None = None

@@ -63,10 +63,14 @@ Randomness inside data-loader workers (random augmentation with ``num_workers > 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -96,9 +100,38 @@ from medvol.engines.stream import BatchStream
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 
-__all__ = ["MedvolTrainer", "AdversarialTrainer", "AutoencoderTrainer", "default_prepare_batch"]
+__all__ = ["MedvolTrainer", "AdversarialTrainer", "AutoencoderTrainer", "TrainingInterrupted", "default_prepare_batch"]
 
 logger = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+MODEL_EXPORT = Path("models") / "model.pt"  # the model zoo's name for a bundle's trained weights
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT (Ctrl-C) or SIGTERM (e.g. cluster preemption) after its last completed iteration
+    was checkpointed; running the same training again resumes there.
+
+    A `KeyboardInterrupt`, so that ``except Exception`` blocks let it through, as they let Ctrl-C through.
+
+    Attributes:
+        signal: the signal received.
+        iteration: the last completed iteration.
+        checkpoint: the checkpoint holding it (None without a checkpoint folder).
+        exit_code: ``128 + signal``: 130 for SIGINT, 143 for SIGTERM, as a shell reports a process the signal ended.
+    """
+
+    def __init__(self, signum: int, iteration: int, checkpoint: str | None):
+        self.signal = signal.Signals(signum)
+        self.iteration = int(iteration)
+        self.checkpoint = checkpoint
+        self.exit_code = 128 + int(signum)
+        where = (
+            f"checkpoint saved to {checkpoint}; rerun the same command to resume"
+            if checkpoint
+            else "no checkpoint folder, so nothing was saved"
+        )
+        super().__init__(f"interrupted ({self.signal.name}) at iteration {self.iteration}; {where}")
 
 
 def default_prepare_batch(batch: Any, device: torch.device, non_blocking: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -225,7 +258,7 @@ class MedvolTrainer(Trainer):
         self.max_iterations = max_iterations
         if max_iterations is not None:
             self.state.max_epochs = None
-        self.precision = resolve_precision(precision, device)
+        self.precision, self.precision_reason = resolve_precision(precision, device)
         self.scalers = {name: make_grad_scaler(self.precision, device) for name in self.optimizers}
         self.run_dir = None if run_dir is None else Path(run_dir)
         if checkpoint_dir is None and self.run_dir is not None:
@@ -247,9 +280,12 @@ class MedvolTrainer(Trainer):
         self.state.resumed_from = None
         self.state.iteration_seconds = float("nan")
         self.state.samples_per_second = float("nan")
+        self._stop_signal: int | None = None
 
         self.add_event_handler(Events.ITERATION_COMPLETED, self._save_periodic_checkpoint)
+        self.add_event_handler(Events.ITERATION_COMPLETED, self._stop_when_signalled)
         self.add_event_handler(Events.COMPLETED, self._save_final_checkpoint)
+        self.add_event_handler(Events.COMPLETED, self._export_model)
         if monitor is True:
             from medvol.engines.monitoring import TrainingMonitor
 
@@ -343,6 +379,84 @@ class MedvolTrainer(Trainer):
 
     def _save_final_checkpoint(self, engine: Any) -> None:
         self._save()
+
+    # ---- the final model export ---------------------------------------------------------------------------------
+    def exported_network(self) -> tuple[str, nn.Module, bool]:
+        """``(name, network, whether its weights are an exponential moving average)``: the one network sampling
+        needs, which training exports as ``RUN/models/model.pt``."""
+        raise NotImplementedError
+
+    def model_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights of :meth:`exported_network` as a plain ``state_dict`` (no DistributedDataParallel prefix)."""
+        state = self.exported_network()[1].state_dict()
+        if state and all(key.startswith("module.") for key in state):
+            return {key[len("module.") :]: value for key, value in state.items()}
+        return dict(state)
+
+    def _export_model(self, engine: Any) -> None:
+        """Write ``RUN/models/model.pt`` (weights only, on the CPU) and name it in ``RUN/run.json`` when there is one."""
+        if self.run_dir is None or self._stop_signal is not None:
+            return
+        import io
+        import json
+
+        from medvol.engines.checkpoint import atomic_write_bytes
+
+        state = {key: value.detach().cpu() for key, value in self.model_state_dict().items()}
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        path = self.run_dir / MODEL_EXPORT
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, buffer.getvalue())
+        record_path = self.run_dir / "run.json"
+        if record_path.is_file():
+            name, network, ema = self.exported_network()
+            record = json.loads(record_path.read_text())
+            record["model"] = {
+                "file": MODEL_EXPORT.as_posix(),
+                "network": name,
+                "ema": ema,
+                "iteration": int(self.state.iteration),
+                "parameters": int(sum(p.numel() for p in network.parameters())),
+                "bytes": path.stat().st_size,
+            }
+            atomic_write_bytes(record_path, (json.dumps(record, indent=2) + "\n").encode())
+
+    # ---- stopping on SIGINT / SIGTERM ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _signals_stop_training(self):
+        """While training, SIGINT and SIGTERM only ask the trainer to stop after the current iteration (a second
+        signal changes nothing; SIGKILL still ends the process at once)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # Python delivers signals to the main thread only
+            return
+
+        previous = {signum: signal.signal(signum, lambda signum, frame: self.request_stop(signum)) for signum in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+    def request_stop(self, signum: int = signal.SIGINT) -> None:
+        """Stop after the current iteration as if `signum` had been received (:meth:`run` then saves a checkpoint of
+        it and raises :class:`TrainingInterrupted`)."""
+        if self._stop_signal is None:
+            self._stop_signal = int(signum)
+
+    def _stop_when_signalled(self, engine: Any) -> None:
+        stop = self._stop_signal or 0
+        distributed = torch.distributed
+        if distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1:
+            # every rank stops after the same iteration: a rank still training would wait forever in an all-reduce
+            device = torch.device("cuda", torch.cuda.current_device()) if distributed.get_backend() == "nccl" else "cpu"
+            flag = torch.tensor([stop], dtype=torch.int64, device=device)
+            distributed.all_reduce(flag, op=distributed.ReduceOp.MAX)
+            stop = int(flag.item())
+            if stop and self._stop_signal is None:
+                self._stop_signal = stop
+        if stop:
+            self.terminate()  # COMPLETED still fires: the final checkpoint holds this iteration
 
     def try_resume(self) -> bool:
         """Load the latest checkpoint when there is one; returns whether it did."""
@@ -479,13 +593,30 @@ class MedvolTrainer(Trainer):
 
     # ---- running ------------------------------------------------------------------------------------------------
     def run(self) -> None:  # type: ignore[override]
-        """Plan memory, resume when a checkpoint exists, and train until ``max_iterations`` / ``max_epochs``."""
+        """Plan memory, resume when a checkpoint exists, and train until ``max_iterations`` / ``max_epochs``.
+
+        SIGINT (Ctrl-C) or SIGTERM received meanwhile ends training after the current iteration: its checkpoint is
+        written, then :class:`TrainingInterrupted` is raised (in a distributed run every rank stops after the same
+        iteration and rank 0 writes the checkpoint).
+
+        Raises:
+            TrainingInterrupted: on SIGINT or SIGTERM.
+        """
+        self._stop_signal = None
+        with self._signals_stop_training():
+            self._run()
+        if self._stop_signal is not None:
+            raise TrainingInterrupted(self._stop_signal, self.state.iteration, self.last_checkpoint)
+
+    def _run(self) -> None:
         resumed = self.resume and self.try_resume()
         if resumed and self._is_finished():
             logger.info("the run in %s already reached iteration %d: nothing to do", self.checkpoints.directory, self.state.iteration)
             return
+        logger.info("precision: %s (%s)", self.precision.value, self.precision_reason)
         if self.plan is None:
             self.plan = self._make_plan().agreed_across_ranks()
+        self.plan = dataclasses.replace(self.plan, precision=self.precision.value, precision_reason=self.precision_reason)
         if self.plan.checkpointing and not any(
             getattr(m, "_medvol_checkpointed", False) for net in self._checkpointable_networks() for m in net.modules()
         ):
@@ -493,6 +624,8 @@ class MedvolTrainer(Trainer):
         self._write_plan()
         for net in self.networks.values():
             net.train()
+        if self._stop_signal is not None:  # a signal during planning: nothing new to save
+            return
         if self.max_iterations is not None:
             if resumed:
                 self.state.max_iters = self.max_iterations
@@ -832,6 +965,12 @@ class AdversarialTrainer(MedvolTrainer):
     def extra_state_dict(self) -> dict[str, Any]:
         return {"ema_generator": self.ema_generator.state_dict() if self.ema_generator is not None else None}
 
+    def exported_network(self) -> tuple[str, nn.Module, bool]:
+        """The generator; its exponential moving average when there is one (what sampling uses)."""
+        if self.ema_generator is not None:
+            return "generator", self.ema_generator, True
+        return "generator", self.generator, False
+
     def load_extra_state_dict(self, state: Mapping[str, Any]) -> None:
         if self.ema_generator is not None and state.get("ema_generator") is not None:
             self.ema_generator.load_state_dict(state["ema_generator"])
@@ -882,6 +1021,10 @@ class AutoencoderTrainer(MedvolTrainer):
     @property
     def spatial_dims(self) -> int:
         return self._spatial_dims
+
+    def exported_network(self) -> tuple[str, nn.Module, bool]:
+        """The autoencoder (sampling decodes latent codes; the CAE also encodes training images)."""
+        return "autoencoder", self.network, False
 
     def _loss_terms(self, output: Any, target: torch.Tensor) -> dict[str, torch.Tensor]:
         result = self.loss_function(output, target)

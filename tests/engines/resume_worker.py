@@ -1,6 +1,7 @@
 """Subprocess used by test_resume.py: train a tiny conditional WGAN-GP deterministically in RUN, printing
 ``ITER <n>`` after each iteration; run again on the same RUN to resume. Usage:
-``python -m tests.engines.resume_worker RUN ITERATIONS CHECKPOINT_EVERY``."""
+``python -m tests.engines.resume_worker RUN ITERATIONS CHECKPOINT_EVERY``. On SIGINT/SIGTERM it prints
+``INTERRUPTED <iteration> <checkpoint>`` and exits with the trainer's code (130 / 143)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import torch
 from ignite.engine import Events
 
 from medvol.engines import AdversarialTrainer
+from medvol.engines.trainer import TrainingInterrupted
 from tests.engines.toys import ToyWassersteinGP, make_gan, make_loader
 
 
-def main(run_dir: str, iterations: int, checkpoint_every: int) -> None:
+def main(run_dir: str, iterations: int, checkpoint_every: int) -> int:
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -43,9 +45,14 @@ def main(run_dir: str, iterations: int, checkpoint_every: int) -> None:
         print(f"ITER {engine.state.iteration}", flush=True)
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED, report)
-    trainer.run()
+    try:
+        trainer.run()
+    except TrainingInterrupted as stop:
+        print(f"INTERRUPTED {stop.iteration} {stop.checkpoint}", flush=True)
+        return stop.exit_code
     print("DONE", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    sys.exit(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))

@@ -1,5 +1,6 @@
 """Crash and resume: a run killed with SIGKILL at a random iteration and resumed ends bitwise equal to an uninterrupted
-run; a forced NaN stops the run with NonFiniteLossError and leaves the last good checkpoint intact."""
+run; a run stopped with SIGINT or SIGTERM checkpoints the iteration it was in, exits 130 / 143 and resumes bitwise
+likewise; a forced NaN stops the run with NonFiniteLossError and leaves the last good checkpoint intact."""
 
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ITERATIONS, CHECKPOINT_EVERY = 10, 3
 
 
-def _start_worker(run_dir: Path, log: Path) -> subprocess.Popen:
+def _start_worker(run_dir: Path, log: Path, checkpoint_every: int = CHECKPOINT_EVERY) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     with open(log, "w") as stderr:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "tests.engines.resume_worker", str(run_dir), str(ITERATIONS), str(CHECKPOINT_EVERY)],
+            [sys.executable, "-m", "tests.engines.resume_worker", str(run_dir), str(ITERATIONS), str(checkpoint_every)],
             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True,
         )
 
@@ -79,6 +80,50 @@ def test_killed_run_resumes_to_bitwise_identical_weights(tmp_path):
                 assert torch.equal(expected[key], actual[key]), f"{part}{key} differs (killed at {kill_at}, resumed at {first_resumed})"
             else:
                 assert expected[key] == actual[key], f"{part}{key} differs"
+
+
+def _assert_same_final_state(reference_dir: Path, resumed_dir: Path, context: str) -> None:
+    final_reference = CheckpointManager(reference_dir / "checkpoints").load_latest()
+    final_resumed = CheckpointManager(resumed_dir / "checkpoints").load_latest()
+    assert final_reference["iteration"] == final_resumed["iteration"] == ITERATIONS
+    for part in ("networks", "optimizers", "extra", "stream"):
+        expected, actual = _tensors(final_reference[part]), _tensors(final_resumed[part])
+        assert expected.keys() == actual.keys()
+        for key in expected:
+            if isinstance(expected[key], torch.Tensor):
+                assert torch.equal(expected[key], actual[key]), f"{part}{key} differs ({context})"
+            else:
+                assert expected[key] == actual[key], f"{part}{key} differs ({context})"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_a_signalled_run_checkpoints_its_last_iteration_and_resumes_bitwise(stop_signal, tmp_path):
+    # no periodic checkpoints: whatever the victim has saved, it saved because of the signal
+    reference = _start_worker(tmp_path / "reference", tmp_path / "reference.log", checkpoint_every=0)
+    victim = _start_worker(tmp_path / "victim", tmp_path / "victim.log", checkpoint_every=0)
+    for line in victim.stdout:
+        if line.strip() == "ITER 3":
+            victim.send_signal(stop_signal)
+            break
+    code, out = _finish(victim)
+    assert code == 128 + stop_signal, (code, out, (tmp_path / "victim.log").read_text()[-2000:])
+    words = out.split("INTERRUPTED", 1)[1].split()
+    stopped_at, checkpoint = int(words[0]), Path(words[1])
+    # the signal arrived during iteration 4 (or just after 3 completed): that iteration completes and is saved
+    assert stopped_at in (3, 4) and "DONE" not in out
+    manager = CheckpointManager(tmp_path / "victim" / "checkpoints")
+    assert [p.name for p in manager.checkpoint_files()] == [checkpoint.name] == [f"checkpoint_{stopped_at:08d}.pt"]
+    assert manager.read_pointer()["iteration"] == stopped_at
+    log = (tmp_path / "victim.log").read_text()
+    assert "Traceback" not in log and "ERROR" not in log, log[-2000:]
+
+    resumed = _start_worker(tmp_path / "victim", tmp_path / "resumed.log", checkpoint_every=0)
+    resumed_code, resumed_out = _finish(resumed)
+    reference_code, _ = _finish(reference)
+    assert resumed_code == 0 and reference_code == 0, (tmp_path / "resumed.log").read_text()[-2000:]
+    assert resumed_out.split()[:2] == ["ITER", str(stopped_at + 1)]
+    _assert_same_final_state(tmp_path / "reference", tmp_path / "victim", f"{stop_signal.name} at {stopped_at}")
 
 
 def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path):

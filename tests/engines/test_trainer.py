@@ -91,8 +91,8 @@ def test_fp16_uses_one_grad_scaler_per_network():
 
 
 def test_auto_precision_is_concrete():
-    assert resolve_precision("auto", "cpu") in (Precision.FP32, Precision.BF16)
-    assert resolve_precision("fp16", "cpu") == Precision.FP16
+    assert resolve_precision("auto", "cpu")[0] in (Precision.FP32, Precision.BF16)
+    assert resolve_precision("fp16", "cpu") == (Precision.FP16, "requested")
     with pytest.raises(ValueError):
         resolve_precision("half", "cpu")
 
