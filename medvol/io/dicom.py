@@ -607,6 +607,23 @@ def discover_series(
     return DicomScan(series=series_list, records=list(records.values()), path=str(path))
 
 
+def synthetic_series_warning(series_list: Sequence[DicomSeries]) -> str | None:
+    """One line about the series that say they are synthetic, for the console of ``medvol prepare``; None if none do.
+
+    Args:
+        series_list: the series found (:attr:`DicomScan.series`).
+    """
+    marked = [s for s in series_list if s.synthetic]
+    if not marked:
+        return None
+    shown = ", ".join(f"{s.description or s.uid}" for s in marked[:3]) + (" ..." if len(marked) > 3 else "")
+    return (
+        f"{len(marked)} of {len(series_list)} DICOM series are marked synthetic (Synthetic Data (0008,001C) YES or "
+        f"ConversionType SYN; {shown}): generated images, not patients. Their datalist entries say "
+        '"synthetic": true; do not mix them with real data unknowingly'
+    )
+
+
 def describe_choices(series_list: Sequence[DicomSeries]) -> str:
     """One line listing series as `UID (description, N files)`, for error messages."""
     return "; ".join(f"{s.uid} ({s.description or 'no description'}, {len(s.files)} files)" for s in series_list)

@@ -15,7 +15,7 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage
 
 from medvol.errors import MedvolInputError
-from medvol.io.dicom import DicomSeriesReader, discover_series, read_series, select_series
+from medvol.io.dicom import DicomSeriesReader, discover_series, read_series, select_series, synthetic_series_warning
 from medvol.io.geometry import affine_ras_from_geometry
 
 SERIES_FOLDERS = [
@@ -337,7 +337,11 @@ def test_synthetic_export_is_marked_and_has_no_problem(shared_data, tmp_path):
     assert [(Path(r.path).name, r.reason) for r in scan.skipped] == [("synthetic.json", "not DICOM (JSON: a sidecar or datalist)")]
     meta = LoadImage(reader=DicomSeriesReader(), image_only=True)(str(export.directory)).meta
     assert meta["synthetic"] is True
-    assert not any(s.synthetic for s in discover_series(shared_data / "dicom/study_mixed_series").series)
+    real = discover_series(shared_data / "dicom/study_mixed_series").series
+    assert not any(s.synthetic for s in real) and synthetic_series_warning(real) is None
+    warning = synthetic_series_warning(real + [series])
+    assert warning.startswith("1 of 6 DICOM series are marked synthetic (Synthetic Data (0008,001C) YES")
+    assert "SYNTHETIC" in warning and '"synthetic": true' in warning
 
 
 def test_series_mixing_synthetic_and_real_files_reported(shared_data, tmp_path):
