@@ -1,0 +1,175 @@
+"""Fidelity metrics with known answers: Gaussian feature sets whose Frechet distance is known in closed form."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from monai.metrics import FIDMetric, MMDMetric
+
+from medvol.errors import MedvolInputError
+from medvol.metrics.fidelity import (
+    bootstrap_interval,
+    fidelity_with_baseline,
+    frechet_distance,
+    kernel_inception_distance,
+    maximum_mean_discrepancy,
+    pairwise_euclidean,
+    precision_recall_density_coverage,
+)
+
+DIMS = 8
+
+
+def gaussian(n: int, seed: int, shift: float = 0.0, scale: float = 1.0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, DIMS)) * scale + shift
+
+
+def population_fid(shift: float, scale: float) -> float:
+    """Frechet distance of N(0, I) and N(shift, scale^2 I) in DIMS dimensions."""
+    return DIMS * shift**2 + DIMS * (1.0 - scale) ** 2
+
+
+def test_fid_of_a_set_against_itself_is_zero():
+    features = gaussian(200, seed=0)
+    assert frechet_distance(features, features) == pytest.approx(0.0, abs=1e-9)
+    assert frechet_distance(features, features.copy()) == pytest.approx(0.0, abs=1e-9)
+
+
+# [shift, scale]: FID of large samples close to the closed form
+TEST_CASE_1 = [0.0, 1.0]
+TEST_CASE_2 = [0.5, 1.0]
+TEST_CASE_3 = [0.0, 0.5]
+TEST_CASE_4 = [1.0, 2.0]
+
+
+@pytest.mark.parametrize("shift,scale", [TEST_CASE_1, TEST_CASE_2, TEST_CASE_3, TEST_CASE_4])
+def test_fid_matches_the_closed_form_and_monai(shift, scale):
+    real, synthetic = gaussian(4000, seed=1), gaussian(4000, seed=2, shift=shift, scale=scale)
+    value = frechet_distance(real, synthetic)
+    assert value == pytest.approx(population_fid(shift, scale), abs=0.15 + 0.03 * population_fid(shift, scale))  # about 4 sd of the estimate
+    with warnings.catch_warnings():  # MONAI calls scipy's sqrtm(disp=False), deprecated in SciPy 1.17
+        warnings.simplefilter("ignore", DeprecationWarning)
+        monai_value = float(FIDMetric()(torch.from_numpy(synthetic), torch.from_numpy(real)))
+    assert value == pytest.approx(monai_value, rel=1e-6, abs=1e-8)
+
+
+def test_fid_with_fewer_samples_than_features_stays_finite():
+    real, synthetic = np.random.default_rng(0).normal(size=(2, 2, 16))
+    value = frechet_distance(real, synthetic)
+    assert np.isfinite(value) and value > 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("kind,steps", [("shift", [0.0, 0.5, 1.0, 2.0]), ("shrink", [1.0, 0.6, 0.3, 0.1])])
+def test_moving_away_raises_fid_and_lowers_recall_monotonically(seed, kind, steps):
+    real = gaussian(300, seed=seed)
+    fids, recalls = [], []
+    for i, step in enumerate(steps):
+        shift, scale = (step, 1.0) if kind == "shift" else (0.0, step)
+        synthetic = gaussian(300, seed=100 + 10 * seed + i, shift=shift, scale=scale)
+        fids.append(frechet_distance(real, synthetic))
+        recalls.append(precision_recall_density_coverage(real, synthetic)["recall"])
+    assert all(a < b for a, b in zip(fids, fids[1:])), fids
+    assert all(a > b for a, b in zip(recalls, recalls[1:])), recalls
+    assert recalls[0] > 0.85  # same distribution: most real samples inside the synthetic manifold
+
+
+def test_shrunk_distribution_keeps_precision_and_raises_density():
+    real = gaussian(300, seed=0)
+    same = precision_recall_density_coverage(real, gaussian(300, seed=1))
+    shrunk = precision_recall_density_coverage(real, gaussian(300, seed=1, scale=0.3))
+    assert shrunk["precision"] == 1.0 and shrunk["density"] > 1.5 * same["density"]
+    assert shrunk["coverage"] < same["coverage"]
+
+
+def test_precision_recall_density_coverage_hand_computed():
+    # real 0,1,2,3 (k=1 radii: 1 each); synthetic 1.5 and 10 (radii 8.5 each)
+    real = np.array([[0.0], [1.0], [2.0], [3.0]])
+    synthetic = np.array([[10.0], [1.5]])
+    result = precision_recall_density_coverage(real, synthetic, k=1)
+    assert result["precision"] == 0.5  # 1.5 lies in the balls of 1 and 2; 10 in none
+    assert result["recall"] == 1.0  # every real sample lies within 8.5 of 1.5
+    assert result["density"] == 1.0  # (2 balls + 0 balls) / (k=1 * 2 synthetic)
+    assert result["coverage"] == 0.5  # the balls of 1 and 2 hold a synthetic sample
+    identical = precision_recall_density_coverage(real, real, k=2)
+    assert identical["precision"] == identical["recall"] == identical["coverage"] == 1.0
+
+
+def test_kid_is_about_zero_for_one_distribution_and_grows_with_distance():
+    real = gaussian(400, seed=0)
+    same = kernel_inception_distance(real, gaussian(400, seed=1))
+    shifted = kernel_inception_distance(real, gaussian(400, seed=1, shift=0.5))
+    far = kernel_inception_distance(real, gaussian(400, seed=1, shift=1.0))
+    assert abs(same) < 0.05 < 1.0 < shifted < far
+    # subsets: deterministic under the seed, and close to the whole-set value
+    subsets = kernel_inception_distance(real, gaussian(400, seed=1, shift=0.5), subset_size=200, subsets=20, seed=3)
+    assert subsets == kernel_inception_distance(real, gaussian(400, seed=1, shift=0.5), subset_size=200, subsets=20, seed=3)
+    assert subsets == pytest.approx(shifted, rel=0.25)
+
+
+def test_gaussian_mmd_sees_spread_that_monai_linear_mmd_misses():
+    real, same, wide = gaussian(400, seed=0), gaussian(400, seed=1), gaussian(400, seed=2, scale=2.0)
+    assert abs(maximum_mean_discrepancy(real, same)) < 0.01
+    assert maximum_mean_discrepancy(real, wide) > 0.1
+    # MONAI's MMDMetric (linear kernel): only the means differ, and they do not
+    linear = float(MMDMetric()(torch.from_numpy(real), torch.from_numpy(wide)))
+    assert abs(linear) < 0.1
+
+
+def test_bootstrap_interval_contains_the_value_and_removes_the_bias():
+    shift = 0.3
+    for seed in range(3):
+        real, synthetic = gaussian(200, seed=seed), gaussian(200, seed=50 + seed, shift=shift)
+        result = bootstrap_interval(frechet_distance, real, synthetic, resamples=100, seed=seed)
+        assert result["ci95"][0] < result["value"] < result["ci95"][1]
+        assert result["n_real"] == result["n_synthetic"] == 200 and result["resamples"] == 100
+        # the full-sample FID is biased upward; the bootstrap correction moves it towards the population value
+        truth = population_fid(shift, 1.0)
+        assert abs(result["bias_corrected"] - truth) < abs(result["value"] - truth)
+    again = bootstrap_interval(frechet_distance, real, synthetic, resamples=100, seed=seed)
+    assert again == result
+    kid = bootstrap_interval(kernel_inception_distance, real, synthetic, resamples=50)
+    assert kid["ci95"][0] < kid["value"] < kid["ci95"][1]
+
+
+def test_fidelity_with_baseline_uses_equal_sizes_and_separates_a_bad_generator():
+    train, heldout = gaussian(300, seed=0), gaussian(100, seed=1)
+    good = fidelity_with_baseline(train, heldout, gaussian(150, seed=2), seed=0, resamples=50)
+    assert good["n"] == 100 and (good["n_train"], good["n_heldout"], good["n_synthetic"]) == (300, 100, 150)
+    for key in ("fid", "kid", "fid_real_baseline", "kid_real_baseline"):
+        assert good[key]["n_real"] == good[key]["n_synthetic"] == 100
+    # a generator as good as new real data: its FID lies within the baseline's spread and vice versa
+    assert good["fid"]["ci95"][0] < good["fid_real_baseline"]["value"] < good["fid"]["ci95"][1]
+    bad = fidelity_with_baseline(train, heldout, gaussian(150, seed=2, shift=0.5), seed=0, resamples=50)
+    assert bad["fid"]["ci95"][0] > bad["fid_real_baseline"]["ci95"][1]
+    assert bad["kid"]["ci95"][0] > bad["kid_real_baseline"]["ci95"][1]
+    assert bad["mmd"] > 10 * abs(bad["mmd_real_baseline"])
+    assert bad["fid_real_baseline"] == good["fid_real_baseline"]  # the same training subsample and held-out set
+
+
+def test_pairwise_euclidean_is_exact_for_copies():
+    features = np.random.default_rng(0).normal(size=(5, 3)) * 1e3
+    distances = pairwise_euclidean(features, features)
+    assert np.all(np.diag(distances) == 0.0)
+    assert distances[0, 1] == pytest.approx(np.linalg.norm(features[0] - features[1]))
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: frechet_distance(np.zeros((1, 4)), np.zeros((5, 4))), "FID needs at least 2 samples in each set, got 1 real and 5"),
+        (lambda: kernel_inception_distance(np.zeros((5, 4)), np.zeros((1, 4))), "KID needs at least 2 .* got 5 real and 1 synthetic"),
+        (lambda: maximum_mean_discrepancy(np.zeros((5, 4)), np.zeros((5, 3))), "4 columns, synthetic 3"),
+        (lambda: precision_recall_density_coverage(np.zeros((5, 4)), np.zeros((9, 4)), k=5), r"k=5 .* got 5 real and 9 synthetic"),
+        (lambda: frechet_distance(np.full((3, 2), np.nan), np.zeros((3, 2))), "NaN or inf"),
+        (lambda: frechet_distance(np.zeros(6), np.zeros((3, 2))), r"expected features \[N, F\]"),
+        (lambda: fidelity_with_baseline(np.zeros((9, 2)), np.zeros((1, 2)), np.zeros((9, 2))), "got 9 training, 1 held-out"),
+    ],
+)
+def test_too_few_or_bad_features_give_one_clear_error(call, message):
+    with pytest.raises(MedvolInputError, match=message):
+        call()
