@@ -67,7 +67,7 @@ logger = logging.getLogger(__name__)
 
 # ``MEDVOL_BUNDLES`` points at another bundles folder (its parent is then the root macro paths are relative to).
 BUNDLES_DIR = Path(os.environ.get("MEDVOL_BUNDLES", Path(__file__).resolve().parents[1] / "bundles"))
-WORKFLOW_FILES = {"train": "train.yaml", "sample": "sample.yaml"}
+WORKFLOW_FILES = {"train": "train.yaml", "sample": "sample.yaml", "evaluate": "evaluate.yaml"}
 MULTI_GPU_FILE = "multi_gpu_train.yaml"
 REFERENCE_SAMPLES = 16  # training samples whose intensity records and geometry run.json summarises
 
@@ -96,7 +96,7 @@ def bundle_config_files(bundle: str | os.PathLike, workflow: str = "train", dist
 
     Args:
         bundle: a bundle name or folder (see `resolve_bundle`).
-        workflow: ``train`` or ``sample``.
+        workflow: ``train``, ``sample`` or ``evaluate``.
         distributed: append ``multi_gpu_train.yaml`` (training only).
     """
     if workflow not in WORKFLOW_FILES:
@@ -141,7 +141,7 @@ def load_workflow(
 
     Args:
         bundle: a bundle name or folder (see `resolve_bundle`).
-        workflow: ``train`` or ``sample``.
+        workflow: ``train``, ``sample`` or ``evaluate``.
         overrides: config ids to values, as ``python -m monai.bundle run --ID VALUE`` (e.g. ``{"spatial_dims": 3,
             "dataset_dir": "/data/prepared"}``). Unlike on MONAI's command line, ids inside the shared sections
             (``"train#dataloader#num_workers"``) work too: they are applied after the macros are expanded.

@@ -1,0 +1,792 @@
+"""`medvol evaluate`: is the synthetic data faithful, diverse, private and useful? One call, ``metrics.json`` and
+``report.html``.
+
+Orchestration only; every number comes from the metric modules of this package:
+
+1. load the real training and held-out (test) splits of a datalist with the preprocessing training used
+   (`medvol.data.datasets.build_dataset`, cached under ``OUT/cache``), and the synthetic folder (a `medvol sample`
+   output with its ``datalist.json``, or a plain folder of images/volumes) through *the same* preprocessing, so
+   both are ``[N, 1, *size]`` in [-1, 1]; refuse mismatched shapes, unknown labels and too few samples (one line);
+2. a feature space without downloads (`features.build_feature_extractor`: a classifier trained on the real
+   training split, an autoencoder encoder for unlabelled data, or the user's checkpoint);
+3. fidelity with real-vs-real baselines (`fidelity`), diversity and mode collapse (`diversity`), nearest-neighbour
+   privacy (`privacy`), recognisability and, on request, the utility study and realness filtering (`utility`);
+4. ``metrics.json`` (the keys of the evaluation issue plus ``inputs``, ``feature_extractor``, ``methods``,
+   ``timing``, ``filtering``) and the self-contained ``report.html`` (`medvol.report.html`).
+
+The validation split is not used: training may pick its best checkpoint by a metric on it, so it is not
+independent of the generator. Held-out real data is the test split only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medvol.errors import MedvolInputError
+
+__all__ = [
+    "HELDOUT_SPLIT",
+    "MIN_SAMPLES",
+    "ImageSet",
+    "RealData",
+    "SyntheticData",
+    "load_real",
+    "load_synthetic",
+    "evaluate",
+    "run_datalist",
+]
+
+logger = logging.getLogger(__name__)
+
+HELDOUT_SPLIT = "test"
+# precision/recall and density/coverage take k = 5 nearest neighbours inside each set: k + 1 samples at least
+MIN_SAMPLES = 6
+NEAREST_K = 5
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.html"
+SYNTHETIC_DATALIST = "datalist.json"
+
+
+@dataclass
+class ImageSet:
+    """Preprocessed images with their labels and where each came from.
+
+    Attributes:
+        images: float32 ``[N, 1, *size]`` in [-1, 1].
+        labels: int64 ``[N]`` class indices of the real data's classes, -1 when unlabelled.
+        paths: the file of each image (``path[slice k]`` for a slice cut from a volume).
+    """
+
+    images: torch.Tensor
+    labels: np.ndarray
+    paths: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def labelled(self) -> bool:
+        return bool(len(self.labels)) and bool(np.all(self.labels >= 0))
+
+    def counts(self, classes: Sequence[str]) -> dict:
+        """``{"total": N, "per_class": {name: n}}`` (``per_class`` empty when unlabelled)."""
+        per_class = {}
+        if self.labelled:
+            per_class = {name: int(np.sum(self.labels == index)) for index, name in enumerate(classes)}
+        return {"total": len(self), "per_class": per_class}
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ImageSet:
+        indices = np.asarray(indices, dtype=np.int64)
+        return ImageSet(self.images[torch.as_tensor(indices)], self.labels[indices], [self.paths[i] for i in indices])
+
+
+@dataclass
+class RealData:
+    """The real splits of a datalist, preprocessed as for training.
+
+    Attributes:
+        datalist: the datalist file.
+        classes: class names (empty when unlabelled).
+        mode: ``slice`` or ``volume``.
+        preprocessing: the `PreprocessingSettings` as a dict (what the synthetic images get too).
+        splits: ``training`` and ``test`` image sets.
+    """
+
+    datalist: Path
+    classes: list[str]
+    mode: str
+    preprocessing: dict
+    splits: dict[str, ImageSet]
+    options: dict = field(default_factory=dict)
+    document: dict = field(default_factory=dict)
+
+    @property
+    def spatial_dims(self) -> int:
+        return 2 if self.mode == "slice" else 3
+
+    @property
+    def image_shape(self) -> list[int]:
+        return list(self.splits["training"].images.shape[2:])
+
+
+@dataclass
+class SyntheticData:
+    """The synthetic images with the real data's preprocessing.
+
+    Attributes:
+        folder: the synthetic folder.
+        source: ``medvol sample`` (labels from its datalist.json) or ``folder`` (discovered files).
+        images: the preprocessed images, labels as indices of the real classes.
+        provenance: run, checkpoint, seed and family of a `medvol sample` output.
+        skipped: files of the folder that are not used, with the reason.
+    """
+
+    folder: Path
+    source: str
+    images: ImageSet
+    provenance: dict = field(default_factory=dict)
+    skipped: list[dict] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------------- loading
+def _progress(items, desc: str, enabled: bool, total: int | None = None, unit: str = "image"):
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, total=total, unit=unit, disable=None if enabled else True, leave=False)
+
+
+def _dataset_paths(dataset) -> list[str]:
+    """The file of every sample of a `build_dataset` dataset (slices as ``path[slice k]``)."""
+    from medvol.data.datasets import SliceDataset
+
+    if isinstance(dataset, SliceDataset):
+        items = dataset.volumes.data
+        return [items[p]["image"] if k < 0 else f"{items[p]['image']}[slice {k}]" for p, k in dataset.index]
+    return [item["image"] for item in dataset.data]
+
+
+def _stack(dataset, indices: Sequence[int], desc: str, progress: bool) -> tuple[torch.Tensor, np.ndarray]:
+    images, labels = [], []
+    for index in _progress(indices, desc, progress):
+        sample = dataset[int(index)]
+        image = sample["image"]
+        images.append(image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image))
+        labels.append(int(sample["label"]))
+    if not images:
+        return torch.empty(0), np.zeros(0, dtype=np.int64)
+    shapes = {tuple(i.shape) for i in images}
+    if len(shapes) > 1:
+        raise MedvolInputError(desc, f"images of different shapes {sorted(shapes)[:3]}: prepare the data with --size")
+    return torch.stack(images).float(), np.asarray(labels, dtype=np.int64)
+
+
+def _chosen(count: int, max_samples: int | None, seed: int) -> np.ndarray:
+    """All indices, or a seeded random subset of `max_samples` (in their original order)."""
+    if max_samples is None or count <= max_samples:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size=max_samples, replace=False))
+
+
+def _dataset_options(datalist: Mapping, mode: str, size: Sequence[int] | None, cache_dir: Path | None) -> dict:
+    """`build_dataset` options: the datalist's own preprocessing at [-1, 1], as the GAN families train."""
+    options: dict = {"mode": mode, "output_range": [-1.0, 1.0], "cache_dir": None if cache_dir is None else str(cache_dir)}
+    if size is not None:
+        options["size"] = [int(s) for s in size]
+    return options
+
+
+def _run_image_size(run_dir: Path | None, spatial_dims: int) -> list[int] | None:
+    """The image size a run trained at (``RUN/run.json``), None when unknown."""
+    if run_dir is None or not (run_dir / "run.json").is_file():
+        return None
+    try:
+        size = json.loads((run_dir / "run.json").read_text()).get("image_size")
+    except (OSError, json.JSONDecodeError):
+        return None
+    if isinstance(size, int):
+        size = [size] * spatial_dims
+    return [int(s) for s in size] if size and len(size) == spatial_dims else None
+
+
+def _prepared_size(datalist: Mapping, spatial_dims: int) -> list[int] | None:
+    size = (datalist.get("preprocessing") or {}).get("size")
+    if not size:
+        return None
+    size = [int(s) for s in size]
+    if len(size) == spatial_dims:
+        return size
+    return size[:2] if len(size) == 3 and spatial_dims == 2 else None
+
+
+def load_real(
+    datalist: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    max_samples: int | None = None,
+    seed: int = 0,
+    size: Sequence[int] | None = None,
+    progress: bool = True,
+) -> RealData:
+    """The training and test splits of a prepared datalist, preprocessed as for training, in [-1, 1].
+
+    Args:
+        datalist: ``datalist.json`` written by `medvol prepare` (or its folder).
+        cache_dir: disk cache of the preprocessing (None: no cache).
+        max_samples: at most this many samples per split (a seeded random subset); None: all.
+        seed: seed of that subset.
+        size: sample size when the datalist has none (e.g. the size a run trained at); the datalist's wins.
+        progress: progress bars.
+
+    Raises:
+        MedvolInputError: unreadable datalist, empty training or test split, images of different shapes.
+    """
+    from medvol.data.datasets import build_dataset
+
+    document, path = _read_datalist(datalist)
+    mode = str(document.get("mode") or "volume")
+    spatial_dims = 2 if mode == "slice" else 3
+    for split, purpose in (("training", "the feature space and the reference set"),
+                           (HELDOUT_SPLIT, "the held-out real baseline and the utility test set")):
+        if not document.get(split):
+            raise MedvolInputError(path, f"the {split} split is empty: it is {purpose}; prepare the data with a "
+                                         f"non-zero {split} fraction (e.g. --split 0.6,0.2,0.2)")
+    size = _prepared_size(document, spatial_dims) or (list(size) if size else None)
+    options = _dataset_options(document, mode, size, None if cache_dir is None else Path(cache_dir))
+    splits = {}
+    settings = None
+    for split in ("training", HELDOUT_SPLIT):
+        dataset = build_dataset(path, split=split, **options)
+        settings = dataset.preprocessing
+        indices = _chosen(len(dataset), max_samples, seed)
+        images, labels = _stack(dataset, indices, f"loading real {split}", progress)
+        all_paths = _dataset_paths(dataset)
+        splits[split] = ImageSet(images, labels, [all_paths[i] for i in indices])
+    shapes = {tuple(s.images.shape[1:]) for s in splits.values() if len(s)}
+    if len(shapes) > 1:
+        raise MedvolInputError(path, f"training and test images have different shapes {sorted(shapes)}: prepare with --size")
+    return RealData(path, list(document.get("classes") or []), mode, settings.to_dict(), splits, options, document)
+
+
+def _synthetic_entries(folder: Path, cache_dir: Path) -> tuple[str, list[dict], list[str], dict, list[dict]]:
+    """Entries ``{"image", "label_name" (or None)}`` of a synthetic folder, its classes, provenance and skipped files.
+
+    A `medvol sample` output lists its files in ``datalist.json``; DICOM series (folders) are converted to NIfTI
+    under `cache_dir` the way `medvol prepare` converts them. Any other folder is discovered like a `medvol prepare`
+    source (one sub-folder per class gives labels; otherwise unlabelled).
+    """
+    from medvol.io.datalist import datalist_from_files
+
+    skipped: list[dict] = []
+    listed = folder / SYNTHETIC_DATALIST
+    if listed.is_file():
+        try:
+            document = json.loads(listed.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise MedvolInputError(listed, f"is not a readable datalist JSON ({err})") from None
+        if not isinstance(document, dict) or not isinstance(document.get("training"), list):
+            raise MedvolInputError(listed, "is not a medvol datalist (no 'training' list)")
+        classes = [str(c) for c in document.get("classes") or []]
+        entries = []
+        for entry in document["training"] + list(document.get("validation") or []) + list(document.get("test") or []):
+            if not isinstance(entry, Mapping) or "image" not in entry:
+                raise MedvolInputError(listed, f"entry {entry!r} has no 'image'")
+            image = Path(entry["image"])
+            image = image if image.is_absolute() else folder / image
+            if not image.exists():
+                raise MedvolInputError(image, f"listed in {listed} but does not exist")
+            name = entry.get("label_name")
+            if name is None and entry.get("label") is not None:
+                label = entry["label"]
+                name = classes[int(label)] if str(label).lstrip("-").isdigit() and 0 <= int(label) < len(classes) else str(label)
+            if image.is_dir():  # a DICOM series written by `medvol sample --format dicom`
+                image = _dicom_sample_to_nifti(image, cache_dir / "synthetic_dicom")
+            entries.append({"image": str(image), "label_name": None if name is None else str(name), "listed": str(entry["image"])})
+        return "medvol sample", entries, classes, dict(document.get("provenance") or {}), skipped
+    if not folder.is_dir():
+        raise MedvolInputError(folder, "synthetic folder does not exist" if not folder.exists() else "is not a folder")
+    discovered = datalist_from_files(folder, images_dir=cache_dir / "synthetic_dicom")
+    skipped = [{"path": r.path, "reason": r.reason} for r in discovered.records.values() if r.status == "skipped"]
+    if not discovered.entries:
+        example = f"; e.g. {skipped[0]['path']}: {skipped[0]['reason']}" if skipped else ""
+        raise MedvolInputError(folder, f"holds no image or volume{example}")
+    entries = [{"image": e["image"], "label_name": e.get("label_name"), "listed": e["image"]} for e in discovered.entries]
+    return "folder", entries, list(discovered.classes), {}, skipped
+
+
+def _dicom_sample_to_nifti(series_dir: Path, out_dir: Path) -> Path:
+    """One DICOM series folder of a `medvol sample` output as a NIfTI file (rescale applied).
+
+    Volumes keep the geometry of their headers. A single 2D image is a Secondary Capture without orientation
+    (`medvol sample` wrote the array in medvol's ``[x, y]`` order): it is written without reorientation, so it reads
+    back exactly as the NIfTI export of the same sample would.
+    """
+    from medvol.io.dicom import discover_series, read_series
+    from medvol.io.nifti import write_nifti
+
+    scan = discover_series(series_dir)
+    if len(scan.series) != 1:
+        raise MedvolInputError(series_dir, f"expected one DICOM series, found {len(scan.series)}")
+    voxels, affine = read_series(scan.series[0])
+    if voxels.ndim == 3 and voxels.shape[2] == 1:
+        affine = np.diag([*np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)[:2], 1.0, 1.0])
+    target = out_dir / f"{series_dir.name}.nii.gz"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_nifti(np.asarray(voxels, dtype=np.float32), np.asarray(affine, dtype=float), target)
+    return target
+
+
+def _file_shape(path: str) -> tuple[int, ...]:
+    """Spatial shape of an image file from its header (trailing singleton axes of NIfTI dropped down to 2D)."""
+    from medvol.io.datalist import IMAGE_2D_SUFFIXES, image_suffix
+
+    if image_suffix(path) in IMAGE_2D_SUFFIXES:
+        from medvol.io.images import image_mode
+
+        return tuple(image_mode(path)[0])
+    import nibabel as nib
+
+    try:
+        shape = list(nib.load(path).shape)
+    except Exception as err:  # nibabel raises several types for damaged files
+        raise MedvolInputError(path, f"not a readable NIfTI file ({type(err).__name__})") from None
+    while len(shape) > 2 and shape[-1] == 1:
+        shape.pop()
+    return tuple(int(s) for s in shape)
+
+
+def load_synthetic(
+    folder: str | os.PathLike,
+    real: RealData,
+    cache_dir: str | os.PathLike,
+    max_samples: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> SyntheticData:
+    """The synthetic images of `folder` with exactly the real data's preprocessing (intensity window to [-1, 1]).
+
+    Synthetic files are in source units (`medvol sample` maps them back), so they go through the same pipeline as
+    the real files; their shape must already be the real samples' shape (no silent resizing of a mismatch).
+
+    Args:
+        folder: a `medvol sample` output or a plain folder of images/volumes.
+        real: the loaded real data (classes, mode and preprocessing to follow).
+        cache_dir: preprocessing cache (and converted DICOM series).
+        max_samples: at most this many synthetic samples (a seeded random subset); None: all.
+        seed: seed of that subset.
+        progress: progress bars.
+
+    Raises:
+        MedvolInputError: no images, other dimensionality or shape than the real samples, labels the real data
+            lacks, an unreadable file.
+    """
+    from medvol.data.datasets import build_dataset
+
+    folder = Path(folder).expanduser().resolve()
+    cache_dir = Path(cache_dir)
+    source, entries, classes, provenance, skipped = _synthetic_entries(folder, cache_dir)
+    expected = tuple(real.image_shape)
+    for entry in entries:
+        shape = _file_shape(entry["image"])
+        if len(shape) != len(expected):
+            raise MedvolInputError(entry["listed"], f"is {len(shape)}D {list(shape)} but the real samples are "
+                                                    f"{len(expected)}D {list(expected)} ({real.mode} mode)")
+        if shape != expected:
+            raise MedvolInputError(entry["listed"], f"has shape {list(shape)} but the real samples have "
+                                                    f"{list(expected)}: sample at the real data's size")
+    names = [e["label_name"] for e in entries]
+    labelled = [n for n in names if n is not None]
+    if labelled and len(labelled) != len(names):
+        missing = next(e["listed"] for e in entries if e["label_name"] is None)
+        raise MedvolInputError(missing, "has no label while other synthetic samples have one")
+    unknown = sorted({n for n in labelled if n not in real.classes})
+    if unknown:
+        have = f"the real classes are {real.classes}" if real.classes else "the real data has no class labels"
+        raise MedvolInputError(folder, f"synthetic labels {unknown} are not classes of the real data ({have})")
+    training = []
+    for entry, name in zip(entries, names):
+        item = {"image": entry["image"], "subject": Path(entry["image"]).name}
+        if name is not None:
+            item["label"] = real.classes.index(name)
+        training.append(item)
+    # the real datalist's intensity settings; spatially the files are final already (same shape, checked above):
+    # no resampling and no foreground crop, which would move a generated image a second time
+    preprocessing = {**dict(real.document.get("preprocessing") or {}), "size": list(expected), "spacing": None,
+                     "crop_foreground": False}
+    document = {"mode": real.mode, "classes": list(real.classes), "preprocessing": preprocessing,
+                "intensity": dict(real.document.get("intensity") or {}), "training": training}
+    options = {**real.options, "size": list(expected), "cache_dir": str(cache_dir)}
+    dataset = build_dataset(document, split="training", **options)
+    if len(dataset) != len(entries):  # a 2D image is one sample; anything else means a file held several slices
+        raise MedvolInputError(folder, f"{len(entries)} synthetic files gave {len(dataset)} samples: expected one each")
+    indices = _chosen(len(dataset), max_samples, seed)
+    images, labels = _stack(dataset, indices, "loading synthetic", progress)
+    if tuple(images.shape[2:]) != expected:
+        raise MedvolInputError(folder, f"synthetic samples have shape {list(images.shape[2:])} after preprocessing, "
+                                       f"the real ones {list(expected)}")
+    paths = [entries[i]["listed"] for i in indices]
+    return SyntheticData(folder, source, ImageSet(images, labels, paths), provenance, skipped)
+
+
+# ------------------------------------------------------------------------------------------------------- checks
+def _check_counts(real: RealData, synthetic: SyntheticData) -> None:
+    for name, image_set, where in (
+        ("training", real.splits["training"], real.datalist),
+        (HELDOUT_SPLIT, real.splits[HELDOUT_SPLIT], real.datalist),
+        ("synthetic", synthetic.images, synthetic.folder),
+    ):
+        if len(image_set) < MIN_SAMPLES:
+            raise MedvolInputError(where, f"{len(image_set)} {name} samples: precision/recall and density/coverage "
+                                          f"(k = {NEAREST_K} nearest neighbours) need at least {MIN_SAMPLES}")
+
+
+def _check_options(seeds: int, synthetic_ratio: float, classifier_epochs: int | None, max_samples: int | None,
+                   features_path: str | os.PathLike | None, run_dir: Path | None) -> None:
+    if seeds < 1:
+        raise MedvolInputError("--seeds", f"must be at least 1, got {seeds}")
+    if not 0 < synthetic_ratio < float("inf"):
+        raise MedvolInputError("--synthetic-ratio", f"must be a positive number, got {synthetic_ratio}")
+    if classifier_epochs is not None and classifier_epochs < 1:
+        raise MedvolInputError("--classifier-epochs", f"must be at least 1, got {classifier_epochs}")
+    if max_samples is not None and max_samples < MIN_SAMPLES:
+        raise MedvolInputError("--max-samples", f"must be at least {MIN_SAMPLES}, got {max_samples}")
+    if features_path is not None and not Path(features_path).is_file():
+        raise MedvolInputError(features_path, "feature extractor checkpoint (--features) not found")
+    if run_dir is not None:
+        if not run_dir.is_dir():
+            raise MedvolInputError(run_dir, "--run is not a folder")
+        events = run_dir / "tensorboard"
+        if not (events.is_dir() and any(events.rglob("events.out.tfevents.*"))):
+            raise MedvolInputError(run_dir, "--run holds no TensorBoard event files under tensorboard/ (not a medvol run?)")
+
+
+# --------------------------------------------------------------------------------------------------- evaluation
+class _Timer:
+    """Seconds per named stage, in the order they ran."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        started = time.perf_counter()
+        logger.debug("evaluate: %s", name)
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - started, 3)
+
+
+def _default_device(device: str | torch.device | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _heldout_like(heldout: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """The held-out features, subsampled (seeded) to `count` rows when there are more, so that the real-vs-real
+    baseline of the k-NN metrics sees no more samples than the synthetic set."""
+    return heldout[_chosen(len(heldout), count, seed)]
+
+
+def _plain(value):
+    """JSON-ready: numpy scalars/arrays and tuples to Python numbers and lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return _plain(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _methods(real: RealData, extractor, fidelity_counts: Mapping, n_synthetic: int, n_heldout_baseline: int,
+             utility_requested: bool, filtering: bool, seeds: int, synthetic_ratio: float) -> dict:
+    """One sentence per number of metrics.json: how it was computed."""
+    heldout = f"the held-out real {HELDOUT_SPLIT} split"
+    n = fidelity_counts["n"]
+    space = f"features of the {extractor.kind} feature extractor ({extractor.description})"
+    methods = {
+        "preprocessing": f"Real and synthetic files went through the same preprocessing as training "
+                         f"({real.mode} mode, {real.preprocessing.get('intensity')} intensity scaling to [-1, 1], "
+                         f"size {real.image_shape}); synthetic files had to have that shape already.",
+        "fid": f"Frechet distance between Gaussians fitted to the {space} of the real training split and of the "
+               f"synthetic samples, every set subsampled (seeded) to the same n = {n} (FID grows as n shrinks), with "
+               f"a 95% percentile bootstrap interval resampling both sets.",
+        "fid_real_baseline": f"The same Frechet distance, same n = {n} and the same training subsample, between the "
+                             f"real training split and {heldout}: what new real images score, the scale for `fid`.",
+        "kid": f"Kernel inception distance (unbiased MMD^2 with the kernel (x.y / F + 1)^3) between training-split "
+               f"and synthetic features, n = {n} each, with a 95% bootstrap interval.",
+        "kid_real_baseline": f"The same KID between the real training split and {heldout}, n = {n} each.",
+        "mmd": f"Maximum mean discrepancy (Gaussian kernel, bandwidth the median pairwise distance of the training "
+               f"subsample) between training-split and synthetic features, n = {n} each.",
+        "precision": f"Fraction of the {n_synthetic} synthetic samples inside the real manifold: the union of balls "
+                     f"around each of the {fidelity_counts['n_train']} training-split features with the radius of its "
+                     f"k = {NEAREST_K}-th nearest real neighbour (Euclidean distance in feature space).",
+        "recall": f"Fraction of training-split features inside the synthetic manifold (balls of radius the "
+                  f"k = {NEAREST_K}-th nearest synthetic neighbour).",
+        "density": f"Mean number of real k = {NEAREST_K} balls that contain each synthetic sample, divided by k "
+                   f"(about 1 for samples distributed like the real ones).",
+        "coverage": f"Fraction of training-split features whose k = {NEAREST_K} ball contains at least one synthetic sample.",
+        "real_baselines": f"`*_real_baseline` of precision/recall/density/coverage: the same numbers against all "
+                          f"{fidelity_counts['n_train']} training features with {n_heldout_baseline} samples of "
+                          f"{heldout} (at most as many as the {n_synthetic} synthetic ones) in place of the synthetic "
+                          f"set; `mmd_real_baseline`: the MMD between the training and held-out subsamples.",
+        "ms_ssim_synthetic": "Mean multi-scale SSIM over random pairs of synthetic samples (of the same class when "
+                             "labelled); high values mean similar samples (low diversity).",
+        "ms_ssim_real": "The same pairwise MS-SSIM among the real training images: the diversity to expect.",
+        "mode_collapse": "True when the synthetic samples are far more alike than the real ones, overall or within a "
+                         "class (see diversity.mode_collapse_reason for the rule that fired).",
+        "privacy": f"For each synthetic sample its nearest training image by feature distance (and its SSIM); "
+                   f"the same distances from {heldout} to the training split give the 5th percentile threshold; "
+                   f"synthetic samples closer than it are flagged as possible copies.",
+        "recognisability": "A classifier trained on the real training split labels each synthetic sample; the "
+                           "fraction labelled as the class it was generated for, per class and overall "
+                           f"(real_test: the same classifier on {heldout}, for scale).",
+    }
+    if utility_requested:
+        methods["utility"] = (
+            f"One classifier recipe trained per arm (real, real+augmentation, synthetic, real+synthetic, "
+            f"real+augmentation+synthetic; synthetic-to-real ratio {synthetic_ratio:g}) with the same {seeds} seeds, "
+            f"each tested on {heldout}; mean, sd and the value per seed; paired differences against `real` per seed "
+            f"with a 95% t confidence interval.")
+    if filtering:
+        methods["filtering"] = ("A real-vs-synthetic classifier scores every synthetic sample; the samples it "
+                                "separates most confidently are dropped and the utility study is run again.")
+    return methods
+
+
+def _recognisability_classifier(extractor, train: ImageSet, num_classes: int, seed: int, epochs: int | None, device):
+    """The classifier of a classifier-kind feature extractor (trained on the real training split already), else one
+    trained now with the same recipe."""
+    from medvol.metrics import features as feature_module
+
+    network = getattr(extractor, "classifier", None)
+    if extractor.kind == "classifier" and network is not None and int(getattr(network, "num_classes", -1)) == num_classes:
+        return network
+    return feature_module.train_classifier(train.images, train.labels, num_classes, seed=seed, epochs=epochs,
+                                           device=device)
+
+
+def evaluate(
+    real_datalist: str | os.PathLike,
+    synthetic_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    utility: bool = False,
+    seeds: int = 3,
+    synthetic_ratio: float = 1.0,
+    classifier_epochs: int | None = None,
+    features_path: str | os.PathLike | None = None,
+    run_dir: str | os.PathLike | None = None,
+    filter_synthetic: bool = False,
+    device: str | torch.device | None = None,
+    max_samples: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    report: bool = True,
+) -> dict:
+    """Evaluate a synthetic folder against the real data it imitates; writes ``OUT/metrics.json`` and
+    ``OUT/report.html`` and returns the metrics.
+
+    Args:
+        real_datalist: the real ``datalist.json`` (`medvol prepare` output) with training and test splits.
+        synthetic_dir: a `medvol sample` output (labels from its datalist.json) or a plain folder of images/volumes.
+        out_dir: output folder (``metrics.json``, ``report.html``, ``cache/``, ``features/``); reruns reuse the
+            caches.
+        utility: run the utility study (five classifier arms, `seeds` seeds each).
+        seeds: seeds of the utility study.
+        synthetic_ratio: synthetic samples per real sample in the mixed utility arms.
+        classifier_epochs: epochs of every classifier (feature extractor, recognisability, utility); None: the
+            recipe's default.
+        features_path: a user feature extractor checkpoint instead of the one trained here.
+        run_dir: the training run; its TensorBoard curves go into the report (and its image size is used when the
+            real datalist has none).
+        filter_synthetic: drop the synthetic samples a real-vs-synthetic classifier separates most confidently and
+            report the utility before and after (implies `utility`).
+        device: ``cpu`` or ``cuda`` (default: CUDA when available).
+        max_samples: at most this many samples per real split and of the synthetic set (seeded subsets).
+        seed: seed of every random choice (subsets, feature extractor, bootstrap, pairs).
+        progress: progress bars on the long parts.
+        report: write ``report.html`` too.
+
+    Raises:
+        MedvolInputError: bad input (see `load_real`, `load_synthetic`; too few samples; unlabelled data with
+            `utility`; a bad option).
+    """
+    from medvol.metrics import diversity, features, fidelity, privacy
+    from medvol.metrics import utility as utility_module
+
+    timer = _Timer()
+    out = Path(out_dir).expanduser().resolve()
+    run_path = None if run_dir is None else Path(run_dir).expanduser().resolve()
+    utility = bool(utility or filter_synthetic)
+    _check_options(seeds, synthetic_ratio, classifier_epochs, max_samples, features_path, run_path)
+    if out.exists() and not out.is_dir():
+        raise MedvolInputError(out, "--out must be a folder, this is a file")
+    device = _default_device(device)
+    cache_dir = out / "cache"
+
+    with timer.stage("load"):
+        synthetic_folder = Path(synthetic_dir).expanduser().resolve()
+        size_hint = None
+        listed = synthetic_folder / SYNTHETIC_DATALIST
+        if listed.is_file():  # a run's samples: the real data without a prepared size is fitted as the run was
+            try:
+                provenance_run = json.loads(listed.read_text()).get("provenance", {}).get("run")
+            except (OSError, json.JSONDecodeError, AttributeError):
+                provenance_run = None
+            if provenance_run:
+                size_hint = Path(provenance_run)
+        real = load_real(real_datalist, cache_dir, max_samples, seed, progress=progress,
+                         size=_run_image_size(run_path or size_hint, _datalist_dims(real_datalist)))
+        synthetic = load_synthetic(synthetic_folder, real, cache_dir, max_samples, seed, progress)
+    _check_counts(real, synthetic)
+    train, heldout, synth = real.splits["training"], real.splits[HELDOUT_SPLIT], synthetic.images
+    labelled = train.labelled and heldout.labelled and bool(real.classes)
+    num_classes = len(real.classes) if labelled else 0
+    if utility and not (labelled and synth.labelled):
+        who = real.datalist if not labelled else synthetic.folder
+        raise MedvolInputError(who, "has no class labels: the utility study trains classifiers of the classes")
+    out.mkdir(parents=True, exist_ok=True)
+
+    with timer.stage("feature_extractor"):
+        extractor = features.build_feature_extractor(
+            train.images, train.labels, num_classes, out / "features", seed=seed, epochs=classifier_epochs,
+            features_path=features_path, device=device, progress=progress)
+    with timer.stage("features"):
+        train_f, heldout_f, synth_f = (np.asarray(extractor(s.images), dtype=np.float64) for s in (train, heldout, synth))
+
+    metrics: dict = {}
+    with timer.stage("fidelity"):
+        fid_kid = fidelity.fidelity_with_baseline(train_f, heldout_f, synth_f, seed=seed)
+        metrics.update({key: fid_kid[key] for key in ("fid", "kid", "fid_real_baseline", "kid_real_baseline", "mmd")})
+        metrics.update(fidelity.precision_recall_density_coverage(train_f, synth_f, k=NEAREST_K))
+        baseline_f = _heldout_like(heldout_f, len(synth_f), seed)
+        baseline = fidelity.precision_recall_density_coverage(train_f, baseline_f, k=NEAREST_K)
+        metrics["mmd_real_baseline"] = fid_kid["mmd_real_baseline"]
+        fidelity_counts = {key: fid_kid[key] for key in ("n", "n_train", "n_heldout", "n_synthetic")}
+        for key in ("precision", "recall", "density", "coverage"):
+            metrics[f"{key}_real_baseline"] = baseline[key]
+    with timer.stage("diversity"):
+        diverse = diversity.diversity_report(synth.images, synth.labels, train.images, train.labels, list(real.classes))
+        metrics.update({key: diverse[key] for key in ("ms_ssim_synthetic", "ms_ssim_real", "mode_collapse")})
+        metrics["diversity"] = {k: v for k, v in diverse.items() if k not in ("ms_ssim_synthetic", "ms_ssim_real", "mode_collapse")}
+    with timer.stage("privacy"):
+        metrics["privacy"] = privacy.nearest_neighbour_privacy(
+            train.images, train_f, heldout.images, heldout_f, synth.images, synth_f, synth.paths)
+    with timer.stage("recognisability"):
+        if labelled and synth.labelled:
+            classifier = _recognisability_classifier(extractor, train, num_classes, seed, classifier_epochs, device)
+            recognised = utility_module.recognisability(classifier, synth.images, synth.labels, list(real.classes),
+                                                        device=device)
+            recognised["real_test"] = utility_module.recognisability(classifier, heldout.images, heldout.labels,
+                                                                     list(real.classes), device=device)
+        else:
+            why = "the real data has no class labels" if not labelled else "the synthetic samples have no class labels"
+            recognised = {"per_class": {}, "overall": None, "skipped": f"not computed: {why}"}
+        metrics["recognisability"] = recognised
+    keep_mask = scores = None
+    epochs = {} if classifier_epochs is None else {"epochs": int(classifier_epochs)}
+    if utility:
+        with timer.stage("utility"):
+            metrics["utility"] = utility_module.utility_study(
+                train.images, train.labels, heldout.images, heldout.labels, synth.images, synth.labels,
+                list(real.classes), seeds=seeds, synthetic_ratio=synthetic_ratio, device=device, progress=progress,
+                **epochs)
+    if filter_synthetic:
+        with timer.stage("filtering"):
+            keep_mask, scores = utility_module.realness_filter(train.images, synth.images, seed=seed, device=device,
+                                                               progress=progress, **epochs)
+            keep_mask = np.asarray(keep_mask, dtype=bool)
+            after = utility_module.utility_study(
+                train.images, train.labels, heldout.images, heldout.labels, synth.images, synth.labels,
+                list(real.classes), seeds=seeds, synthetic_ratio=synthetic_ratio, filter_mask=keep_mask,
+                device=device, progress=progress, **epochs)
+            metrics["filtering"] = {
+                "kept": int(keep_mask.sum()),
+                "dropped_fraction": float(1.0 - keep_mask.mean()),
+                "dropped": [p for p, keep in zip(synth.paths, keep_mask) if not keep],
+                "realness_scores": np.asarray(scores, dtype=float).tolist(),
+                "utility_before": metrics["utility"],
+                "utility_after": after,
+            }
+
+    metrics["inputs"] = {
+        "real": str(real.datalist),
+        "synthetic": str(synthetic.folder),
+        "synthetic_source": synthetic.source,
+        "synthetic_provenance": synthetic.provenance,
+        "synthetic_skipped_files": synthetic.skipped,
+        "run": None if run_path is None else str(run_path),
+        "reference_split": "training",
+        "heldout_split": HELDOUT_SPLIT,
+        "validation_used": False,
+        "validation_not_used_because": "training may select its best checkpoint by a metric on the validation "
+                                       "split, so it is not independent of the generator",
+        "classes": list(real.classes),
+        "counts": {"training": train.counts(real.classes), HELDOUT_SPLIT: heldout.counts(real.classes),
+                   "synthetic": synth.counts(real.classes)},
+        "max_samples": max_samples,
+        "seed": seed,
+        "mode": real.mode,
+        "spatial_dims": real.spatial_dims,
+        "image_shape": real.image_shape,
+        "preprocessing": real.preprocessing,
+        "device": str(device),
+    }
+    metrics["feature_extractor"] = {"kind": extractor.kind, "description": extractor.description,
+                                    "dimensions": int(train_f.shape[1])}
+    metrics["methods"] = _methods(real, extractor, fidelity_counts, len(synth_f), len(baseline_f), utility,
+                                  filter_synthetic, seeds, synthetic_ratio)
+    metrics["timing"] = timer.seconds
+    metrics = _plain(metrics)
+    if report:
+        from medvol.report.html import ReportInputs, write_report
+
+        with timer.stage("report"):
+            write_report(out / REPORT_FILE, metrics, ReportInputs(
+                classes=list(real.classes), train=train, heldout=heldout, synthetic=synth, train_features=train_f,
+                heldout_features=heldout_f, synthetic_features=synth_f, run_dir=run_path, keep_mask=keep_mask,
+                seed=seed))
+        metrics["timing"] = _plain(timer.seconds)
+    metrics["timing"]["total"] = round(sum(v for k, v in timer.seconds.items()), 3)
+    _write_json(out / METRICS_FILE, metrics)
+    return metrics
+
+
+def run_datalist(run_dir: str | os.PathLike) -> str:
+    """The real datalist a training run used (``datalist`` of ``RUN/run.json``): the default ``--real`` of the
+    bundles' ``evaluate.yaml``.
+
+    Raises:
+        MedvolInputError: not a run folder, or its record names no datalist.
+    """
+    record = Path(run_dir).expanduser() / "run.json"
+    try:
+        datalist = json.loads(record.read_text()).get("datalist")
+    except FileNotFoundError:
+        raise MedvolInputError(run_dir, "not a medvol run folder (no run.json); give the real datalist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
+        raise MedvolInputError(record, f"unreadable run record ({err})") from None
+    if not datalist:
+        raise MedvolInputError(record, "names no datalist; give the real datalist")
+    return str(datalist)
+
+
+def _read_datalist(datalist: str | os.PathLike) -> tuple[dict, Path]:
+    """The real datalist document and its file."""
+    path = Path(datalist).expanduser()
+    path = (path / "datalist.json" if path.is_dir() else path).resolve()
+    if not path.is_file():
+        raise MedvolInputError(path, "datalist not found (run `medvol prepare` first)")
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MedvolInputError(path, f"is not a readable datalist JSON ({err})") from None
+    if not isinstance(document, dict):
+        raise MedvolInputError(path, "is not a datalist: expected a JSON object with 'training'/'validation'/'test'")
+    return document, path
+
+
+def _datalist_dims(datalist: str | os.PathLike) -> int:
+    document, _ = _read_datalist(datalist)
+    return 2 if str(document.get("mode") or "volume") == "slice" else 3
+
+
+def _write_json(path: Path, document: Mapping) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(document, indent=1, allow_nan=True) + "\n")
+    temporary.replace(path)

@@ -1,0 +1,130 @@
+"""`medvol.metrics.evaluate`: real and synthetic images through the same preprocessing, every key of metrics.json
+with the right counts, exact copies flagged, the realness filter's drops listed, and the bundles' evaluate.yaml
+running the same evaluation. Tiny data: 16^2 phantoms, classifiers of one epoch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medvol.cli import main
+from medvol.data.phantoms import CLASSES, make_phantom_batch
+from medvol.metrics.evaluate import HELDOUT_SPLIT, evaluate, load_real, load_synthetic
+from medvol.metrics.utility import ARMS
+from medvol.sampling import write_samples
+from tests.report.test_html import check_self_contained_valid_html
+
+SIZE = 16
+ISSUE_KEYS = ("fid", "kid", "fid_real_baseline", "kid_real_baseline", "mmd", "precision", "recall", "density",
+              "coverage", "ms_ssim_synthetic", "ms_ssim_real", "mode_collapse", "privacy", "recognisability")
+
+
+def write_synthetic(out: Path, arrays: np.ndarray, labels, fmt: str = "nifti", classes=CLASSES) -> Path:
+    """A folder as `medvol sample` writes it (files + datalist.json), from `arrays` [N, 1, *size] in source units."""
+    record = {"spatial_dims": arrays.ndim - 2, "classes": list(classes), "family": "cgan"}
+    provenance = {"run": str(out / "no-run"), "checkpoint": "none", "seed": 0, "family": "cgan"}
+    write_samples(arrays, list(labels), record, out, fmt, provenance)
+    return out
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """24 training / 8 validation / 8 test labelled 16^2 phantoms (PNG), prepared by `medvol prepare`."""
+    out = tmp_path_factory.mktemp("evaluate") / "data"
+    assert main(["prepare", "phantoms", "--out", str(out), "--mode", "slice", "--size", f"{SIZE},{SIZE}"]) == 0
+    return out / "datalist.json"
+
+
+@pytest.fixture(scope="module")
+def synthetic(prepared) -> Path:
+    """12 new phantoms (6 per class) written as a `medvol sample` NIfTI output."""
+    images, labels = make_phantom_batch(12, 2, (SIZE, SIZE), seed=11)
+    return write_synthetic(prepared.parent.parent / "synthetic", images, labels)
+
+
+def test_synthetic_files_get_exactly_the_real_preprocessing(prepared, tmp_path):
+    real = load_real(prepared, tmp_path / "cache", progress=False)
+    train = real.splits["training"]
+    assert len(train) == 24 and len(real.splits[HELDOUT_SPLIT]) == 8 and list(train.images.shape[1:]) == [1, SIZE, SIZE]
+    assert float(train.images.min()) == pytest.approx(-1.0) and float(train.images.max()) == pytest.approx(1.0)
+    # the training PNG files themselves, as a plain folder: the same tensors come out
+    folder = tmp_path / "copies"
+    folder.mkdir()
+    for index, path in enumerate(train.paths[:8]):
+        shutil.copy(path, folder / f"copy_{index}.png")
+    copies = load_synthetic(folder, real, tmp_path / "cache", progress=False)
+    assert copies.source == "folder" and not copies.images.labelled
+    order = np.argsort([Path(p).name for p in copies.images.paths])
+    torch.testing.assert_close(copies.images.images[torch.as_tensor(order)], train.images[:8], rtol=0, atol=0)
+    # source-unit NIfTI and DICOM of the same arrays: the same images up to DICOM's int16 rounding
+    arrays = (train.images[:6].numpy() + 1.0) * 500.0  # any linear source unit: the intensity window undoes it
+    labels = train.labels[:6]
+    nifti = load_synthetic(write_synthetic(tmp_path / "nifti", arrays, labels), real, tmp_path / "cache", progress=False)
+    dicom = load_synthetic(write_synthetic(tmp_path / "dicom", arrays, labels, "dicom"), real, tmp_path / "cache",
+                           progress=False)
+    torch.testing.assert_close(nifti.images.images, train.images[:6], rtol=0, atol=1e-5)
+    torch.testing.assert_close(dicom.images.images, train.images[:6], rtol=0, atol=2e-3)
+    np.testing.assert_array_equal(nifti.images.labels, labels)
+    np.testing.assert_array_equal(dicom.images.labels, labels)
+
+
+def test_evaluation_writes_every_key_with_counts_utility_filtering_and_report(prepared, synthetic, tmp_path):
+    out = tmp_path / "eval"
+    metrics = evaluate(prepared, synthetic, out, utility=True, seeds=2, classifier_epochs=1, filter_synthetic=True,
+                       device="cpu", progress=False)
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    for key in (*ISSUE_KEYS, "utility", "inputs", "feature_extractor", "methods", "timing", "filtering"):
+        assert key in metrics, key
+    assert isinstance(metrics["mode_collapse"], bool)
+    for key in ("fid", "kid", "fid_real_baseline", "kid_real_baseline"):
+        low, high = metrics[key]["ci95"]
+        assert low <= high and np.isfinite(metrics[key]["value"])
+    assert all(0.0 <= metrics[k] <= 1.0 for k in ("precision", "recall", "coverage"))
+    counts = metrics["inputs"]["counts"]
+    assert counts["training"] == {"total": 24, "per_class": {"normal": 12, "lesion": 12}}
+    assert counts[HELDOUT_SPLIT]["total"] == 8 and counts["synthetic"] == {"total": 12, "per_class": {"normal": 6, "lesion": 6}}
+    assert metrics["inputs"]["heldout_split"] == "test" and metrics["inputs"]["validation_used"] is False
+    assert metrics["feature_extractor"]["kind"] == "classifier"
+    synthetic_files = sorted(e["image"] for e in json.loads((synthetic / "datalist.json").read_text())["training"])
+    assert sorted(n["path"] for n in metrics["privacy"]["nearest"]) == synthetic_files
+    assert set(metrics["privacy"]["flagged"]) <= set(synthetic_files)
+    assert set(metrics["recognisability"]["per_class"]) == set(CLASSES)
+    utility = metrics["utility"]
+    assert set(utility["arms"]) == set(ARMS) and set(utility["paired_difference"]) == set(ARMS) - {"real"}
+    for arm in ARMS:
+        assert len(utility["arms"][arm]["accuracy"]["values"]) == 2
+    filtering = metrics["filtering"]
+    assert filtering["kept"] + len(filtering["dropped"]) == 12 and set(filtering["dropped"]) <= set(synthetic_files)
+    assert set(filtering["utility_after"]["arms"]) == set(ARMS)
+    for key in ("fid", "precision", "privacy", "recognisability", "utility", "filtering", "mode_collapse"):
+        assert metrics["methods"][key], key
+    assert {"load", "features", "fidelity", "privacy", "utility", "filtering", "total"} <= set(metrics["timing"])
+    check_self_contained_valid_html((out / "report.html").read_text(encoding="utf-8"))
+
+
+def test_bundle_evaluate_config_runs_the_same_evaluation(prepared, synthetic, tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from medvol.bundle import FAMILIES, run_workflow
+    from medvol.bundle import BUNDLES_DIR
+
+    assert all((BUNDLES_DIR / family / "configs" / "evaluate.yaml").is_file() for family in FAMILIES)
+    run_dir = tmp_path / "run"
+    shutil.copytree(synthetic, run_dir / "synthetic")  # where the sample workflow writes by default
+    (run_dir / "run.json").write_text(json.dumps({"family": "cgan", "datalist": str(prepared)}))
+    writer = SummaryWriter(str(run_dir / "tensorboard"))
+    for step in (1, 2, 3):
+        writer.add_scalar("generator/loss", 1.0 / step, step)
+    writer.close()
+    run_workflow("cgan", "evaluate", {"run_dir": str(run_dir), "classifier_epochs": 1, "device": "cpu"})
+    metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
+    assert metrics["inputs"]["real"] == str(prepared) and metrics["inputs"]["counts"]["synthetic"]["total"] == 12
+    assert "utility" not in metrics and all(key in metrics for key in ISSUE_KEYS)
+    report = (run_dir / "evaluation" / "report.html").read_text(encoding="utf-8")
+    check_self_contained_valid_html(report)
+    assert "generator/loss over iterations" in report
