@@ -286,8 +286,7 @@ class TrainingEvaluator:
             logger.debug("evaluation during training is off (evaluate_every=%s, %s iterations)", self.evaluate_every, self.total)
             return
         started = time.perf_counter()
-        with _training_state_preserved():
-            ready = self._prepare(engine)
+        ready = self._prepare(engine)
         if not ready:
             self.interval = 0
             return
@@ -327,6 +326,10 @@ class TrainingEvaluator:
         return (images.float() - low) / (high - low) * 2.0 - 1.0
 
     def _prepare(self, engine: Any) -> bool:
+        with _training_state_preserved():
+            return self._load_real_data(engine)
+
+    def _load_real_data(self, engine: Any) -> bool:
         validation_images, validation_labels = self._split("validation", self.validation_data, self.max_samples)
         where = self.datalist or "validation_data"
         if len(validation_images) < MIN_VALIDATION_SAMPLES:
@@ -393,9 +396,7 @@ class TrainingEvaluator:
         iteration = int(engine.state.iteration)
         if iteration % self.interval != 0 and iteration != self.total:
             return
-        with _training_state_preserved():
-            result = self.evaluate(engine)
-        self._record(engine, result)
+        self._record(engine, self.evaluate(engine))
 
     @torch.no_grad()
     def generate(self, engine: Any) -> torch.Tensor:
@@ -422,12 +423,21 @@ class TrainingEvaluator:
         return self._to_feature_range(images)
 
     def evaluate(self, engine: Any) -> dict[str, Any]:
-        """FID and diversity of the current generator (see the module docstring); no side effects."""
+        """FID and diversity of the current generator (see the module docstring); changes no state of the training."""
+        with _training_state_preserved():
+            return self._evaluate(engine)
+
+    def _evaluate(self, engine: Any) -> dict[str, Any]:
         from medvol.metrics.diversity import diversity_report
         from medvol.metrics.fidelity import frechet_distance
 
         started = time.perf_counter()
         images = self.generate(engine)
+        if not bool(torch.isfinite(images).all()):
+            return {"iteration": int(engine.state.iteration), "fid": None, "diversity": None,
+                    "diversity_real": None, "ms_ssim": None, "ms_ssim_real": None, "mode_collapse": False,
+                    "mode_collapse_reason": "", "samples": int(images.shape[0]), "non_finite": True,
+                    "seconds": round(time.perf_counter() - started, 3)}
         features = np.asarray(self.feature_extractor(images), dtype=np.float64)
         fid = float(frechet_distance(self.real_features, features))
         synthetic_labels = np.asarray([-1 if c is None else c for c in self.labels], dtype=np.int64)
@@ -466,6 +476,9 @@ class TrainingEvaluator:
         self.history.append(result)
         self._write_history(best)
         best_text = "" if best is None else f" (best {best['metric']:.4g} at iteration {best['iteration']})"
+        if result.get("non_finite"):
+            logger.warning("evaluation at iteration %d: the generator returned non-finite values: no FID%s", iteration, best_text)
+            return
         collapse = f"; possible mode collapse: {result['mode_collapse_reason']}" if result["mode_collapse"] else ""
         logger.info(
             "evaluation at iteration %d: FID %.4g%s, diversity %.3g (validation %.3g)%s",
@@ -479,7 +492,7 @@ class TrainingEvaluator:
             return None
         best = (checkpoints.read_pointer() or {}).get("best")
         fid = result["fid"]
-        if math.isfinite(fid) and (best is None or fid < best["metric"]):
+        if fid is not None and math.isfinite(fid) and (best is None or fid < best["metric"]):
             # the same state a periodic checkpoint of this iteration holds: resuming from it changes nothing
             path = checkpoints.save(engine.state_dict(), iteration=result["iteration"], metric=fid)
             engine.last_checkpoint = str(path)
