@@ -237,3 +237,191 @@ def test_labels_csv_found_in_source_is_used_and_recorded(tmp_path):
     datalist, report = load(tmp_path / "out")
     assert datalist["classes"] == ["x", "y"] and datalist["labels_csv"] == str((source / "labels.csv").resolve())
     assert any("labels read from" in m for m in report["messages"])
+
+
+# ------------------------------------------------------------------------------------ labels CSVs as users have them
+def write_pngs(folder: Path, names, size=(8, 8), mode="L") -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in names:
+        pixels = (rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels if mode == "RGB" else pixels[..., 0]).save(folder / f"{name}.png")
+    return folder
+
+
+def test_head_ct_labels_csv_with_a_space_after_the_comma_is_found_and_announced(tmp_path, capsys):
+    source = write_pngs(tmp_path / "ct", [f"ID_{i:03d}" for i in range(6)])
+    (source / "labels.csv").write_text("id, hemorrhage\n" + "".join(f"ID_{i:03d}, {i % 2}\n" for i in range(6)))
+    assert prepare(source, "--out", tmp_path / "out") == 0
+    out = capsys.readouterr().out
+    assert f"labels read from {(source / 'labels.csv').resolve()}, found in SOURCE (--labels none ignores it" in out
+    datalist, report = load(tmp_path / "out")
+    assert datalist["classes"] == ["0", "1"] and report["summary"]["per_class"] == {"0": 3, "1": 3}
+    assert report["labels"]["header"] == ["id", "hemorrhage"] and report["labels"]["label_column"] == "hemorrhage"
+
+
+def test_patient_diagnosis_csv_that_labels_few_images_exits_2_with_counts(tmp_path, capsys):
+    source = write_pngs(tmp_path / "src", [f"img{i:03d}" for i in range(20)])
+    labels = tmp_path / "labels.csv"
+    labels.write_text("patient,diagnosis\nimg000,a\nimg001,b\n" + "".join(f"PAT{i},a\n" for i in range(18)))
+    assert prepare(source, "--out", tmp_path / "out", "--labels", labels) == 2
+    line = one_error_line(capsys)
+    assert "labels 2 of 20 images; 18 images without a label (e.g. 'img002', 'img003', 'img004', ...); " \
+           "18 of its 20 rows name no image (e.g. 'PAT0', 'PAT1', 'PAT2', ...)" in line
+    assert not (tmp_path / "out" / "datalist.json").exists()
+    assert prepare(source, "--out", tmp_path / "out", "--labels", labels, "--unlabelled", "skip") == 0
+    datalist, report = load(tmp_path / "out")
+    assert sum(len(datalist[s]) for s in SPLITS) == 2
+    skipped = [f for f in report["files"] if f["status"] == "skipped" and f["path"].endswith(".png")]
+    assert len(skipped) == 18 and {f["reason"] for f in skipped} == {"no label in labels.csv (--unlabelled skip)"}
+    assert prepare(source, "--out", tmp_path / "keep", "--labels", labels, "--unlabelled", "keep") == 0
+    datalist, report = load(tmp_path / "keep")
+    entries = [e for s in SPLITS for e in datalist[s]]
+    assert len(entries) == 20 and sum("label" in e for e in entries) == 2 and report["summary"]["unlabelled"] == 18
+
+
+def test_labels_none_ignores_the_labels_csv_in_source(tmp_path):
+    source = write_pngs(tmp_path / "src", ["a", "b", "c"])
+    (source / "labels.csv").write_text("id,label\na,x\nb,y\n")  # would need --unlabelled: c has no label
+    assert prepare(source, "--out", tmp_path / "out", "--labels", "none") == 0
+    datalist, report = load(tmp_path / "out")
+    assert datalist["classes"] == [] and datalist["labels_csv"] is None
+    assert all("label" not in e for s in SPLITS for e in datalist[s])
+    record = next(f for f in report["files"] if f["path"].endswith("labels.csv"))
+    assert (record["status"], record["reason"]) == ("skipped", "labels CSV ignored (--labels none)")
+
+
+def test_chosen_columns_of_a_four_column_csv(tmp_path):
+    source = write_pngs(tmp_path / "src", ["a", "b", "c", "d"])
+    labels = tmp_path / "clinical.csv"
+    labels.write_text("PatientID,Age,Sex,Finding\na,50,F,tumour\nb,61,M,normal\nc,44,F,tumour\nd,70,M,normal\n")
+    assert prepare(source, "--out", tmp_path / "out", "--labels", labels) == 2  # which column holds the label?
+    assert prepare(source, "--out", tmp_path / "out", "--labels", labels, "--id-column", "PatientID",
+                   "--label-column", "Finding") == 0
+    datalist, _ = load(tmp_path / "out")
+    assert {e["id"]: e["label_name"] for s in SPLITS for e in datalist[s]} == {
+        "a": "tumour", "b": "normal", "c": "tumour", "d": "normal"}
+
+
+def test_ambiguous_header_exits_2_naming_the_columns(tmp_path, capsys):
+    source = write_pngs(tmp_path / "src", ["a", "b"])
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,subject,label\na,a,x\nb,b,y\n")
+    assert prepare(source, "--out", tmp_path / "out", "--labels", labels) == 2
+    assert "header ['id', 'subject', 'label'] is ambiguous (id column: one of ['id', 'subject'])" in \
+        one_error_line(capsys)
+
+
+def test_volume_mode_on_2d_images_exits_2(tmp_path, capsys):
+    source = write_pngs(tmp_path / "src", ["a", "b"])
+    assert prepare(source, "--out", tmp_path / "out", "--mode", "volume", "--size", "16,16,16") == 2
+    line = one_error_line(capsys)
+    assert "holds 2D images: volume mode needs 3D volumes; prepare it with --mode slice (or without --mode)" in line
+    assert "--size" not in line
+
+
+def test_colour_warnings_are_grouped_on_the_console(tmp_path, capsys):
+    source = write_pngs(tmp_path / "src", [f"c{i}" for i in range(6)], mode="RGB")
+    write_pngs(source, ["grey"])
+    assert prepare(source, "--out", tmp_path / "out") == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("  warning:")]
+    assert len(lines) == 1 and lines[0].startswith("  warning: 6 files: RGB colour image read as greyscale")
+    assert "(3 more in report.json)" in lines[0] and out.count("/c0.png") == 1
+    _, report = load(tmp_path / "out")
+    assert sum(f["status"] == "warning" for f in report["files"]) == 6
+
+
+# --------------------------------------------------------------------------------------------- sizing and preview
+def write_disc(path: Path, width: int, height: int) -> None:
+    """A bright disc as tall as the picture, touching its left, top and bottom borders."""
+    from PIL import Image
+
+    radius = min(width, height) / 2
+    y, x = np.mgrid[0:height, 0:width] + 0.5
+    disc = (x - radius) ** 2 + (y - radius) ** 2 <= radius**2
+    Image.fromarray(np.where(disc, 230, 10).astype(np.uint8)).save(path)
+
+
+def fitted_samples(out: Path) -> dict[str, np.ndarray]:
+    from medvol.data.datasets import build_dataset
+
+    dataset = build_dataset(out)  # the sizing comes from datalist.json, as in training
+    return {dataset[i]["subject"]: dataset[i]["image"].as_tensor()[0].numpy() for i in range(len(dataset))}
+
+
+def extent(mask: np.ndarray) -> tuple[int, int]:
+    xs, ys = np.nonzero(mask)
+    return (int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)) if xs.size else (0, 0)
+
+
+def test_mixed_size_images_keep_the_whole_object(tmp_path):
+    source = tmp_path / "mixed"
+    source.mkdir()
+    write_disc(source / "wide.png", 300, 120)
+    write_disc(source / "tall.png", 120, 300)
+    write_disc(source / "square.png", 200, 200)
+    argv = [source, "--size", "32,32", "--split", "1,0,0"]
+    assert prepare(*argv, "--out", tmp_path / "fit") == 0
+    datalist, report = load(tmp_path / "fit")
+    assert datalist["preprocessing"] == {"size": [32, 32], "spacing": None, "shape_mode": "fit",
+                                         "crop_foreground": False}
+    assert report["preprocessing"]["shape_mode"] == "fit" and "whole field of view" in \
+        report["preprocessing"]["description"]
+    samples = fitted_samples(tmp_path / "fit")
+    wide = samples["wide"]  # [x, y]: 300 x 120 scaled by 32/300 to 32 x 12.8
+    disc = wide > 0.5
+    width, height = extent(disc)
+    assert 12 <= width <= 14 and 12 <= height <= 14  # a disc stays a disc
+    assert disc.sum() == pytest.approx(np.pi * 6.4**2, rel=0.15)  # and whole
+    assert disc[0].any()  # it still touches the left border, as in the picture
+    frame = np.all(wide == -1.0, axis=0)  # rows of pure background above and below the picture
+    assert frame.sum() >= 32 - 14 and frame[0] and frame[-1]
+    tall_width, tall_height = extent(samples["tall"] > 0.5)
+    assert abs(tall_width - tall_height) <= 1 and 12 <= tall_width <= 14
+    assert extent(samples["square"] > 0.5) == (32, 32)
+
+    assert prepare(*argv, "--out", tmp_path / "crop", "--fit", "crop_pad") == 0
+    assert load(tmp_path / "crop")[0]["preprocessing"]["shape_mode"] == "crop_pad"
+    assert not (fitted_samples(tmp_path / "crop")["wide"] > 0.5).any()  # centre crop of 300 x 120: the disc is gone
+
+    assert prepare(*argv, "--out", tmp_path / "resize", "--fit", "resize") == 0
+    assert load(tmp_path / "resize")[0]["preprocessing"]["shape_mode"] == "resize"
+    width, height = extent(fitted_samples(tmp_path / "resize")["wide"] > 0.5)
+    assert height == 32 and abs(width / height - 0.4) < 0.05  # stretched: its width is 120/300 of its height
+
+
+def test_crop_pad_is_the_default_with_a_spacing(tmp_path):
+    source = write_volumes(tmp_path / "src", ["a", "b", "c"])
+    assert prepare(source, "--out", tmp_path / "out", "--spacing", "1,1,1", "--size", "8,8,8") == 0
+    assert load(tmp_path / "out")[0]["preprocessing"]["shape_mode"] == "crop_pad"
+    assert prepare(source, "--out", tmp_path / "fg", "--crop-foreground") == 0
+    assert load(tmp_path / "fg")[0]["preprocessing"] == {"size": None, "spacing": None, "shape_mode": "fit",
+                                                         "crop_foreground": True}
+
+
+@pytest.mark.parametrize("source, size, spatial_dims", [["builtin:phantoms2d", "16,16", 2],
+                                                         ["builtin:phantoms3d", "16,16,16", 3]])
+def test_preview_shows_training_samples_as_the_model_sees_them(tmp_path, capsys, source, size, spatial_dims):
+    from PIL import Image
+
+    from medvol.data.datasets import build_dataset
+    from medvol.report.figures import sample_montage
+
+    mode = "slice" if spatial_dims == 2 else "volume"
+    assert prepare(source, "--out", tmp_path, "--size", size, "--mode", mode) == 0
+    assert f"preview: {tmp_path / 'preview.png'} (" in capsys.readouterr().out
+    picture = np.asarray(Image.open(tmp_path / "preview.png"))
+    zoom = 6  # 16-voxel tiles are enlarged to 96 pixels
+    if spatial_dims == 2:  # one row per class, 4 per row
+        assert picture.shape == ((2 * 18 - 2) * zoom, (4 * 18 - 2) * zoom)
+    else:  # 3 volumes per class, one per row, 3 views each
+        assert picture.shape == ((6 * 18 - 2) * zoom, (3 * 18 - 2) * zoom)
+    datalist, report = load(tmp_path)
+    first = next(e for e in datalist["training"] if e["label"] == 0)
+    sample = build_dataset(tmp_path)[datalist["training"].index(first)]["image"]
+    expected = sample_montage(sample[None])[:16, :16]
+    np.testing.assert_array_equal(picture[: 16 * zoom : zoom, : 16 * zoom : zoom], expected)
+    assert report["preview"]["rows"] == ["normal", "lesion"]

@@ -88,7 +88,8 @@ BASE = {"spatial_dims": 3, "size": (16, 16, 16)}
 @pytest.mark.parametrize(
     "change",
     [{"size": (32, 32, 32)}, {"spacing": (1.0, 1.0, 1.0)}, {"intensity": "ct"}, {"output_range": (0, 1)},
-     {"percentiles": (1, 99)}, {"shape_mode": "fit"}, {"spatial_dims": 2, "size": (16, 16)}],
+     {"percentiles": (1, 99)}, {"shape_mode": "fit"}, {"spatial_dims": 2, "size": (16, 16)},
+     {"crop_foreground": True}],
 )
 def test_cache_key_changes_with_every_setting(change):
     assert PreprocessingSettings(**BASE).cache_key() != PreprocessingSettings(**{**BASE, **change}).cache_key()
@@ -109,3 +110,20 @@ def test_cache_key_is_stable_across_sequence_types():
 def test_invalid_settings_raise(params):
     with pytest.raises(ValueError):
         PreprocessingSettings(**params)
+
+
+def test_pictures_are_upright(tmp_path):
+    """A PNG's first row is the top of the picture: it ends at the highest y (medvol's y points up), so sample grids,
+    which draw the highest y on top, show pictures as they are."""
+    pixels = np.zeros((12, 20), dtype=np.uint8)  # 12 rows, 20 columns
+    pixels[:3] = 255  # bright top band
+    pixels[:, :2] = 128  # grey left band
+    Image.fromarray(pixels).save(tmp_path / "picture.png")
+    image = preprocessing(spatial_dims=2, intensity="minmax")({"image": str(tmp_path / "picture.png")})["image"]
+    assert tuple(image.shape) == (1, 20, 12)  # [x: columns, y: rows]
+    assert torch.all(image[0, 2:, 9:] == 1.0) and torch.all(image[0, 2:, :9] == -1.0)
+    assert float((image.as_tensor()[0, :2, :9] - (128 / 255 * 2 - 1)).abs().max()) < 1e-6  # the left band: x = 0
+    from medvol.report.figures import sample_montage
+
+    shown = sample_montage(image[None])
+    np.testing.assert_array_equal(shown, np.asarray(Image.open(tmp_path / "picture.png")))
