@@ -46,6 +46,7 @@ STOP_FILE = ".stop-requested"
 # where rank 0 of `medvol train --nproc N` leaves a bad-input message for the parent to print
 WORKER_ERROR_FILE = ".worker-error"
 # the logger of the bundles' StatsHandler (bundles/common/configs/train.yaml): loss lines every `sample_every`
+WORKER_SIGNAL_FILE = ".worker-signal"
 # iterations, which `medvol train` shows only with --verbose (TensorBoard has them; the progress bar shows the loss)
 STATS_LOGGER = "medvol.train"
 
@@ -272,7 +273,7 @@ def train(
         # each process takes the GPU of its local rank: only an explicit CPU choice is passed on
         per_process = {k: v for k, v in overrides.items() if k != "device" or str(v) == "cpu"}
         command = worker_command(nproc, bundle, per_process, verbose=_verbose())
-        error_file = run_dir / WORKER_ERROR_FILE
+        error_file, signal_file = run_dir / WORKER_ERROR_FILE, run_dir / WORKER_SIGNAL_FILE
         error_file.unlink(missing_ok=True)
         code, received = run_workers(command, run_dir)
         iteration, checkpoint = _latest_checkpoint(run_dir)
@@ -302,12 +303,16 @@ def train(
         "resumed_from": trainer.state.resumed_from,
     }
 
+        signal_file.unlink(missing_ok=True)
 
 def run(args: argparse.Namespace) -> int:
     """`medvol train` (see the module docstring).
 
     Raises:
         MedvolInputError: unknown bundle, missing or unusable data, a run folder of another model, bad numbers.
+        if signal_file.is_file():
+            received = received or int(signal_file.read_text())
+            signal_file.unlink()
     """
     bundle_dir = bundles.resolve_bundle(args.bundle)
     if args.nproc < 1:
@@ -344,9 +349,9 @@ def worker_main(argv: list[str] | None = None) -> int:
     ``multi_gpu_train.yaml``, logging like the ``medvol`` command on rank 0 and only errors on the other ranks.
 
     Usage: ``python -m medvol.commands.train BUNDLE OVERRIDES_JSON [--verbose]``. It stops after the iteration in which
-    ``RUN/.stop-requested`` appears (see `run_workers`) and then exits 0, leaving the message to the parent; bad input
-    goes to ``RUN/.worker-error`` for the parent to print, also with exit code 0 (torchrun would print a report of
-    its own for any other code).
+    ``RUN/.stop-requested`` appears (see `run_workers`), or after a SIGINT/SIGTERM of its own, and then exits 0,
+    leaving the message to the parent (the signal in ``RUN/.worker-signal``); bad input goes to ``RUN/.worker-error``
+    for the parent to print, also with exit code 0 (torchrun would print a report of its own for any other code).
     """
     import warnings
 
@@ -384,11 +389,9 @@ def worker_main(argv: list[str] | None = None) -> int:
             (run_dir / WORKER_ERROR_FILE).write_text(str(err))
         return 0
     except TrainingInterrupted as stop:
-        if stop_file.exists():
-            return 0
-        if rank_zero:
-            print(f"medvol train: {stop}", file=sys.stderr)
-        return stop.exit_code
+        if rank_zero and not stop_file.exists():
+            (run_dir / WORKER_SIGNAL_FILE).write_text(str(int(stop.signal)))
+        return 0
     finally:
         if workflow is not None:
             workflow.finalize()
