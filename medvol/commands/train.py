@@ -43,10 +43,11 @@ PREPARED_DIR = "data"
 RESUME_KEYS = ("family", "spatial_dims", "image_size")
 # written by `medvol train --nproc N` when it receives SIGINT/SIGTERM: its workers stop after the current iteration
 STOP_FILE = ".stop-requested"
-# where rank 0 of `medvol train --nproc N` leaves a bad-input message for the parent to print
+# where rank 0 of `medvol train --nproc N` leaves a bad-input message, or the signal that stopped the workers
+# (sent to them rather than to `medvol`), for the parent to report
 WORKER_ERROR_FILE = ".worker-error"
-# the logger of the bundles' StatsHandler (bundles/common/configs/train.yaml): loss lines every `sample_every`
 WORKER_SIGNAL_FILE = ".worker-signal"
+# the logger of the bundles' StatsHandler (bundles/common/configs/train.yaml): loss lines every `sample_every`
 # iterations, which `medvol train` shows only with --verbose (TensorBoard has them; the progress bar shows the loss)
 STATS_LOGGER = "medvol.train"
 
@@ -275,12 +276,16 @@ def train(
         command = worker_command(nproc, bundle, per_process, verbose=_verbose())
         error_file, signal_file = run_dir / WORKER_ERROR_FILE, run_dir / WORKER_SIGNAL_FILE
         error_file.unlink(missing_ok=True)
+        signal_file.unlink(missing_ok=True)
         code, received = run_workers(command, run_dir)
         iteration, checkpoint = _latest_checkpoint(run_dir)
         if error_file.is_file():
             problem = error_file.read_text().strip()
             error_file.unlink()
             raise MedvolInputError(None, problem)
+        if signal_file.is_file():
+            received = received or int(signal_file.read_text())
+            signal_file.unlink()
         if received is not None:
             raise TrainingInterrupted(received, iteration, checkpoint)
         if code != 0:
@@ -303,16 +308,12 @@ def train(
         "resumed_from": trainer.state.resumed_from,
     }
 
-        signal_file.unlink(missing_ok=True)
 
 def run(args: argparse.Namespace) -> int:
     """`medvol train` (see the module docstring).
 
     Raises:
         MedvolInputError: unknown bundle, missing or unusable data, a run folder of another model, bad numbers.
-        if signal_file.is_file():
-            received = received or int(signal_file.read_text())
-            signal_file.unlink()
     """
     bundle_dir = bundles.resolve_bundle(args.bundle)
     if args.nproc < 1:
