@@ -90,11 +90,12 @@ def describe_sizing(preprocessing: dict, spatial_dims: int) -> str:
         steps.append(f"resampled to {'x'.join(f'{v:g}' for v in spacing)} mm")
     if preprocessing.get("crop_foreground"):
         steps.append("cropped to the body (foreground bounding box)")
-    target = "x".join(str(v) for v in size) if size else "the training image size (the bundle's, or --image-size)"
+    target = "x".join(str(v) for v in size) if size else "the training image size (the bundle's or --image-size)"
     if mode == "fit":
-        steps.append(f"scaled so the whole field of view fits {target} (aspect ratio kept), padded with background")
+        steps.append(f"scaled so the whole field of view fits {target}, keeping the aspect ratio, and padded with "
+                     "background")
     elif mode == "resize":
-        steps.append(f"stretched to {target} (aspect ratio not kept)")
+        steps.append(f"stretched to {target}, not keeping the aspect ratio")
     else:
         steps.append(f"centre-cropped / padded to {target} without scaling (what lies outside is cut off)")
     kind = "slice" if spatial_dims == 2 else "volume"
