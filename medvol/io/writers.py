@@ -537,8 +537,8 @@ def _series_dataset(
     ds.add_new(0x0008001C, "CS", "YES")
     ds.TimezoneOffsetFromUTC = "+0000"
     # Patient and study: PatientName and PatientID are explicit anonymous values (PACS and viewers group by them, an
-    # empty one merges unrelated studies); the name keeps its component delimiter, since a lone word is the retired
-    # pre-1993 name form to validators.
+    # empty one merges unrelated studies); the name keeps its component delimiter: dciodvfy calls a lone word the
+    # "Retired Person Name form".
     ds.PatientName = f"{SYNTHETIC_MARK}^"
     ds.PatientID = patient_id
     ds.PatientBirthDate = ""
@@ -560,8 +560,8 @@ def _series_dataset(
     # "is only permitted to be empty when actually unknown", which is the case; without it, it reports an error.
     ds.Laterality = ""
     if sop_class_uid in (MRImageStorage, CTImageStorage):
-        # Type 2C for CT and MR. Positions are in the training data's patient frame (LPS); head first supine is
-        # how that frame reads without further knowledge, and what readers assume when the attribute is absent.
+        # Type 2C for CT and MR. Positions are in the training data's patient frame (LPS); HFS, the usual position,
+        # claims nothing beyond that frame (a generated image has no patient to lie in any other way).
         ds.PatientPosition = "HFS"
     ds.Manufacturer = "medvol"
     ds.ManufacturerModelName = f"medvol {family}" if family else "medvol"
