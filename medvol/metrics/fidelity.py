@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 _ROW_CHUNK = 1024
+_KID_SUBSET_SIZE = 1000
 
 
 def as_feature_array(features, name: str) -> np.ndarray:
@@ -112,7 +113,7 @@ def _polynomial_kernel(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 
 def kernel_inception_distance(
-    real_features, synthetic_features, subset_size: int = 1000, subsets: int = 100, seed: int = 0
+    real_features, synthetic_features, subset_size: int = _KID_SUBSET_SIZE, subsets: int = 100, seed: int = 0
 ) -> float:
     """Kernel Inception Distance (Binkowski et al. 2018): unbiased MMD^2 with the kernel ``(x.y / F + 1)^3``.
 
@@ -218,11 +219,18 @@ def bootstrap_interval(
     real = as_feature_array(real_features, "bootstrap, real features")
     synthetic = as_feature_array(synthetic_features, "bootstrap, synthetic features")
     value = float(metric(real, synthetic))
+    values = [metric(real[i], synthetic[j]) for i, j in _resample_indices(len(real), len(synthetic), resamples, seed)]
+    return _interval(value, values, len(real), len(synthetic))
+
+
+def _resample_indices(n_real: int, n_synthetic: int, resamples: int, seed: int):
     rng = np.random.default_rng(seed)
-    values = np.array([
-        metric(real[rng.integers(0, len(real), len(real))], synthetic[rng.integers(0, len(synthetic), len(synthetic))])
-        for _ in range(resamples)
-    ], dtype=np.float64)
+    for _ in range(resamples):
+        yield rng.integers(0, n_real, n_real), rng.integers(0, n_synthetic, n_synthetic)
+
+
+def _interval(value: float, resampled: list[float], n_real: int, n_synthetic: int) -> dict:
+    values = np.asarray(resampled, dtype=np.float64)
     low, high = np.percentile(values, [2.5, 97.5])
     bias = float(values.mean() - value)
     return {
@@ -230,10 +238,20 @@ def bootstrap_interval(
         "ci95": [float(low - bias), float(high - bias)],
         "bias_corrected": value - bias,
         "ci95_bias_corrected": [float(2 * value - high), float(2 * value - low)],
-        "n_real": len(real),
-        "n_synthetic": len(synthetic),
-        "resamples": int(resamples),
+        "n_real": n_real,
+        "n_synthetic": n_synthetic,
+        "resamples": len(values),
     }
+
+
+def _kid_bootstrap(real: np.ndarray, synthetic: np.ndarray, resamples: int, seed: int) -> dict:
+    """`bootstrap_interval(kernel_inception_distance, ...)` for two sets of one size no larger than a KID subset (KID
+    is then one whole-set estimate): the kernel matrices are computed once and indexed per resample."""
+    k_rr, k_ss, k_rs = _polynomial_kernel(real, real), _polynomial_kernel(synthetic, synthetic), _polynomial_kernel(real, synthetic)
+    value = _unbiased_mmd2(k_rr, k_ss, k_rs)
+    values = [_unbiased_mmd2(k_rr[np.ix_(i, i)], k_ss[np.ix_(j, j)], k_rs[np.ix_(i, j)])
+              for i, j in _resample_indices(len(real), len(synthetic), resamples, seed)]
+    return _interval(value, values, len(real), len(synthetic))
 
 
 def fidelity_with_baseline(
@@ -274,13 +292,18 @@ def fidelity_with_baseline(
     n = min(counts.values())
     rng = np.random.default_rng(seed)
     train_n, heldout_n, synthetic_n = (x[np.sort(rng.choice(len(x), n, replace=False))] for x in (train, heldout, synthetic))
-    kid = partial(kernel_inception_distance, seed=seed)
+    if resamples < 1:
+        raise MedvolInputError(None, f"bootstrap needs at least 1 resample, got {resamples}")
+    if n <= _KID_SUBSET_SIZE:
+        kid = partial(_kid_bootstrap, resamples=resamples, seed=seed)
+    else:
+        kid = partial(bootstrap_interval, partial(kernel_inception_distance, seed=seed), resamples=resamples, seed=seed)
     bandwidth = median_bandwidth(train_n, seed=seed)
     return {
         "fid": bootstrap_interval(frechet_distance, train_n, synthetic_n, resamples, seed),
-        "kid": bootstrap_interval(kid, train_n, synthetic_n, resamples, seed),
+        "kid": kid(train_n, synthetic_n),
         "fid_real_baseline": bootstrap_interval(frechet_distance, train_n, heldout_n, resamples, seed),
-        "kid_real_baseline": bootstrap_interval(kid, train_n, heldout_n, resamples, seed),
+        "kid_real_baseline": kid(train_n, heldout_n),
         "mmd": maximum_mean_discrepancy(train_n, synthetic_n, bandwidth),
         "mmd_real_baseline": maximum_mean_discrepancy(train_n, heldout_n, bandwidth),
         "n": n,

@@ -136,6 +136,17 @@ def test_bootstrap_interval_contains_the_value_and_removes_the_bias():
     assert kid["ci95"][0] < kid["value"] < kid["ci95"][1]
 
 
+def test_kid_bootstrap_from_cached_kernels_equals_the_generic_bootstrap():
+    from medvol.metrics.fidelity import _kid_bootstrap
+
+    real, synthetic = gaussian(100, seed=0), gaussian(100, seed=1, shift=0.3)  # equal sizes, as fidelity_with_baseline
+    cached = _kid_bootstrap(real, synthetic, resamples=30, seed=4)
+    generic = bootstrap_interval(kernel_inception_distance, real, synthetic, resamples=30, seed=4)
+    assert cached["value"] == pytest.approx(generic["value"], rel=1e-9)
+    for key in ("ci95", "ci95_bias_corrected"):
+        assert cached[key] == pytest.approx(generic[key], rel=1e-9)
+
+
 def test_fidelity_with_baseline_uses_equal_sizes_and_separates_a_bad_generator():
     train, heldout = gaussian(300, seed=0), gaussian(100, seed=1)
     good = fidelity_with_baseline(train, heldout, gaussian(150, seed=2), seed=0, resamples=50)
