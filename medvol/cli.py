@@ -80,15 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare",
         help="build a datalist (subjects, labels, patient-level splits) and a report of every input file",
         description="Discovers images under SOURCE (DICOM series, NIfTI files, one folder per class of 2D images, "
-        "or a Decathlon dataset.json), validates them, and writes DIR/datalist.json and DIR/report.json "
-        "(every input file with its status and, when skipped, the reason).",
+        "or a Decathlon dataset.json), validates them, and writes DIR/datalist.json, DIR/report.json "
+        "(every input file with its status and, when skipped, the reason) and DIR/preview.png (a few training "
+        "samples per class exactly as the model will see them: look at it before training).",
     )
     p.add_argument(
         "source",
         help="folder of images, DICOM tree, a Decathlon dataset.json, or built-in phantoms: 'builtin:phantoms3d', "
         "'builtin:phantoms2d', or 'phantoms' (3D with --mode volume, 2D with --mode slice)",
     )
-    p.add_argument("--out", required=True, help="output folder for datalist.json and report.json")
+    p.add_argument("--out", required=True, help="output folder for datalist.json, report.json and preview.png")
     p.add_argument(
         "--mode",
         choices=["slice", "volume"],

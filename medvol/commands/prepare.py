@@ -188,7 +188,11 @@ def run(args) -> int:
         intensity=intensity_hint(datalist.source_spatial_dims, datalist.modality),
         labels_csv=datalist.labels_csv,
     )
-    preview = write_preview(out_dir / PREVIEW_FILE, document)
+    try:
+        preview = write_preview(out_dir / PREVIEW_FILE, document)
+    except (MedvolInputError, RuntimeError, ValueError) as err:  # training would meet the same problem: say it now
+        preview = {"file": None, "description": f"not written: {err}"}
+        datalist.messages.append(f"{PREVIEW_FILE} not written: preprocessing a training sample failed: {err}")
     elapsed = time.perf_counter() - started
     summary = datalist.summary()
     datalists.write_report(out_dir / datalists.REPORT_FILE, datalist,
@@ -205,7 +209,8 @@ def run(args) -> int:
           f"{summary['skipped']} of {summary['files']} file records skipped, {summary['warning']} with warnings; "
           f"wrote {out_dir / datalists.DATALIST_FILE} and {out_dir / datalists.REPORT_FILE} in {elapsed:.1f} s")
     print(f"sizing: {sizing} (see --fit and --crop-foreground)")
-    print(f"preview: {preview['file']} ({preview['description']})")
+    if preview["file"]:
+        print(f"preview: {preview['file']} ({preview['description']})")
     return 0
 
 
