@@ -292,6 +292,12 @@ class TrainingEvaluator:
             return
         self._prepared = True
         self._load_history(int(engine.state.iteration))
+        if self.history and (getattr(self.feature_extractor, "info", None) or {}).get("reused_cache") is False:
+            logger.warning(
+                "the feature space was rebuilt (the training data or its settings changed): FIDs from now on are not "
+                "comparable with the %d earlier evaluations in %s, nor with the best checkpoint they chose",
+                len(self.history), self.history_path,
+            )
         logger.info(
             "evaluation every %d iterations on %d validation images (feature space: %s; ready in %.1f s)",
             self.interval, len(self.real_images), getattr(self.feature_extractor, "kind", "given"),
