@@ -6,6 +6,7 @@ Every class takes `spatial_dims` (2 or 3); `medvol.networks.factory.build` assem
 
 from medvol.networks.autoencoders import ConvAutoencoder, VariationalAutoencoder
 from medvol.networks.blocks import (
+    MinibatchStdDev,
     ResidualDownBlock,
     ResidualUpBlock,
     ResolutionPlan,
@@ -40,6 +41,7 @@ __all__ = [
     "Generator",
     "InputLabelEmbedding",
     "LabelNoiseConcat",
+    "MinibatchStdDev",
     "ResidualCritic",
     "ResidualDownBlock",
     "ResidualGenerator",

@@ -186,6 +186,38 @@ def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
+class MinibatchStdDev(nn.Module):
+    """Minibatch standard deviation (Karras et al. 2018): append to features `[B, C, *spatial]` (or `[B, F]`) one
+    channel (one feature) holding, for each group of `group_size` samples, the standard deviation across the group
+    averaged over every channel and position.
+
+    A critic then sees how much the images of a batch differ from each other: near-identical generated images give a
+    value far below that of real images, which the layers after this one learn to score as fake.
+    Groups are consecutive samples; when the batch is not a multiple of `group_size`, the largest divisor of the batch
+    size not above it is used (a batch of 1 gets 0).
+
+    Args:
+        group_size: samples per group.
+    """
+
+    def __init__(self, group_size: int = 4) -> None:
+        super().__init__()
+        if group_size < 2:
+            raise ValueError(f"group_size must be at least 2, got {group_size}")
+        self.group_size = int(group_size)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        batch = features.shape[0]
+        extra_shape = (batch, 1, *features.shape[2:])
+        group = max(g for g in range(1, min(self.group_size, batch) + 1) if batch % g == 0)
+        if group < 2:
+            return torch.cat([features, features.new_zeros(extra_shape)], dim=1)
+        grouped = features.float().reshape(batch // group, group, -1)
+        spread = torch.sqrt(grouped.var(dim=1, unbiased=False) + 1e-8).mean(dim=1)
+        channel = spread.repeat_interleave(group).reshape(batch, *([1] * (features.ndim - 1))).expand(extra_shape)
+        return torch.cat([features, channel.to(features.dtype)], dim=1)
+
+
 class ResidualUpBlock(nn.Module):
     """Pre-activation residual block that upsamples: norm, ReLU, nearest upsampling, 3-conv, norm, ReLU, 3-conv,
     plus an additive skip (upsampling and a 1-conv).

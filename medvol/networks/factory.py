@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from medvol.networks.autoencoders import ConvAutoencoder, VariationalAutoencoder
+from medvol.networks.blocks import count_parameters, plan_resolution, spatial_shape
 from medvol.networks.gans import (
     DCGANDiscriminator,
     DCGANGenerator,
@@ -48,6 +49,105 @@ GAN_FAMILIES: dict[str, tuple[type[nn.Module], type[nn.Module], dict[str, Any], 
     ),
 }
 FAMILIES = (*AUTOENCODER_FAMILIES, *GAN_FAMILIES)
+
+
+# Default width (channels at full resolution) by dimensionality, and the dataset sizes from which it doubles: a few
+# hundred 2D images get a 2D DCGAN of about 3 M parameters at 64^2 (docs/benchmarks.md), not the published 38 M.
+BASE_WIDTH = {2: 32, 3: 16}
+WIDTH_DOUBLING_DATASET_SIZES = (2000, 20000)
+# the widest layer is at most this many times the base width (DCGAN's published 1024 / 128)
+MAX_WIDTH_FACTOR = 8
+
+
+def default_width(spatial_dims: int, dataset_size: int | None = None) -> int:
+    """Base channel count for a dataset: `BASE_WIDTH` (32 in 2D, 16 in 3D), doubled at 2 000 and again at 20 000
+    training samples (unknown size: the base)."""
+    width = BASE_WIDTH[int(spatial_dims)]
+    for threshold in WIDTH_DOUBLING_DATASET_SIZES:
+        if dataset_size is not None and dataset_size >= threshold:
+            width *= 2
+    return width
+
+
+def _stage_widths(width: int, stages: int) -> list[int]:
+    """`stages` widths fine to coarse: `width`, doubling per stage, capped at `MAX_WIDTH_FACTOR * width`."""
+    return [width * min(2**stage, MAX_WIDTH_FACTOR) for stage in range(stages)]
+
+
+def _stages(image_size: Sequence[int], options: dict[str, Any]) -> int | None:
+    """Stride-2 stages of a strided network at `image_size` (coarsest axis 4 to 7); None when `start_shape` is given
+    or no such plan exists (the network class then reports the problem)."""
+    if options.get("start_shape") is not None:
+        return None
+    try:
+        return plan_resolution(tuple(int(s) for s in image_size)).num_stages or None
+    except ValueError:
+        return None
+
+
+def sized_options(
+    family: str,
+    spatial_dims: int,
+    image_size: int | Sequence[int],
+    network: dict[str, Any] | None = None,
+    width: int | None = None,
+    dataset_size: int | None = None,
+) -> dict[str, Any]:
+    """`build` overrides with the layer widths of `family` sized to the data; what `network` sets is kept.
+
+    The networks' own defaults are the published sizes (a 38 M-parameter DCGAN pair at 64^2), far too big for a few
+    hundred images on a CPU. Here every width follows one base width (`width`, else `default_width`): strided networks
+    (DCGAN, autoencoders) get one stage per halving down to a 4-7 voxel coarsest axis, widths `width * 2**stage`
+    capped at 8 x `width`; residual networks `base_channels=width`, `max_channels=4*width`; the fully connected GAN
+    hidden layers of 4, 8 and 16 x `width` (discriminator 8 and 4 x `width`).
+
+    Args:
+        family: one of `FAMILIES`.
+        spatial_dims: 2 or 3.
+        image_size: spatial shape of the images.
+        network: user overrides (as `build` takes them); their keys win.
+        width: base channel count; None for `default_width(spatial_dims, dataset_size)`.
+        dataset_size: training samples, used when `width` is None.
+
+    Returns:
+        the overrides to pass to `build` (the explicit widths are what a run records, so that sampling rebuilds
+        the same networks).
+    """
+    if width is not None and int(width) < 1:
+        raise ValueError(f"width must be a positive number of channels, got {width}")
+    options = {key: dict(value) if isinstance(value, dict) else value for key, value in (network or {}).items()}
+    width = int(width) if width is not None else default_width(spatial_dims, dataset_size)
+    size = spatial_shape(image_size, spatial_dims)
+    if family in AUTOENCODER_FAMILIES:
+        stages = _stages(size, options)
+        if stages is not None and "channels" not in options:
+            options["channels"] = _stage_widths(width, stages)
+        return options
+    if family not in GAN_FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
+    generator_cls = GAN_FAMILIES[family][0]
+    generator = options.setdefault("generator", {})
+    critic = options.setdefault("critic", {})
+    if generator_cls is FullyConnectedGenerator:
+        generator.setdefault("hidden_sizes", [4 * width, 8 * width, 16 * width])
+        critic.setdefault("hidden_sizes", [8 * width, 4 * width])
+    elif generator_cls is DCGANGenerator:
+        for part in (generator, critic):
+            stages = _stages(size, {**options, **part})
+            if stages is not None and "channels" not in part and "channels" not in options:
+                widths = _stage_widths(width, stages)
+                part["channels"] = widths[::-1] if part is generator else widths
+    else:
+        for part in (generator, critic):
+            if "channels" not in part and "channels" not in options:
+                part.setdefault("base_channels", options.get("base_channels", width))
+                part.setdefault("max_channels", options.get("max_channels", 4 * width))
+    return options
+
+
+def parameter_counts(networks: dict[str, nn.Module]) -> dict[str, int]:
+    """Trainable parameters of each network of a family, by name."""
+    return {name: count_parameters(module) for name, module in networks.items()}
 
 
 def _accepts(cls: type, name: str) -> bool:

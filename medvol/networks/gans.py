@@ -15,6 +15,7 @@ from monai.networks.layers.factories import Conv
 from torch import nn
 
 from medvol.networks.blocks import (
+    MinibatchStdDev,
     ResidualDownBlock,
     ResidualUpBlock,
     check_spatial_dims,
@@ -84,6 +85,8 @@ class Critic(nn.Module):
         projection: projection conditioning of the score (used when `num_classes > 0`).
         input_conditioning: multiply a learned per-class map into the input (needs `num_classes > 0`).
         auxiliary_classifier: add a class head; the critic then returns `(score, class_logits)`.
+        minibatch_std: add a `MinibatchStdDev` channel (groups of 4) to the input of the critic's last layer, so that
+            it can tell a batch of near-identical images from a batch of real ones.
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class Critic(nn.Module):
         projection: bool = True,
         input_conditioning: bool = False,
         auxiliary_classifier: bool = False,
+        minibatch_std: bool = False,
     ) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
@@ -108,6 +112,11 @@ class Critic(nn.Module):
         self.input_embedding = (
             InputLabelEmbedding(self.num_classes, (self.in_channels, *self.image_size)) if input_conditioning else None
         )
+        self.minibatch_std = bool(minibatch_std)
+
+    def _before_last_layer(self, width: int) -> tuple[list[nn.Module], int]:
+        """The layers to put in front of the last layer of `self.features`, and that layer's input width."""
+        return ([MinibatchStdDev()], width + 1) if self.minibatch_std else ([], width)
 
     def _build_head(self, feature_size: int) -> None:
         self.head = CriticHead(feature_size, self.num_classes, self._projection, self.auxiliary_classifier)
@@ -181,7 +190,7 @@ class FullyConnectedDiscriminator(Critic):
         in_channels: image channels.
         hidden_sizes: widths of the hidden dense layers.
         negative_slope: LeakyReLU slope.
-        num_classes, projection, input_conditioning, auxiliary_classifier: see `Critic`.
+        num_classes, projection, input_conditioning, auxiliary_classifier, minibatch_std: see `Critic`.
     """
 
     def __init__(
@@ -195,13 +204,18 @@ class FullyConnectedDiscriminator(Critic):
         projection: bool = True,
         input_conditioning: bool = False,
         auxiliary_classifier: bool = False,
+        minibatch_std: bool = False,
     ) -> None:
         super().__init__(
-            spatial_dims, image_size, in_channels, num_classes, projection, input_conditioning, auxiliary_classifier
+            spatial_dims, image_size, in_channels, num_classes, projection, input_conditioning, auxiliary_classifier,
+            minibatch_std,
         )
         layers: list[nn.Module] = [nn.Flatten()]
         width = self.in_channels * math.prod(self.image_size)
-        for hidden in hidden_sizes:
+        for index, hidden in enumerate(hidden_sizes):
+            if index == len(hidden_sizes) - 1:
+                extra, width = self._before_last_layer(width)
+                layers += extra
             layers += [nn.Linear(width, hidden), nn.LeakyReLU(negative_slope)]
             width = hidden
         self.features = nn.Sequential(*layers)
@@ -279,7 +293,7 @@ class DCGANDiscriminator(Critic):
         negative_slope: LeakyReLU slope.
         start_shape: coarsest spatial shape (see `DCGANGenerator`).
         norm: normalisation ("batch" as published; "layer"/"instance"/None for a WGAN-GP critic).
-        num_classes, projection, input_conditioning, auxiliary_classifier: see `Critic`.
+        num_classes, projection, input_conditioning, auxiliary_classifier, minibatch_std: see `Critic`.
         dcgan_init: initialise weights with `init_dcgan_weights`.
     """
 
@@ -297,16 +311,21 @@ class DCGANDiscriminator(Critic):
         projection: bool = True,
         input_conditioning: bool = False,
         auxiliary_classifier: bool = False,
+        minibatch_std: bool = False,
         dcgan_init: bool = True,
     ) -> None:
         super().__init__(
-            spatial_dims, image_size, in_channels, num_classes, projection, input_conditioning, auxiliary_classifier
+            spatial_dims, image_size, in_channels, num_classes, projection, input_conditioning, auxiliary_classifier,
+            minibatch_std,
         )
         self.plan = plan_resolution(self.image_size, len(channels), start_shape)
         layers: list[nn.Module] = []
         width = self.in_channels
         for stage, (stride, out_width) in enumerate(zip(reversed(self.plan.strides), channels)):
             normalised = stage > 0 and norm is not None
+            if stage == len(channels) - 1:
+                extra, width = self._before_last_layer(width)
+                layers += extra
             layers += [
                 strided_conv(spatial_dims, width, out_width, kernel_size, stride, bias=not normalised),
                 norm_layer(norm if normalised else None, spatial_dims, out_width),
@@ -398,7 +417,7 @@ class ResidualCritic(Critic):
         max_channels: cap of the derived widths (default 256 in 2D, 128 in 3D).
         start_shape: coarsest spatial shape; None to derive it.
         norm: normalisation in the blocks: None, "layer" or "instance" ("batch" breaks the gradient penalty).
-        num_classes, projection, input_conditioning, auxiliary_classifier: see `Critic`.
+        num_classes, projection, input_conditioning, auxiliary_classifier, minibatch_std: see `Critic`.
     """
 
     def __init__(
@@ -415,9 +434,11 @@ class ResidualCritic(Critic):
         projection: bool = True,
         input_conditioning: bool = False,
         auxiliary_classifier: bool = False,
+        minibatch_std: bool = False,
     ) -> None:
         super().__init__(
-            spatial_dims, image_size, in_channels, num_classes, projection, input_conditioning, auxiliary_classifier
+            spatial_dims, image_size, in_channels, num_classes, projection, input_conditioning, auxiliary_classifier,
+            minibatch_std,
         )
         self.plan = plan_resolution(self.image_size, None if channels is None else len(channels), start_shape)
         if self.plan.num_stages < 1:
@@ -427,6 +448,9 @@ class ResidualCritic(Critic):
         layers: list[nn.Module] = []
         width = self.in_channels
         for stage, (stride, out_width) in enumerate(zip(reversed(self.plan.strides), channels)):
+            if stage == len(channels) - 1:
+                extra, width = self._before_last_layer(width)
+                layers += extra
             layers.append(ResidualDownBlock(spatial_dims, width, out_width, stride, norm, preactivate=stage > 0))
             width = out_width
         layers += [nn.ReLU(), nn.Flatten()]
