@@ -187,6 +187,7 @@ def run(args) -> int:
         preprocessing=preprocessing,
         intensity=intensity_hint(datalist.source_spatial_dims, datalist.modality),
         labels_csv=datalist.labels_csv,
+        **({"synthetic": True} if all(e.get("synthetic") for e in datalist.entries) else {}),
     )
     try:
         preview = write_preview(out_dir / PREVIEW_FILE, document)

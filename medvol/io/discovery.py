@@ -98,7 +98,7 @@ def _add_dicom_entries(
         spatial dims of each entry added: 2 for radiographs (single-frame files, or files without slice geometry,
         each written as a one-slice NIfTI), 3 for volumes.
     """
-    from medvol.io.dicom import discover_series, read_header, read_series
+    from medvol.io.dicom import discover_series, read_header, read_series, synthetic_series_warning
     from medvol.io.images import read_image_2d
     from medvol.io.nifti import write_nifti
 
@@ -106,6 +106,9 @@ def _add_dicom_entries(
         raise MedvolInputError(root, "holds DICOM files; converting them to NIfTI needs an output folder")
     candidate_set = {p.resolve() for p in candidates}
     scan = discover_series(root, files=sorted(candidate_set))
+    synthetic = synthetic_series_warning(scan.series)
+    if synthetic:
+        datalist.messages.append(synthetic)
     for record in scan.records:  # used, warning (series problems) or skipped (not DICOM, unreadable, ...)
         datalist.record(Path(record.path).resolve(), record.status, record.reason, record.subject)
     for path in sorted(candidate_set):
@@ -141,7 +144,7 @@ def _add_dicom_entries(
                     "image": str(output), "id": f"{file_subject}/{series.uid}/{path.stem}", "subject": file_subject,
                     "series_uid": series.uid, "series_description": series.description or "",
                     "modality": str(header.get("Modality") or "") if header is not None else "",
-                    "_record_paths": [str(path)]})
+                    "_record_paths": [str(path)], **({"synthetic": True} if series.synthetic else {})})
                 dims.append(2)
             continue
         output = images_dir / f"{_safe_name(subject)}_{_safe_name(series.uid)}.nii.gz"
@@ -164,7 +167,7 @@ def _add_dicom_entries(
         datalist.entries.append({
             "image": str(output), "id": f"{subject}/{series.uid}", "subject": subject, "series_uid": series.uid,
             "series_description": series.description or "", "modality": series.modality or "",
-            "_record_paths": [str(p) for p in files]})
+            "_record_paths": [str(p) for p in files], **({"synthetic": True} if series.synthetic else {})})
         dims.append(3)
         modalities.append(series.modality)
     if modalities:
