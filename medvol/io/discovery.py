@@ -30,6 +30,7 @@ from medvol.io.files import (
     NIFTI_SUFFIXES,
     classify_file,
     image_stem,
+    is_image_2d,
     image_suffix,
     list_files,
     not_an_image_reason,
@@ -139,7 +140,8 @@ def _add_dicom_entries(
                     continue
                 datalist.records[str(path)].subject = file_subject
                 if converted_from:
-                    datalist.record(path, WARNING, f"{converted_from} colour image read as greyscale with ITU-R 601 weights", file_subject)
+                    datalist.record(path, WARNING, f"{converted_from} colour image read as greyscale with ITU-R 601 "
+                                    "weights", file_subject)
                 datalist.entries.append({
                     "image": str(output), "id": f"{file_subject}/{series.uid}/{path.stem}", "subject": file_subject,
                     "series_uid": series.uid, "series_description": series.description or "",
@@ -233,7 +235,7 @@ def datalist_from_files(root: str | Path, images_dir: str | Path | None = None, 
         _add_image_entries(datalist, volumes, ids, "nifti", subjects)
     if images_2d:
         _add_image_entries(datalist, images_2d, ids, "image2d", subjects)
-    dims = [2 if image_suffix(e["image"]) in IMAGE_2D_SUFFIXES else nifti_spatial_dims(e["image"]) for e in datalist.entries]
+    dims = [2 if is_image_2d(e["image"]) else nifti_spatial_dims(e["image"]) for e in datalist.entries]
     if dicoms:
         dims += _add_dicom_entries(datalist, root, dicoms, None if images_dir is None else Path(images_dir))
     _keep_one_dimensionality(datalist, dims)
@@ -390,7 +392,7 @@ def datalist_from_decathlon_json(json_path: str | Path) -> Datalist:
         labelled = [id(e) in class_names for e in datalist.entries]
         datalist.drop_entries(labelled, f"no class label in {json_path.name} while other items have one")
         datalist.assign_classes([class_names[id(e)] for e in datalist.entries])
-    dims = [2 if image_suffix(e["image"]) in IMAGE_2D_SUFFIXES else nifti_spatial_dims(e["image"]) for e in datalist.entries]
+    dims = [2 if is_image_2d(e["image"]) else nifti_spatial_dims(e["image"]) for e in datalist.entries]
     _keep_one_dimensionality(datalist, dims)
     return datalist
 
@@ -445,6 +447,9 @@ def build_datalist(source: str | Path, images_dir: str | Path | None = None, lab
         datalist = datalist_from_files(source, images_dir, class_folders=False if labels_csv else None, exclude=exclude)
         if auto_csv.is_file() and not find_labels_csv:
             datalist.records[str(auto_csv)] = FileRecord(str(auto_csv), SKIPPED, "labels CSV ignored (--labels none)")
+        elif auto_csv.is_file() and found_csv is None and Path(labels_csv).resolve() != auto_csv.resolve():
+            datalist.records[str(auto_csv)] = FileRecord(str(auto_csv), SKIPPED,
+                                                         f"labels CSV not used: --labels gave {labels_csv}")
     if labels_csv is not None:
         if found_csv is not None:
             datalist.messages.append(f"labels read from {found_csv}, found in SOURCE (--labels none ignores it, "

@@ -134,8 +134,9 @@ def _layout(rows: list[_CsvRow], lookup: dict, csv_path: Path, id_column: str | 
             rest = [i for i in others if i != key_col]
             label_col = known[0] if len(known) == 1 else (rest[0] if len(rest) == 1 else None)
         if key_col is None or label_col is None or key_col == label_col:
-            raise MedvolInputError(csv_path, f"cannot tell the {'id' if key_col is None else 'label'} column of "
-                                   f"header {first}: name it with {'--id-column' if key_col is None else '--label-column'}")
+            what = "id" if key_col is None else "label"
+            raise MedvolInputError(csv_path, f"cannot tell the {what} column of header {first}: name it with "
+                                   f"--{what}-column")
         path_col = key_col if names[key_col] in PATH_COLUMNS else None
         return _Layout(rows[0].cells, rows[1:], key_col, path_col, label_col, True)
     if first and first[0] in lookup:  # the first row is data: ``id,label`` without a header
@@ -160,10 +161,11 @@ def _layout(rows: list[_CsvRow], lookup: dict, csv_path: Path, id_column: str | 
     problems = []
     if len(ids) > 1 or (not ids and len(paths) != 1):
         found = [first[i] for i in ids] if len(ids) > 1 else [first[i] for i in paths]
-        problems.append(f"id column: {'one of ' + str(found) if found else 'none of them is named ' + '/'.join(ID_COLUMNS[:5])}")
+        problems.append("id column: " + (f"one of {found}" if found else f"none is named {'/'.join(ID_COLUMNS[:5])}"))
     if len(labels) != 1:
         found = [first[i] for i in labels]
-        problems.append(f"label column: {'one of ' + str(found) if found else 'none is named ' + '/'.join(LABEL_COLUMNS[:5])}")
+        problems.append("label column: "
+                        + (f"one of {found}" if found else f"none is named {'/'.join(LABEL_COLUMNS[:5])}"))
     if problems:
         raise MedvolInputError(csv_path, f"header {first} is ambiguous ({'; '.join(problems)}): name the columns "
                                "with --id-column and --label-column")

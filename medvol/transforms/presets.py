@@ -1,10 +1,9 @@
 """The preprocessing pipeline datasets use, built from a small set of settings that also key the disk cache.
 
-Order: load (MONAI's reader choice by suffix, channel first; colour 2D images to greyscale; pictures upright) ->
-orient to RAS
--> resample to a spacing (optional) -> intensity window to the output range (recorded in the meta) -> crop to the
-foreground (optional) -> fit to the target shape (padding with the recorded background) -> float32 -> metadata made loadable by
-``torch.load(weights_only=True)``.
+Order: load (MONAI's reader choice by suffix, channel first; colour 2D images to greyscale) -> pictures upright
+-> orient to RAS -> resample to a spacing (optional) -> intensity window to the output range (recorded in the meta)
+-> crop to the foreground (optional) -> fit to the target shape (padding with the recorded background) -> float32
+-> metadata made loadable by ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations

@@ -157,7 +157,8 @@ def test_output_folder_inside_source_is_not_read_back(tmp_path):
 def test_csv_with_space_in_id_is_repaired(tmp_path):
     source = write_volumes(tmp_path / "src", ["sub_01", "sub_02", "sub_03", "sub_04", "sub_05"])
     labels = tmp_path / "labels.csv"
-    labels.write_text("id,label\nsub 01,lesion\nsub_02,normal\nsub_03,lesion\nsub_03,lesion\nsub_09,normal\nsub_05,normal\n")
+    labels.write_text("id,label\nsub 01,lesion\nsub_02,normal\nsub_03,lesion\nsub_03,lesion\nsub_09,normal\n"
+                      "sub_05,normal\n")
     assert prepare(source, "--out", tmp_path / "out", "--labels", labels, "--unlabelled", "skip") == 0
     datalist, report = load(tmp_path / "out")
     reasons = {f["path"].rsplit("/", 1)[-1]: f["reason"] for f in report["files"]}
