@@ -159,6 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto", help="training precision")
     p.add_argument("--device", choices=["cpu", "cuda"], help="device (default: cuda when available)")
     p.add_argument("--nproc", type=int, default=1, help="processes for distributed training (torchrun)")
+    p.add_argument(
+        "--width",
+        type=int,
+        help="base channel count of the networks (default: 32 in 2D, 16 in 3D, doubled from 2000 and 20000 training "
+        "samples); run.json records the widths and parameter counts",
+    )
+    p.add_argument(
+        "--network",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="network option of the bundle (repeatable; a dotted key reaches one network), e.g. latent_size=64, "
+        "minibatch_std=true, critic.channels=[32,64,128]",
+    )
 
     p = sub.add_parser("sample", help="generate synthetic NIfTI or DICOM files from a trained run")
     p.add_argument("run", help="run folder written by `medvol train`")

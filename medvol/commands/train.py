@@ -147,7 +147,34 @@ def training_overrides(args: argparse.Namespace, data_dir: Path, run_dir: Path) 
         overrides["batch_size"] = int(args.batch_size)
     if args.device is not None:
         overrides["device"] = args.device
+    width = getattr(args, "width", None)
+    if width is not None:
+        if width < 1:
+            raise MedvolInputError("--width", f"must be a positive number of channels, got {width}")
+        overrides["width"] = int(width)
     return overrides
+
+
+def network_overrides(pairs: list[str], network: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The bundle's ``network`` settings with `medvol train --network KEY=VALUE` pairs applied (values read as YAML;
+    ``critic.minibatch_std=true`` sets a key of one network).
+
+    Raises:
+        MedvolInputError: a pair without ``=`` or with an empty key.
+    """
+    merged = {key: dict(value) if isinstance(value, Mapping) else value for key, value in (network or {}).items()}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        path = [part.strip() for part in key.split(".")]
+        if not sep or not all(path):
+            raise MedvolInputError("--network", f"expected KEY=VALUE (e.g. minibatch_std=true), got {pair!r}")
+        target = merged
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise MedvolInputError("--network", f"{part!r} is not a group of options in {pair!r}")
+        target[path[-1]] = yaml.safe_load(text) if text.strip() else None
+    return merged
 
 
 def check_resumable(run_dir: Path, workflow) -> None:
@@ -325,6 +352,10 @@ def run(args: argparse.Namespace) -> int:
         raise MedvolInputError(run_dir, "--out exists and is not a folder")
     data_dir = prepared_data(args.data, run_dir, args.spatial_dims, args.seed)
     overrides = training_overrides(args, data_dir, run_dir)
+    if getattr(args, "network", None):
+        bundle_config = yaml.safe_load((bundle_dir / "configs" / "train.yaml").read_text()) or {}
+        network = bundle_config.get("network")
+        overrides["network"] = network_overrides(args.network, network if isinstance(network, Mapping) else None)
     summary = train(bundle_dir, overrides, run_dir, nproc=args.nproc)
     resumed = f" (resumed from {summary['resumed_from']})" if summary.get("resumed_from") else ""
     plan_path = run_dir / "plan.json"

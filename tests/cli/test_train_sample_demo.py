@@ -12,6 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+import torch
 import yaml
 
 from medvol.bundle import BUNDLES_DIR
@@ -88,6 +89,23 @@ def test_train_prepares_raw_data_resumes_and_samples_nifti(tmp_path, capsys):
 
     assert main(["sample", str(run_dir), "--n", "1", "--label", "flower", "--out", str(tmp_path / "bad")]) == 2
     assert main(["train", "--bundle", "vae", "--data", str(raw), "--out", str(run_dir)]) == 2  # another model in RUN
+
+    # the final export: the EMA generator alone, named in run.json; a run folder left with it (checkpoints deleted to
+    # save space) samples the same images as the last checkpoint, and --checkpoint takes the export's path too
+    model = json.loads((run_dir / "run.json").read_text())["model"]
+    assert model["file"] == "models/model.pt" and model["network"] == "generator" and model["ema"] and model["iteration"] == 3
+    export = run_dir / "models" / "model.pt"
+    assert export.stat().st_size < (run_dir / "checkpoints" / "checkpoint_00000003.pt").stat().st_size / 4
+    slim = tmp_path / "slim_run"
+    shutil.copytree(run_dir, slim, ignore=shutil.ignore_patterns("checkpoints"))
+    assert main(["sample", str(slim), "--n", "2", "--out", str(tmp_path / "from_export")]) == 0
+    assert main(["sample", str(run_dir), "--n", "2", "--checkpoint", str(export), "--out", str(tmp_path / "by_path")]) == 0
+    for folder in ("from_export", "by_path"):
+        assert all(np.array_equal(a, b) for a, b in zip(arrays(out), arrays(tmp_path / folder))), folder
+    assert json.loads((tmp_path / "from_export" / "datalist.json").read_text())["provenance"]["checkpoint"] == str(slim / "models" / "model.pt")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, foreign)
+    assert main(["sample", str(run_dir), "--n", "1", "--checkpoint", str(foreign), "--out", str(tmp_path / "foreign")]) == 2
 
 
 @pytest.mark.shared_data
@@ -183,3 +201,31 @@ def test_sample_reports_a_missing_or_damaged_checkpoint_in_one_line(damage, tmp_
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "checkpoint_00000002.pt" in error[0], error
     assert ("missing" if damage == "missing" else "not a readable medvol checkpoint") in error[0]
+
+
+def test_width_and_network_options_size_the_networks_and_run_json_records_them(tmp_path, capsys):
+    raw = write_phantom_dataset(tmp_path / "raw", spatial_dims=2, size=(16, 16), n_per_class=4, seed=3)
+    run_dir = tmp_path / "run"
+    argv = ["train", "--bundle", "cgan", "--data", str(raw), "--out", str(run_dir), "--iterations", "1", "--device", "cpu",
+            "--precision", "fp32", "--evaluate-every", "0", "--image-size", "16,16", "--width", "4", "--network", "minibatch_std=true",
+            "--network", "latent_size=8", "--network", "critic.channels=[4, 4]"]
+    assert main(argv) == 0
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["width"] == 4
+    # 16^2 gives 2 stride-2 stages: the generator's widths follow --width, the critic's --network
+    assert record["network"] == {"minibatch_std": True, "latent_size": 8, "generator": {"channels": [8, 4]},
+                                 "critic": {"channels": [4, 4]}}
+    from medvol.networks.factory import build, parameter_counts
+
+    rebuilt = build("cgan", 2, [16, 16], num_classes=2, **record["network"])
+    assert record["parameters"] == parameter_counts(rebuilt)
+    assert main(["sample", str(run_dir), "--n", "1", "--out", str(tmp_path / "samples")]) == 0
+    assert len(list((tmp_path / "samples").glob("*.nii.gz"))) == 2
+
+
+@pytest.mark.parametrize("argv,problem", [(["--width", "0"], "--width"), (["--network", "latent_size"], "KEY=VALUE")])
+def test_bad_width_or_network_option_is_one_line(argv, problem, tmp_path, capsys):
+    raw = write_phantom_dataset(tmp_path / "raw", spatial_dims=2, size=(16, 16), n_per_class=2, seed=3)
+    assert main(["train", "--bundle", "cgan", "--data", str(raw), "--out", str(tmp_path / "run"), *argv]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and problem in error[0], error
