@@ -212,7 +212,15 @@ def check_conditional(workflow, data_dir: Path) -> None:
     family = workflow.parser.get_parsed_content("family")
     if family not in GAN_FAMILIES or not GAN_FAMILIES[family][4]:
         return
-    classes = read_datalist(data_dir).get("classes") or []
+    datalist = read_datalist(data_dir)
+    classes = datalist.get("classes") or []
+    unlabelled = sum(1 for entry in datalist.get("training") or [] if entry.get("label") is None)
+    if len(classes) >= 2 and unlabelled:
+        raise MedvolInputError(
+            data_dir / DATALIST_FILE,
+            f"{family} is a conditional family, but {unlabelled} training images have no label (prepared with "
+            "--unlabelled keep): prepare with --unlabelled skip, or train an unconditional family such as dcgan",
+        )
     if len(classes) < 2:
         found = f"only the class {classes[0]!r}" if classes else "no class labels"
         raise MedvolInputError(
