@@ -39,10 +39,11 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -293,12 +294,14 @@ class TrainingEvaluator:
         self._prepared = True
         self._load_history(int(engine.state.iteration))
         if self.history and (getattr(self.feature_extractor, "info", None) or {}).get("reused_cache") is False:
-            logger.warning(
+            self._log(
+                engine, logging.WARNING,
                 "the feature space was rebuilt (the training data or its settings changed): FIDs from now on are not "
                 "comparable with the %d earlier evaluations in %s, nor with the best checkpoint they chose",
                 len(self.history), self.history_path,
             )
-        logger.info(
+        self._log(
+            engine, logging.INFO,
             "evaluation every %d iterations on %d validation images (feature space: %s; ready in %.1f s)",
             self.interval, len(self.real_images), getattr(self.feature_extractor, "kind", "given"),
             time.perf_counter() - started,
@@ -339,7 +342,8 @@ class TrainingEvaluator:
         validation_images, validation_labels = self._split("validation", self.validation_data, self.max_samples)
         where = self.datalist or "validation_data"
         if len(validation_images) < MIN_VALIDATION_SAMPLES:
-            logger.warning(
+            self._log(
+                engine, logging.WARNING,
                 "%s: the validation split holds %d samples: no evaluation during training (FID needs at least %d; "
                 "prepare the data with a validation fraction, e.g. --split 0.6,0.2,0.2)",
                 where, len(validation_images), MIN_VALIDATION_SAMPLES,
@@ -483,13 +487,22 @@ class TrainingEvaluator:
         self._write_history(best)
         best_text = "" if best is None else f" (best {best['metric']:.4g} at iteration {best['iteration']})"
         if result.get("non_finite"):
-            logger.warning("evaluation at iteration %d: the generator returned non-finite values: no FID%s", iteration, best_text)
+            self._log(engine, logging.WARNING, "evaluation at iteration %d: the generator returned non-finite values: no FID%s",
+                      iteration, best_text)
             return
         collapse = f"; possible mode collapse: {result['mode_collapse_reason']}" if result["mode_collapse"] else ""
-        logger.info(
+        self._log(
+            engine, logging.INFO,
             "evaluation at iteration %d: FID %.4g%s, diversity %.3g (validation %.3g)%s",
             iteration, result["fid"], best_text, result["diversity"], result["diversity_real"], collapse,
         )
+
+    @staticmethod
+    def _log(engine: Any, level: int, message: str, *args: Any) -> None:
+        """Log one line without breaking the monitor's progress bar (it is cleared and redrawn around the line)."""
+        bar = getattr(getattr(engine, "monitor", None), "bar", None)
+        with type(bar).external_write_mode(file=sys.stderr) if bar is not None else nullcontext():
+            logger.log(level, message, *args)
 
     def _save_if_best(self, engine: Any, result: dict[str, Any]) -> dict[str, Any] | None:
         """Save this iteration's checkpoint with the FID as metric when it is the lowest so far; the best entry."""
