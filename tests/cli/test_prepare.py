@@ -426,3 +426,16 @@ def test_preview_shows_training_samples_as_the_model_sees_them(tmp_path, capsys,
     expected = sample_montage(sample[None])[:16, :16]
     np.testing.assert_array_equal(picture[: 16 * zoom : zoom, : 16 * zoom : zoom], expected)
     assert report["preview"]["rows"] == ["normal", "lesion"]
+
+
+def test_conditional_training_refuses_images_kept_without_a_label(tmp_path, capsys):
+    source = write_pngs(tmp_path / "src", [f"img{i}" for i in range(6)], size=(16, 16))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,label\nimg0,a\nimg1,b\nimg2,a\nimg3,b\n")
+    assert prepare(source, "--out", tmp_path / "data", "--labels", labels, "--unlabelled", "keep", "--split", "1,0,0") == 0
+    capsys.readouterr()
+    assert main(["train", "--bundle", "cgan", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
+                 "--iterations", "1", "--device", "cpu"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "cgan is a conditional family, but 2 training images have no label (prepared with --unlabelled keep)" in line
+    assert not (tmp_path / "run" / "checkpoints").exists()
