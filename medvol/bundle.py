@@ -12,6 +12,7 @@ root; :func:`load_workflow` rewrites them to absolute paths so that ``medvol tra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -42,6 +43,7 @@ __all__ = [
     "load_workflow",
     "create_workflow",
     "run_workflow",
+    "input_errors_unwrapped",
     "resolved_config",
     "torchrun_command",
     "run_torchrun",
@@ -187,6 +189,21 @@ def create_workflow(
     return config_workflow
 
 
+@contextlib.contextmanager
+def input_errors_unwrapped():
+    """Re-raise a `MedvolInputError` that MONAI wrapped while evaluating a config expression (``RuntimeError: Failed
+    to evaluate ConfigExpression``) as itself, so that the CLI reports it in one line."""
+    try:
+        yield
+    except RuntimeError as error:
+        cause = error
+        while cause is not None and not isinstance(cause, MedvolInputError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
+
+
 def run_workflow(
     bundle: str | os.PathLike,
     workflow: str = "train",
@@ -194,12 +211,17 @@ def run_workflow(
     distributed: bool = False,
     logging_file: str | bool | None = False,
 ) -> ConfigWorkflow:
-    """Create (see `create_workflow`), run and finalise a bundle workflow; returns the finished workflow."""
-    config_workflow = create_workflow(bundle, workflow, overrides, distributed, logging_file)
-    try:
-        config_workflow.run()
-    finally:
-        config_workflow.finalize()
+    """Create (see `create_workflow`), run and finalise a bundle workflow; returns the finished workflow.
+
+    Raises:
+        MedvolInputError: bad input found while the workflow is built or run (not wrapped in MONAI's RuntimeError).
+    """
+    with input_errors_unwrapped():
+        config_workflow = create_workflow(bundle, workflow, overrides, distributed, logging_file)
+        try:
+            config_workflow.run()
+        finally:
+            config_workflow.finalize()
     return config_workflow
 
 

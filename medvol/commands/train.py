@@ -327,15 +327,16 @@ def train(
             raise RuntimeError(f"distributed training failed (exit code {code}): {' '.join(command)}")
         return {"iterations": iteration, "checkpoint": checkpoint, "seconds": time.perf_counter() - started,
                 "resumed_from": None}
-    config_workflow.initialize()
-    trainer = config_workflow.parser.get_parsed_content("train#trainer")
-    _quiet_statistics()
-    for handler in extra_handlers or []:
-        handler.attach(trainer)
-    try:
-        config_workflow.run()
-    finally:
-        config_workflow.finalize()
+    with bundles.input_errors_unwrapped():
+        config_workflow.initialize()
+        trainer = config_workflow.parser.get_parsed_content("train#trainer")
+        _quiet_statistics()
+        for handler in extra_handlers or []:
+            handler.attach(trainer)
+        try:
+            config_workflow.run()
+        finally:
+            config_workflow.finalize()
     return {
         "iterations": int(trainer.state.iteration),
         "checkpoint": trainer.last_checkpoint,
@@ -414,8 +415,9 @@ def worker_main(argv: list[str] | None = None) -> int:
     stop_file = run_dir / STOP_FILE
     workflow = None
     try:
-        workflow = bundles.create_workflow(args.bundle, "train", overrides, distributed=True, logging_file=False)
-        trainer = workflow.parser.get_parsed_content("train#trainer")
+        with bundles.input_errors_unwrapped():
+            workflow = bundles.create_workflow(args.bundle, "train", overrides, distributed=True, logging_file=False)
+            trainer = workflow.parser.get_parsed_content("train#trainer")
         _quiet_statistics()
 
         def stop_when_asked(engine: Any) -> None:
@@ -423,7 +425,8 @@ def worker_main(argv: list[str] | None = None) -> int:
                 trainer.request_stop(signal.SIGINT)
 
         trainer.add_event_handler(Events.ITERATION_STARTED, stop_when_asked)
-        workflow.run()
+        with bundles.input_errors_unwrapped():
+            workflow.run()
     except MedvolInputError as err:
         if rank_zero:
             (run_dir / WORKER_ERROR_FILE).write_text(str(err))
