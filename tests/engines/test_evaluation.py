@@ -190,6 +190,16 @@ def test_no_validation_split_means_no_evaluation_and_one_message(tmp_path, caplo
         resolve_checkpoint(tmp_path, "best")
 
 
+def test_a_rank_other_than_zero_does_not_evaluate(tmp_path, monkeypatch):
+    monkeypatch.setattr("medvol.engines.evaluation._is_rank_zero", lambda: False)
+    features = PooledFeatures()
+    features.calls = 0
+    counting = lambda images: (setattr(features, "calls", features.calls + 1), features(images))[1]  # noqa: E731
+    handler = TrainingEvaluator(evaluate_every=1, run_dir=tmp_path, validation_data=validation_set(), feature_extractor=counting)
+    gan_trainer(tmp_path, 2, handlers=[handler]).run()
+    assert features.calls == 0 and not handler.active and not (tmp_path / "evaluation").exists()
+
+
 def test_the_evaluator_refuses_a_trainer_that_ranks_checkpoints_by_another_metric(tmp_path):
     with pytest.raises(ValueError, match="best_metric"):
         gan_trainer(tmp_path, 2, handlers=[evaluator(tmp_path, 1)], best_metric="generator/loss")
