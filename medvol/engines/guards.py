@@ -47,8 +47,12 @@ class AdversarialHealth:
 
     * the critic separates real from generated images perfectly (the fraction of (real, fake) pairs it ranks
       correctly stays above ``win_threshold``): with a saturating loss the generator's gradients then vanish;
-    * the generator collapsed: the spread of a generated batch (mean over voxels of the per-voxel standard deviation
-      across the batch) falls below ``collapse_ratio`` times that of a real batch.
+    * the generator collapsed: its images of one class are near-identical. The diversity of a set is its mean pairwise
+      voxel distance (`medvol.metrics.diversity.mean_pairwise_distance`), taken per class for a conditional generator
+      (`class_diversity`); the warning comes when the generated images' diversity stays below ``collapse_ratio``
+      times that of the real images of the same class. Each check sees one batch (a few images per class), so the
+      ratio is noisy: real images split against themselves gave ratios down to 0.58 with 8 images per class
+      (`medvol.metrics.diversity`), and the demo's collapsed conditional GAN gave 0.1-0.3 (docs/results.md).
 
     Args:
         patience: consecutive checks a condition must hold before the warning.
@@ -56,7 +60,7 @@ class AdversarialHealth:
         collapse_ratio: generated/real diversity ratio counted as a collapse.
     """
 
-    def __init__(self, patience: int = 20, win_threshold: float = 0.99, collapse_ratio: float = 0.05):
+    def __init__(self, patience: int = 20, win_threshold: float = 0.99, collapse_ratio: float = 0.35):
         self.patience = patience
         self.win_threshold = win_threshold
         self.collapse_ratio = collapse_ratio
@@ -70,11 +74,36 @@ class AdversarialHealth:
         return float((real_scores.float()[:, None] > fake_scores.float()[None, :]).float().mean())
 
     @staticmethod
-    def diversity(images: torch.Tensor) -> float:
-        """Mean over voxels of the standard deviation across the batch (0 when every image is the same)."""
+    def diversity(images: torch.Tensor, max_pairs: int = 64) -> float:
+        """Mean pairwise voxel distance of a set of images (0 when every image is the same; NaN below 2 images)."""
+        from medvol.metrics.diversity import mean_pairwise_distance
+
         if images.shape[0] < 2:
             return float("nan")
-        return float(images.detach().float().std(dim=0).mean())
+        return mean_pairwise_distance(images.detach().float(), max_pairs=max_pairs, seed=0)
+
+    @staticmethod
+    def class_diversity(
+        fakes: torch.Tensor,
+        fake_labels: torch.Tensor | None,
+        real: torch.Tensor,
+        real_labels: torch.Tensor | None,
+    ) -> tuple[float, float]:
+        """``(generated, real)`` diversity of the class whose generated/real ratio is lowest, among the classes with
+        at least 2 images on both sides; of the whole sets without labels. NaNs when no class qualifies."""
+        if fake_labels is None or real_labels is None:
+            return AdversarialHealth.diversity(fakes), AdversarialHealth.diversity(real)
+        fake_labels, real_labels = fake_labels.reshape(-1).cpu(), real_labels.reshape(-1).cpu()
+        worst = (float("nan"), float("nan"))
+        for label in fake_labels.unique().tolist():
+            generated = fakes[(fake_labels == label).to(fakes.device)]
+            reference = real[(real_labels == label).to(real.device)]
+            if generated.shape[0] < 2 or reference.shape[0] < 2:
+                continue
+            pair = (AdversarialHealth.diversity(generated), AdversarialHealth.diversity(reference))
+            if pair[1] > 0 and (math.isnan(worst[0]) or pair[0] / pair[1] < worst[0] / worst[1]):
+                worst = pair
+        return worst
 
     def update(self, iteration: int, accuracy: float, fake_diversity: float, real_diversity: float) -> list[str]:
         """Record one check; returns the warnings raised by it."""
@@ -86,12 +115,14 @@ class AdversarialHealth:
                 f"{self.patience} checks (ranking accuracy {accuracy:.3f}); the generator may get no useful gradient "
                 "(try a Wasserstein objective, label smoothing, or a lower critic learning rate)"
             )
-        collapsed = math.isfinite(fake_diversity) and real_diversity > 0 and fake_diversity < self.collapse_ratio * real_diversity
-        self.collapse_streak = self.collapse_streak + 1 if collapsed else 0
+        if math.isfinite(fake_diversity) and math.isfinite(real_diversity) and real_diversity > 0:  # else: no evidence
+            collapsed = fake_diversity < self.collapse_ratio * real_diversity
+            self.collapse_streak = self.collapse_streak + 1 if collapsed else 0
         if self.collapse_streak == self.patience:
             raised.append(
-                f"iteration {iteration}: the generator may have collapsed: sample diversity {fake_diversity:.4g} is "
-                f"below {self.collapse_ratio:.0%} of the real data's {real_diversity:.4g} for {self.patience} checks"
+                f"iteration {iteration}: the generator may have collapsed: its images of a class are near-identical "
+                f"(mean pairwise distance {fake_diversity:.4g}, below {self.collapse_ratio:.0%} of the real images' "
+                f"{real_diversity:.4g}) for {self.patience} checks (try the critic option minibatch_std=true)"
             )
         for message in raised:
             logger.warning(message)

@@ -838,7 +838,7 @@ class AdversarialTrainer(MedvolTrainer):
 
         return self._with_oom_backoff(step)
 
-    def _generator_step(self, count: int) -> tuple[dict[str, float], torch.Tensor]:
+    def _generator_step(self, count: int) -> tuple[dict[str, float], torch.Tensor, torch.Tensor | None]:
         z = self._latents(count)
         labels = self._sample_labels(count)
         fakes: list[torch.Tensor] = []
@@ -863,7 +863,7 @@ class AdversarialTrainer(MedvolTrainer):
             return logs
 
         logs = self._with_oom_backoff(step)
-        return logs, torch.cat(fakes)
+        return logs, torch.cat(fakes), labels
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -893,7 +893,7 @@ class AdversarialTrainer(MedvolTrainer):
                 for key, value in logs.items():
                     critic_logs[key] = critic_logs.get(key, 0.0) + value / len(batches)
                 self.fire_event(IterationEvents.INNER_ITERATION_COMPLETED)
-            generator_logs, fakes = self._generator_step(real.shape[0])
+            generator_logs, fakes, fake_labels = self._generator_step(real.shape[0])
             self._update_ema()
             output: dict[str, Any] = {f"critic/{k}": v for k, v in critic_logs.items()}
             output.update({f"generator/{k}": v for k, v in generator_logs.items()})
@@ -902,22 +902,24 @@ class AdversarialTrainer(MedvolTrainer):
             output[GanKeys.REALS] = real.detach()
             output[GanKeys.FAKES] = fakes
             if self.health_interval and (self.state.iteration % self.health_interval == 0):
-                self._check_health(real, labels, fakes)
+                self._check_health(real, labels, fakes, fake_labels)
             return output
 
         return self._timed_iteration(work, samples=self.effective_batch * (self.critic_steps + 1))
 
     @torch.no_grad()
-    def _check_health(self, real: torch.Tensor, labels: torch.Tensor | None, fakes: torch.Tensor) -> None:
+    def _check_health(
+        self, real: torch.Tensor, labels: torch.Tensor | None, fakes: torch.Tensor, fake_labels: torch.Tensor | None = None
+    ) -> None:
         count = min(real.shape[0], fakes.shape[0], self.plan.micro_batch)
-        part_labels = None if labels is None else labels[:count]
-        real_scores = _score(self._critic_amp_g_step(real[:count], part_labels))
-        fake_scores = _score(self._critic_amp_g_step(fakes[:count], part_labels))
+        real_scores = _score(self._critic_amp_g_step(real[:count], None if labels is None else labels[:count]))
+        fake_scores = _score(self._critic_amp_g_step(fakes[:count], None if fake_labels is None else fake_labels[:count]))
+        fake_diversity, real_diversity = AdversarialHealth.class_diversity(fakes, fake_labels, real, labels)
         self.health.update(
             self.state.iteration,
             accuracy=AdversarialHealth.ranking_accuracy(real_scores, fake_scores),
-            fake_diversity=AdversarialHealth.diversity(fakes),
-            real_diversity=AdversarialHealth.diversity(real),
+            fake_diversity=fake_diversity,
+            real_diversity=real_diversity,
         )
 
     # ---- memory probes ------------------------------------------------------------------------------------------
