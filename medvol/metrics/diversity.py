@@ -31,7 +31,7 @@ __all__ = [
 _STANDARD_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 _KERNEL_SIZE = 5
 _KERNEL_SIGMA = 1.0
-_PAIR_CHUNK = 64
+_CHUNK_VOXELS = 2**22  # voxels per image batch of a similarity computation: large batches, bounded memory
 
 # Mode collapse: synthetic within-set diversity, as (1 - MS-SSIM) or as mean voxel distance, below this fraction of the
 # real images' (overall or in any class); with fewer than MIN_SAMPLES_FOR_RATIO images on a side the ratio is noisy and
@@ -96,6 +96,10 @@ def _pairs(n: int, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return first, second
 
 
+def _chunk(images: torch.Tensor) -> int:
+    return max(1, min(1024, _CHUNK_VOXELS // max(1, int(np.prod(images.shape[1:])))))
+
+
 def _unit_range(images: torch.Tensor) -> torch.Tensor:
     # SSIM's luminance term (2 mu_x mu_y + c1) / (mu_x^2 + mu_y^2 + c1) assumes non-negative intensities: [-1, 1]
     # (a data range of 2) is shifted to [0, 1] with data range 1, which leaves the contrast and structure terms unchanged.
@@ -113,11 +117,11 @@ def pair_ssim(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     if min(first.shape[2:]) < _KERNEL_SIZE:
         raise MedvolInputError(None, f"SSIM needs at least {_KERNEL_SIZE} voxels per side, got images of size {list(first.shape[2:])}")
     spatial_dims = first.ndim - 2
-    out = []
-    for start in range(0, first.shape[0], _PAIR_CHUNK):
+    out, chunk = [], _chunk(first)
+    for start in range(0, first.shape[0], chunk):
         ssim_map, _ = compute_ssim_and_cs(
-            y_pred=_unit_range(first[start : start + _PAIR_CHUNK]),
-            y=_unit_range(second[start : start + _PAIR_CHUNK]),
+            y_pred=_unit_range(first[start : start + chunk]),
+            y=_unit_range(second[start : start + chunk]),
             spatial_dims=spatial_dims,
             kernel_size=[_KERNEL_SIZE] * spatial_dims,
             kernel_sigma=[_KERNEL_SIGMA] * spatial_dims,
@@ -141,10 +145,10 @@ def pairwise_ms_ssim(images: torch.Tensor, max_pairs: int = 256, seed: int = 0) 
     images = _check_images(images, "MS-SSIM")
     settings = ms_ssim_settings(images.shape[2:])
     first, second = _pairs(images.shape[0], max_pairs, seed)
-    values = []
-    for start in range(0, len(first), _PAIR_CHUNK):
-        a = images[torch.as_tensor(first[start : start + _PAIR_CHUNK])]
-        b = images[torch.as_tensor(second[start : start + _PAIR_CHUNK])]
+    values, chunk = [], _chunk(images)
+    for start in range(0, len(first), chunk):
+        a = images[torch.as_tensor(first[start : start + chunk])]
+        b = images[torch.as_tensor(second[start : start + chunk])]
         values.append(
             compute_ms_ssim(
                 _unit_range(a), _unit_range(b), spatial_dims=images.ndim - 2, data_range=1.0, **settings
@@ -163,10 +167,10 @@ def mean_pairwise_distance(images: torch.Tensor, max_pairs: int = 256, seed: int
     """
     images = _check_images(images, "mean pairwise distance")
     first, second = _pairs(images.shape[0], max_pairs, seed)
-    total = 0.0
-    for start in range(0, len(first), _PAIR_CHUNK):
-        a = images[torch.as_tensor(first[start : start + _PAIR_CHUNK])]
-        b = images[torch.as_tensor(second[start : start + _PAIR_CHUNK])]
+    total, chunk = 0.0, _chunk(images)
+    for start in range(0, len(first), chunk):
+        a = images[torch.as_tensor(first[start : start + chunk])]
+        b = images[torch.as_tensor(second[start : start + chunk])]
         total += float((a - b).abs().flatten(1).double().mean(1).sum())
     return total / len(first)
 
