@@ -126,11 +126,7 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.iteration = int(iteration)
         self.checkpoint = checkpoint
         self.exit_code = 128 + int(signum)
-        where = (
-            f"checkpoint saved to {checkpoint}; rerun the same command to resume"
-            if checkpoint
-            else "no checkpoint folder, so nothing was saved"
-        )
+        where = f"checkpoint saved to {checkpoint}; rerun the same command to resume" if checkpoint else "nothing was saved"
         super().__init__(f"interrupted ({self.signal.name}) at iteration {self.iteration}; {where}")
 
 
@@ -395,7 +391,7 @@ class MedvolTrainer(Trainer):
 
     def _export_model(self, engine: Any) -> None:
         """Write ``RUN/models/model.pt`` (weights only, on the CPU) and name it in ``RUN/run.json`` when there is one."""
-        if self.run_dir is None or self._stop_signal is not None:
+        if self.run_dir is None or (self._stop_signal is not None and not self._is_finished()):
             return
         import io
         import json
@@ -605,7 +601,7 @@ class MedvolTrainer(Trainer):
         self._stop_signal = None
         with self._signals_stop_training():
             self._run()
-        if self._stop_signal is not None:
+        if self._stop_signal is not None and not self._is_finished():
             raise TrainingInterrupted(self._stop_signal, self.state.iteration, self.last_checkpoint)
 
     def _run(self) -> None:

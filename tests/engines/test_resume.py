@@ -4,6 +4,7 @@ likewise; a forced NaN stops the run with NonFiniteLossError and leaves the last
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -182,3 +183,65 @@ def test_best_checkpoint_is_kept_by_metric(tmp_path):
     manager = CheckpointManager(tmp_path / "checkpoints")
     assert manager.read_pointer()["best"]["iteration"] == 2
     assert [p.name for p in manager.checkpoint_files()] == ["checkpoint_00000002.pt", "checkpoint_00000006.pt"]
+
+
+def _tensor_bytes(tree) -> int:
+    return sum(v.numel() * v.element_size() for v in _tensors(tree).values() if isinstance(v, torch.Tensor))
+
+
+def test_a_checkpoint_holds_what_resume_needs_and_no_more_and_the_export_holds_the_ema_generator(tmp_path):
+    trainer = _gan_trainer(tmp_path, 2)  # Adam on both networks, EMA generator
+    (tmp_path / "run.json").write_text(json.dumps({"family": "toy"}))
+    trainer.run()
+    state = CheckpointManager(tmp_path / "checkpoints").load_latest()
+    assert set(state) == {"format", "iteration", "networks", "optimizers", "scalers", "stream", "epoch", "plan",
+                          "precision", "extra", "rng"}
+    assert set(state["networks"]) == set(state["optimizers"]) == {"generator", "critic"}
+    assert set(state["extra"]) == {"ema_generator"}
+    assert state["scalers"] == {"generator": {}, "critic": {}}  # gradient scalers only exist in fp16
+    generator, critic = trainer.generator, trainer.critic
+    weights = [p for net in (generator, critic) for p in net.parameters()]
+    float_bytes = sum(p.numel() * p.element_size() for p in weights)
+    generator_bytes = _tensor_bytes(generator.state_dict())
+    critic_bytes = _tensor_bytes(critic.state_dict())
+    # weights, Adam's two moments per weight plus its step counters, one EMA copy of the generator: nothing twice
+    assert _tensor_bytes(state["networks"]) == generator_bytes + critic_bytes
+    adam_steps = _tensor_bytes([g["state"][i]["step"] for g in state["optimizers"].values() for i in g["state"]])
+    assert _tensor_bytes(state["optimizers"]) == 2 * float_bytes + adam_steps
+    assert _tensor_bytes(state["extra"]) == generator_bytes
+    other = {k: v for k, v in state.items() if k not in ("networks", "optimizers", "extra")}
+    assert _tensor_bytes(other) < 16 * 1024  # RNG states (about 10 KB), data-stream position, counters, plan
+
+    export = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert export.keys() == state["extra"]["ema_generator"].keys()
+    assert all(torch.equal(export[k], v) for k, v in state["extra"]["ema_generator"].items())
+    record = json.loads((tmp_path / "run.json").read_text())["model"]
+    assert record == {"file": "models/model.pt", "network": "generator", "ema": True, "iteration": 2,
+                      "parameters": sum(p.numel() for p in generator.parameters()),
+                      "bytes": (tmp_path / "models" / "model.pt").stat().st_size}
+
+
+@pytest.mark.parametrize("stop_at, iterations", [(2, 5), (5, 5)])
+def test_a_stop_request_ends_training_with_a_checkpoint_unless_the_run_was_finishing(stop_at, iterations, tmp_path):
+    from ignite.engine import Events
+
+    from medvol.engines.trainer import TrainingInterrupted
+
+    trainer = _gan_trainer(tmp_path, iterations)
+    trainer.add_event_handler(
+        Events.ITERATION_STARTED(once=stop_at), lambda engine: trainer.request_stop(signal.SIGTERM)
+    )
+    manager = CheckpointManager(tmp_path / "checkpoints")
+    if stop_at < iterations:
+        with pytest.raises(TrainingInterrupted) as caught:
+            trainer.run()
+        stop = caught.value
+        assert (stop.iteration, stop.exit_code, stop.signal) == (stop_at, 143, signal.SIGTERM)
+        assert stop.checkpoint == str(tmp_path / "checkpoints" / f"checkpoint_{stop_at:08d}.pt")
+        assert str(stop) == f"interrupted (SIGTERM) at iteration {stop_at}; checkpoint saved to {stop.checkpoint}; rerun the same command to resume"
+        assert manager.read_pointer()["iteration"] == stop_at
+        assert not (tmp_path / "models").exists()  # the final export belongs to a finished run
+    else:  # the signal came during the last iteration: the run is complete, nothing to report
+        trainer.run()
+        assert manager.read_pointer()["iteration"] == iterations
+        assert (tmp_path / "models" / "model.pt").is_file()
