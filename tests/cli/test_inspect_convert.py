@@ -254,3 +254,25 @@ def read_header(path: str):
     import pydicom
 
     return pydicom.dcmread(path, stop_before_pixels=True)
+
+
+@pytest.mark.parametrize("spatial_dims, modality", [(3, "MR"), (2, "OT")])
+def test_prepare_reads_a_synthetic_dicom_export_and_says_so(capsys, caplog, tmp_path, spatial_dims, modality):
+    synthetic_dicom_samples(tmp_path / "synthetic", spatial_dims, modality)
+    assert main(["prepare", str(tmp_path / "synthetic"), "--out", str(tmp_path / "prepared"), "--split", "1,0,0"]) == 0
+    console = capsys.readouterr().err + caplog.text
+    assert "3 of 3 DICOM series are marked synthetic (Synthetic Data (0008,001C) YES" in console
+    document = json.loads((tmp_path / "prepared" / "datalist.json").read_text())
+    assert document["synthetic"] is True and document["spatial_dims"] == spatial_dims
+    assert len(document["training"]) == 3 and all(entry["synthetic"] is True for entry in document["training"])
+    for entry in document["training"]:
+        voxels = np.asarray(nib.load(entry["image"]).dataobj)
+        assert voxels.shape[:2] == (16, 16) and voxels.size == 16**spatial_dims
+        # the stored integers, as a viewer shows them: the whole uint16 range of each sample
+        assert (voxels.min(), voxels.max()) == (0, 65535)
+
+
+def test_prepare_of_real_dicom_is_not_synthetic(shared_data, tmp_path):
+    assert main(["prepare", str(shared_data / SINGLE_SERIES_FOLDERS[0]), "--out", str(tmp_path / "prepared"), "--split", "1,0,0"]) == 0
+    document = json.loads((tmp_path / "prepared" / "datalist.json").read_text())
+    assert "synthetic" not in document and not any("synthetic" in entry for entry in document["training"])
