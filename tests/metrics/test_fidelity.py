@@ -160,6 +160,8 @@ def test_fidelity_with_baseline_uses_equal_sizes_and_separates_a_bad_generator()
     assert bad["kid"]["ci95"][0] > bad["kid_real_baseline"]["ci95"][1]
     assert bad["mmd"] > 10 * abs(bad["mmd_real_baseline"])
     assert bad["fid_real_baseline"] == good["fid_real_baseline"]  # the same training subsample and held-out set
+    capped = fidelity_with_baseline(train, heldout, gaussian(150, seed=2), resamples=5, max_samples=40)
+    assert capped["n"] == 40 and capped["kid"]["n_real"] == 40 and capped["n_train"] == 300
 
 
 def test_pairwise_euclidean_is_exact_for_copies():
