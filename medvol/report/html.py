@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import html
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -51,7 +52,7 @@ body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; mar
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 4px; margin-top: 2em; }
 table { border-collapse: collapse; margin: 8px 0 16px 0; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }
-th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .figures { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
 figure { margin: 0; } figcaption { font-size: 0.85em; color: #555; max-width: 520px; }
 img.picture { image-rendering: pixelated; border: 1px solid #ddd; }
@@ -183,10 +184,13 @@ def _summary(metrics: Mapping) -> str:
         "close to the real value; much higher means less diverse")
     collapse = metrics.get("mode_collapse")
     collapse_text = '<span class="flag">yes</span>' if collapse else '<span class="ok">no</span>'
-    add("mode collapse", collapse_text, "–", str((metrics.get("diversity") or {}).get("mode_collapse_reason") or ""))
+    reasons = _reasons(metrics)
+    reading = reasons[0] + (f"; and {len(reasons) - 1} more (see Diversity)" if len(reasons) > 1 else "") if reasons else ""
+    add("mode collapse", collapse_text, "–", reading)
     privacy = metrics.get("privacy") or {}
-    add("possible copies (flagged fraction)", _number(privacy.get("flagged_fraction")), "0.05",
-        "held-out real images fall below the threshold 5% of the time by construction")
+    expected = privacy.get("expected_fraction", 0.05)
+    add("possible copies (flagged fraction)", _number(privacy.get("flagged_fraction")), _number(expected),
+        f"about {expected:.0%} (held-out real images pass the threshold that often by construction); far more: memorisation")
     recognised = metrics.get("recognisability") or {}
     add("recognisability (overall)", _number(recognised.get("overall")),
         _number((recognised.get("real_test") or {}).get("overall")), "higher; baseline: the same classifier on real test images")
@@ -205,6 +209,12 @@ def _summary(metrics: Mapping) -> str:
     note = ('<p class="note">Each synthetic number sits next to the same number computed for real held-out images '
             "(the scale it should be read on). Brackets: 95% bootstrap intervals.</p>")
     return _section("summary", "Summary", _table(header, rows, numeric_to=3) + note)
+
+
+def _reasons(metrics: Mapping) -> list[str]:
+    """The rules that raised `mode_collapse`, one per entry (the diversity report joins them with '; ')."""
+    text = str((metrics.get("diversity") or {}).get("mode_collapse_reason") or "")
+    return [part.strip() for part in text.split("; ") if part.strip()]
 
 
 def _mean_sd(entry: Mapping) -> str:
@@ -285,8 +295,10 @@ def _diversity(metrics: Mapping) -> str:
                                   ("ms_ssim_synthetic", "ms_ssim_real", "distance_synthetic", "distance_real")])
     table = _table(["class", "MS-SSIM synthetic", "MS-SSIM real", "mean |difference| synthetic", "mean |difference| real"], rows) if rows else ""
     collapse = metrics.get("mode_collapse")
-    verdict = ('<p><span class="flag">Mode collapse.</span> ' if collapse else '<p><span class="ok">No mode collapse.</span> ')
-    verdict += _e(diversity.get("mode_collapse_reason") or "") + "</p>"
+    verdict = '<p><span class="flag">Mode collapse.</span></p>' if collapse else '<p><span class="ok">No mode collapse.</span></p>'
+    reasons = _reasons(metrics)
+    if reasons:
+        verdict += "<ul>" + "".join(f"<li>{_e(r)}</li>" for r in reasons) + "</ul>"
     overall = (f"<p>MS-SSIM among synthetic samples {_number(metrics.get('ms_ssim_synthetic'))}, among real training "
                f"images {_number(metrics.get('ms_ssim_real'))} (1 = identical pairs).</p>")
     return _section("diversity", "Diversity and mode collapse", verdict + overall + table)
@@ -342,12 +354,9 @@ def _utility_tables(utility: Mapping) -> str:
     rows = [[_e(arm)] + [_mean_sd(arms[arm].get(m) or {}) for m in metric_names] for arm in arms]
     parts = [f"<p>Seeds: {_e(utility.get('seeds'))}. Every arm tested on the same held-out real test split.</p>",
              "<h3>Mean ± sd over seeds</h3>", _table(["arm", *map(_e, metric_names)], rows)]
-    rows = []
-    for arm in arms:
-        for m in metric_names:
-            values = (arms[arm].get(m) or {}).get("values") or []
-            rows.append([_e(arm), _e(m), ", ".join(_number(v) for v in values)])
-    parts += ["<h3>Values per seed</h3>", _table(["arm", "metric", "values (seed order)"], rows, numeric_from=2)]
+    rows = [[_e(arm)] + [", ".join(_number(v) for v in (arms[arm].get(m) or {}).get("values") or []) for m in metric_names]
+            for arm in arms]
+    parts += ["<h3>Values per seed (in seed order)</h3>", _table(["arm", *map(_e, metric_names)], rows)]
     paired = utility.get("paired_difference") or {}
     if paired:
         paired_metrics = [m for m in metric_names if any(m in (paired[a] or {}) for a in paired)]
@@ -398,6 +407,7 @@ def read_scalar_curves(run_dir: str | os.PathLike) -> dict[str, tuple[list[int],
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     folder = Path(run_dir) / "tensorboard"
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # it logs every event file it finishes at INFO
     curves: dict[str, dict[int, float]] = {}
     folders = [folder] + sorted(p for p in folder.rglob("*") if p.is_dir()) if folder.is_dir() else []
     for directory in folders:
