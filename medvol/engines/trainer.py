@@ -848,7 +848,9 @@ class AdversarialTrainer(MedvolTrainer):
                 fake = self._generator_amp(z[part], part_labels)
                 fakes.append(fake.detach())
                 self.fire_event(IterationEvents.FORWARD_COMPLETED)
-                return self.objective.generator_loss(self._critic_amp_g_step, fake, labels=part_labels)
+                # the mode-seeking term compares images generated from different noise
+                noise = {"latents": z[part]} if getattr(self.objective, "mode_seeking_weight", 0) else {}
+                return self.objective.generator_loss(self._critic_amp_g_step, fake, labels=part_labels, **noise)
 
             self.critic.requires_grad_(False)
             try:

@@ -29,7 +29,7 @@ OBJECTIVES: dict[str, tuple[type, dict[str, Any]]] = {
     "vae": (VAELoss, {}),
     "gan": (NonSaturatingGANLoss, {}),
     "dcgan": (NonSaturatingGANLoss, {}),
-    "cgan": (NonSaturatingGANLoss, {}),
+    "cgan": (NonSaturatingGANLoss, {"mode_seeking_weight": 1.0}),
     "wgan": (WassersteinWeightClipping, {}),
     "wgan_gp": (WassersteinGradientPenalty, {}),
     "acwgan_gp": (WassersteinGradientPenalty, {"auxiliary_weight": 1.0}),

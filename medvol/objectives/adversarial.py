@@ -5,7 +5,8 @@ Every objective has `discriminator_loss(critic, real, fake, labels=None)`, `gene
 (weight clipping for WGAN, a no-op elsewhere) and `critic_steps`, the recommended number of critic updates per
 generator update. Critics return a score `[B]` or `(score, class_logits)`; when they return class logits and labels
 are given, the auxiliary classification term (cross-entropy of the class head, weighted by `auxiliary_weight`) is added:
-on real and generated images for the critic, on generated images for the generator.
+on real and generated images for the critic, on generated images for the generator. With `mode_seeking_weight` and
+the generator's noise passed as `latents`, the generator loss also gets the mode-seeking term (`mode_seeking_term`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,33 @@ def split_critic_output(output: torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 def auxiliary_classification_loss(class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of a critic's class head (AC-GAN), computed in float32."""
     return F.cross_entropy(class_logits.float(), labels.to(class_logits.device).long())
+
+
+def mode_seeking_term(fake: torch.Tensor, latents: torch.Tensor, labels: Labels = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mode-seeking regularisation (Mao et al. 2019, MSGAN): how much the images change with the noise.
+
+    Pairs are consecutive samples of the same class (the batch in label order; all samples when unconditional).
+    The ratio is `mean |G(z1) - G(z2)| / mean |z1 - z2|` over the pairs; the term to minimise is `1 / (ratio + 1e-5)`,
+    large when the generator ignores its noise, as a conditional generator that returns one image per class does.
+
+    Returns:
+        `(term, ratio)`; both 0 when no two samples share a class.
+    """
+    order = torch.arange(fake.shape[0], device=fake.device)
+    if labels is not None:
+        order = torch.argsort(labels.to(fake.device).reshape(-1), stable=True)
+        same = labels.to(fake.device).reshape(-1)[order]
+        keep = torch.nonzero(same[1:] == same[:-1]).reshape(-1)
+    else:
+        keep = torch.arange(max(fake.shape[0] - 1, 0), device=fake.device)
+    if keep.numel() == 0:
+        zero = fake.sum() * 0.0
+        return zero, zero.detach()
+    first, second = order[keep], order[keep + 1]
+    image_change = (fake[first].float() - fake[second].float()).abs().mean()
+    noise_change = (latents[first].float() - latents[second].float()).abs().mean()
+    ratio = image_change / noise_change.to(fake.device)
+    return 1.0 / (ratio + 1e-5), ratio.detach()
 
 
 def gradient_penalty(
@@ -67,14 +95,18 @@ class AdversarialObjective:
 
     Args:
         auxiliary_weight: weight of the auxiliary classification term (used when the critic has a class head).
+        mode_seeking_weight: weight of `mode_seeking_term` in the generator loss (0: off).
     """
 
     critic_steps = 1
     #: recommended optimiser for generator and critic: a name of torch.optim plus its keyword arguments
     optimizer: dict[str, Any] = {"name": "Adam", "lr": 2e-4, "betas": (0.5, 0.999)}
 
-    def __init__(self, auxiliary_weight: float = 1.0) -> None:
+    def __init__(self, auxiliary_weight: float = 1.0, mode_seeking_weight: float = 0.0) -> None:
+        if mode_seeking_weight < 0:
+            raise ValueError(f"mode_seeking_weight must be 0 or positive, got {mode_seeking_weight}")
         self.auxiliary_weight = float(auxiliary_weight)
+        self.mode_seeking_weight = float(mode_seeking_weight)
 
     def _critic_terms(self, real_score: torch.Tensor, fake_score: torch.Tensor) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
@@ -116,13 +148,16 @@ class AdversarialObjective:
         logs["d_fake"] = fake_score.detach().float().mean()
         return {"loss": loss, **logs}
 
-    def generator_loss(self, critic: nn.Module, fake: torch.Tensor, labels: Labels = None) -> dict[str, torch.Tensor]:
+    def generator_loss(
+        self, critic: nn.Module, fake: torch.Tensor, labels: Labels = None, latents: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Generator loss on a generated batch (gradients flow into the generator through `fake`).
 
         Args:
             critic: the critic.
             fake: generated images.
             labels: classes the generated images were conditioned on.
+            latents: the noise the images were generated from (needed by the mode-seeking term).
         """
         fake_score, fake_logits = split_critic_output(critic(fake, labels))
         loss, logs = self._generator_terms(fake_score.float())
@@ -130,6 +165,10 @@ class AdversarialObjective:
             aux = auxiliary_classification_loss(fake_logits, labels)
             loss = loss + self.auxiliary_weight * aux
             logs["aux_loss"] = aux.detach()
+        if self.mode_seeking_weight > 0 and latents is not None:
+            term, ratio = mode_seeking_term(fake, latents, labels)
+            loss = loss + self.mode_seeking_weight * term
+            logs["mode_seeking_ratio"] = ratio
         return {"loss": loss, **logs}
 
     def after_critic_step(self, critic: nn.Module) -> None:
@@ -149,10 +188,17 @@ class NonSaturatingGANLoss(AdversarialObjective):
         label_flip_probability: probability of swapping the real and fake targets of each sample in the critic loss
             (noisy labels, against an over-confident discriminator).
         auxiliary_weight: weight of the auxiliary classification term.
+        mode_seeking_weight: weight of the mode-seeking term of the generator loss.
     """
 
-    def __init__(self, label_smoothing: float = 0.0, label_flip_probability: float = 0.0, auxiliary_weight: float = 1.0):
-        super().__init__(auxiliary_weight)
+    def __init__(
+        self,
+        label_smoothing: float = 0.0,
+        label_flip_probability: float = 0.0,
+        auxiliary_weight: float = 1.0,
+        mode_seeking_weight: float = 0.0,
+    ):
+        super().__init__(auxiliary_weight, mode_seeking_weight)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if not 0.0 <= label_flip_probability <= 0.5:
@@ -199,12 +245,13 @@ class WassersteinWeightClipping(WassersteinLoss):
     Args:
         clip_value: c (0.01).
         auxiliary_weight: weight of the auxiliary classification term.
+        mode_seeking_weight: weight of the mode-seeking term of the generator loss.
     """
 
     optimizer = {"name": "RMSprop", "lr": 5e-5}
 
-    def __init__(self, clip_value: float = 0.01, auxiliary_weight: float = 1.0) -> None:
-        super().__init__(auxiliary_weight)
+    def __init__(self, clip_value: float = 0.01, auxiliary_weight: float = 1.0, mode_seeking_weight: float = 0.0) -> None:
+        super().__init__(auxiliary_weight, mode_seeking_weight)
         if clip_value <= 0:
             raise ValueError(f"clip_value must be positive, got {clip_value}")
         self.clip_value = float(clip_value)
@@ -226,12 +273,13 @@ class WassersteinGradientPenalty(WassersteinLoss):
     Args:
         penalty_weight: lambda (10).
         auxiliary_weight: weight of the auxiliary classification term.
+        mode_seeking_weight: weight of the mode-seeking term of the generator loss.
     """
 
     optimizer = {"name": "Adam", "lr": 1e-4, "betas": (0.0, 0.9)}
 
-    def __init__(self, penalty_weight: float = 10.0, auxiliary_weight: float = 1.0) -> None:
-        super().__init__(auxiliary_weight)
+    def __init__(self, penalty_weight: float = 10.0, auxiliary_weight: float = 1.0, mode_seeking_weight: float = 0.0) -> None:
+        super().__init__(auxiliary_weight, mode_seeking_weight)
         self.penalty_weight = float(penalty_weight)
 
     def _extra_critic_terms(
