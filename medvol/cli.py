@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", help="DICOM folder/file, NIfTI or 2D image")
     p.add_argument("output", help="output path ending in .nii or .nii.gz")
-    p.add_argument("--series", help="SeriesInstanceUID or SeriesDescription to pick when INPUT holds several series")
+    p.add_argument("--series", help="SeriesInstanceUID or SeriesDescription to pick when INPUT holds several series "
+                   "(a volume id such as UID#echo2, as `medvol inspect` lists it, for one echo or time point)")
 
     p = sub.add_parser(
         "prepare",
@@ -132,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=_floats, help="target spacing in mm, comma separated (e.g. 1,1,1)")
     p.add_argument("--split", type=_floats, default=[0.6, 0.2, 0.2], help="train,validation,test fractions (default 0.6,0.2,0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the patient-level split (default 0)")
+    p.add_argument(
+        "--accept-irregular-dicom",
+        metavar="KINDS",
+        help="use DICOM volumes with these geometry problems anyway, comma separated: gap (missing slices), spacing "
+        "(non-uniform), tilt (gantry tilt / sheared stack), duplicate (slices at one position), orientation (slices "
+        "not parallel), or all. Default: such volumes are skipped and listed in report.json with the reason",
+    )
 
     p = sub.add_parser(
         "train",

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from medvol.errors import MedvolInputError
-from medvol.io.dicom import IMAGE_SUFFIXES, NIFTI_SUFFIXES, discover_series, has_suffix, read_series, select_series
+from medvol.io.dicom import discover_series, read_series, select_series
+from medvol.io.files import is_image_2d, is_nifti
 from medvol.io.images import read_image_2d
 from medvol.io.nifti import check_nifti_suffix, nonfinite_problem, read_nifti, write_nifti
 from medvol.io.report import SKIPPED
@@ -41,11 +42,11 @@ def convert(input_path: str | Path, output_path: str | Path, series_key: str | N
     if not source.exists():
         raise MedvolInputError(source, "no such file or folder")
     summary: dict = {"output": str(output_path), "problems": [], "skipped": [], "converted_from": None}
-    if series_key is not None and source.is_file() and has_suffix(source, (*NIFTI_SUFFIXES, *IMAGE_SUFFIXES)):
+    if series_key is not None and source.is_file() and (is_nifti(source) or is_image_2d(source)):
         raise MedvolInputError(source, f"--series {series_key!r} selects a DICOM series; this is not DICOM")
-    if source.is_file() and has_suffix(source, NIFTI_SUFFIXES):
+    if source.is_file() and is_nifti(source):
         array, affine = read_nifti(source)
-    elif source.is_file() and has_suffix(source, IMAGE_SUFFIXES):
+    elif source.is_file() and is_image_2d(source):
         array, summary["converted_from"] = read_image_2d(source)
         affine = np.eye(4)
     else:
@@ -63,7 +64,7 @@ def convert(input_path: str | Path, output_path: str | Path, series_key: str | N
         series = select_series(scan, series_key)
         array, affine = read_series(series)
         summary["problems"] = list(series.problems)
-        summary["series"] = series.uid
+        summary["series"] = series.volume_id
     problem = nonfinite_problem(array)
     if problem:
         raise MedvolInputError(source, problem)

@@ -1,4 +1,7 @@
-"""`medvol inspect PATH [--json]`: every image series under PATH with its geometry (LPS, as SimpleITK) and problems."""
+"""`medvol inspect PATH [--json]`: every image series under PATH with its geometry (LPS, as SimpleITK) and problems.
+
+A DICOM series holding several volumes (echoes, time points, orientations, image types) is listed once per volume,
+each with its own geometry (``volume_id`` ``<uid>#echo2``)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ import sys
 from pathlib import Path
 
 from medvol.errors import MedvolInputError
-from medvol.io.dicom import IMAGE_SUFFIXES, NIFTI_SUFFIXES, discover_series, has_suffix, iter_files
+from medvol.io.dicom import ACCEPT_IRREGULAR_OPTION, discover_series, iter_files
+from medvol.io.files import is_image_2d, is_nifti
 from medvol.io.images import GREYSCALE_MODES, image_mode
 from medvol.io.nifti import nifti_geometry, nonfinite_problem, read_nifti
 from medvol.io.report import SKIPPED, FileRecord
@@ -64,7 +68,8 @@ def inspect_path(path: str | os.PathLike) -> dict:
     Returns:
         ``{"path", "series": [entry, ...], "skipped": [{"path", "reason"}, ...]}``; each entry has ``kind``
         (dicom, nifti, image), ``uid``, ``description``, ``modality``, ``files`` (count), ``shape``, ``spacing``,
-        ``origin``, ``direction`` (LPS, row-major) and ``problems``.
+        ``origin``, ``direction`` (LPS, row-major) and ``problems``; DICOM entries (one per volume) also
+        ``volume_id``, ``split_by`` and ``irregular`` (the geometry problems `medvol prepare` skips by default).
 
     Raises:
         MedvolInputError: missing path, empty folder, or nothing readable in it.
@@ -77,8 +82,8 @@ def inspect_path(path: str | os.PathLike) -> dict:
     records: list[FileRecord] = []
     dicom_candidates = []
     for file in files:
-        if has_suffix(file, NIFTI_SUFFIXES + IMAGE_SUFFIXES):
-            reader = _nifti_entry if has_suffix(file, NIFTI_SUFFIXES) else _image_entry
+        if is_nifti(file) or is_image_2d(file):
+            reader = _nifti_entry if is_nifti(file) else _image_entry
             try:
                 entries.append(reader(file))
             except MedvolInputError as err:
@@ -122,10 +127,14 @@ def format_table(report: dict) -> str:
             f"{_numbers(entry['shape']):16}  {_numbers(entry['spacing']):22}  {len(entry['problems'])}"
         )
         lines.append(
-            f"     uid {entry['uid']}  origin {_numbers(entry['origin'], 6)}  "
+            f"     uid {entry.get('volume_id') or entry['uid']}  origin {_numbers(entry['origin'], 6)}  "
             f"direction {_numbers(entry['direction'], 4)}"
         )
         lines.extend(f"     ! {problem}" for problem in entry["problems"])
+        if entry.get("irregular"):
+            lines.append(
+                f"     medvol prepare skips it unless {ACCEPT_IRREGULAR_OPTION} {','.join(entry['irregular'])}"
+            )
     if report["skipped"]:
         lines.append("skipped files:")
         lines.extend(f"  {s['path']}: {s['reason']}" for s in report["skipped"])

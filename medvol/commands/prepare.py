@@ -8,7 +8,9 @@ SOURCE is a folder (NIfTI volumes, 2D images in one folder per class, a DICOM tr
 - ``phantoms``: ``builtin:phantoms3d`` with ``--mode volume``, ``builtin:phantoms2d`` with ``--mode slice``.
 
 Built-in phantoms are written to ``DIR/source/`` first (always with the same data seed, so ``--seed`` changes only
-the split). DICOM series are converted to NIfTI under ``DIR/images/``. Writes ``DIR/datalist.json``,
+the split). DICOM series are converted to NIfTI under ``DIR/images/``, one file per volume (a multi-echo or 4D
+series holds several); volumes with gaps, non-uniform spacing, gantry tilt, duplicate positions or non-parallel
+slices are skipped with the reason unless ``--accept-irregular-dicom KINDS`` accepts them. Writes ``DIR/datalist.json``,
 ``DIR/report.json`` and ``DIR/preview.png`` (training samples exactly as the model will see them).
 
 Sizing (``--fit``, recorded under ``preprocessing`` in datalist.json, which training, sampling and evaluation read):
@@ -111,6 +113,7 @@ def run(args) -> int:
     """
     from medvol.data.splits import split_subjects, split_summary, validate_fractions
     from medvol.io import datalist as datalists
+    from medvol.io.dicom import parse_irregular_kinds
     from medvol.io.discovery import build_datalist, require_usable
 
     started = time.perf_counter()
@@ -119,6 +122,7 @@ def run(args) -> int:
         raise MedvolInputError("--seed", f"must be a non-negative integer, got {args.seed}")
     _check_positive("--size", args.size)
     _check_positive("--spacing", args.spacing)
+    accept_irregular = parse_irregular_kinds(getattr(args, "accept_irregular_dicom", None))
     labels_arg = getattr(args, "labels", None)
     ignore_labels_csv = labels_arg is not None and str(labels_arg).strip().lower() == "none"
     labels_csv = None if ignore_labels_csv else labels_arg
@@ -148,7 +152,8 @@ def run(args) -> int:
     datalist = build_datalist(
         source, images_dir=out_dir / "images", labels_csv=labels_csv, class_order=class_order, require_entries=False,
         exclude=[out_dir], find_labels_csv=not ignore_labels_csv, id_column=getattr(args, "id_column", None),
-        label_column=getattr(args, "label_column", None), unlabelled=getattr(args, "unlabelled", None))
+        label_column=getattr(args, "label_column", None), unlabelled=getattr(args, "unlabelled", None),
+        accept_irregular_dicom=accept_irregular)
     if not datalist.entries:
         datalists.write_report(out_dir / datalists.REPORT_FILE, datalist)
         require_usable(datalist)
@@ -197,7 +202,8 @@ def run(args) -> int:
     elapsed = time.perf_counter() - started
     summary = datalist.summary()
     datalists.write_report(out_dir / datalists.REPORT_FILE, datalist,
-                           summary={"splits": split_summary(splits, datalist.classes), "seconds": round(elapsed, 3)},
+                           summary={"splits": split_summary(splits, datalist.classes), "seconds": round(elapsed, 3),
+                                    "accepted_irregular_dicom": sorted(accept_irregular)},
                            preprocessing={**preprocessing, "description": sizing}, preview=preview)
     for message in datalist.messages:
         if message.startswith("labels read from"):

@@ -3,8 +3,9 @@
 Who does what:
 
 - **pydicom** reads every file's header (pixel data is deferred, never loaded during discovery) and gives tag access.
-- **medvol** (this module) groups files by SeriesInstanceUID, orders slices by ImagePositionPatient projected on the
-  slice normal (cross product of the ImageOrientationPatient rows), derives spacing, origin and direction the way
+- **medvol** (this module) groups files by SeriesInstanceUID, splits a series into the volumes it holds
+  (echoes, time points, orientations, image types: :func:`_split_volumes`), orders slices by ImagePositionPatient
+  projected on the slice normal (cross product of the ImageOrientationPatient rows), derives spacing, origin and direction the way
   ITK/SimpleITK do, and writes the checks the libraries lack: truncated or non-DICOM files, gaps, duplicate
   positions, non-uniform spacing, mixed sizes or orientations, single-file and multi-frame series, copies of one
   instance and header fields that contradict the rest of the series, study or modality (``problems``).
@@ -32,6 +33,7 @@ from monai.data.image_reader import ImageReader
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple, optional_import
 
 from medvol.errors import MedvolInputError
+from medvol.io.files import IMAGE_2D_SUFFIXES, NIFTI_SUFFIXES
 from medvol.io.geometry import affine_ras_from_geometry
 from medvol.io.images import rgb_to_grey
 from medvol.io.report import SKIPPED, USED, WARNING, FileRecord
@@ -42,8 +44,6 @@ tqdm, _ = optional_import("tqdm", name="tqdm")
 
 logger = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # Relative deviation from the median slice interval tolerated before spacing is called non-uniform.
 SLICE_SPACING_TOLERANCE = 0.01
 # Positions closer than this (mm) along the normal are the same slice.
@@ -52,6 +52,29 @@ DUPLICATE_POSITION_MM = 1e-3
 ORIENTATION_TOLERANCE = 1e-4
 # Angle between the stacking direction and the slice normal beyond which the stack is sheared (gantry tilt).
 MAX_SHEAR_DEGREES = 0.5
+# Direction cosines further apart than this put slices of one series into separate volumes (a localizer's planes);
+# smaller differences inside a volume are reported against ORIENTATION_TOLERANCE.
+ORIENTATION_SPLIT = 1e-2
+# Attributes that separate the volumes stored under one SeriesInstanceUID, in the order they are tried, with the
+# label of a volume's id (``<uid>#echo2``) and of its description (``T2 (echo 2)``).
+VOLUME_KEYS = (
+    ("ImageType", "type-{}", "image type {}"),
+    ("EchoNumbers", "echo{}", "echo {}"),
+    ("TemporalPositionIdentifier", "t{}", "time point {}"),
+    ("TriggerTime", "trigger{}", "trigger time {} ms"),
+    ("AcquisitionNumber", "acq{}", "acquisition {}"),
+)
+# Volumes a key separates cover the same stretch along the slice normal, to this tolerance (mm).
+SAME_EXTENT_MM = 0.1
+# Geometry problems that keep a series out of `medvol prepare` unless the user accepts them by kind.
+IRREGULAR_KINDS = {
+    "gap": "missing slices",
+    "spacing": "non-uniform slice spacing",
+    "tilt": "gantry tilt or sheared stack",
+    "duplicate": "duplicate slice positions",
+    "orientation": "slices not parallel",
+}
+ACCEPT_IRREGULAR_OPTION = "--accept-irregular-dicom"
 # Attributes of the Patient, Study and General Series modules, and the synthetic mark: one value for every file of
 # a series.
 SERIES_LEVEL_TAGS = (
@@ -75,11 +98,13 @@ PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelD
 
 @dataclass
 class DicomSeries:
-    """One DICOM series, its geometry as SimpleITK reports it, and what is wrong with it.
+    """One volume of a DICOM series (the whole series, or one echo / time point / orientation / image type of it),
+    its geometry as SimpleITK reports it for these files, and what is wrong with it.
 
     Args:
         uid: SeriesInstanceUID.
-        description: SeriesDescription ("" when absent).
+        description: SeriesDescription ("" when absent), followed by what separates this volume from the others of
+            its series (``T2 (echo 2)``).
         modality: Modality of the first file ("" when absent).
         patient_id: PatientID, the subject id for datalists (None when absent).
         files: the files in spatial order (ascending position along the slice normal).
@@ -91,6 +116,11 @@ class DicomSeries:
         study_uid: StudyInstanceUID ("" when absent).
         synthetic: the files say they are synthetic (Synthetic Data (0008,001C) ``YES`` or ConversionType ``SYN``),
             as medvol's own exports do: not images of a patient, never to be mixed with real data unknowingly.
+        volume_id: ``uid`` for a series that is one volume, else ``uid`` followed by what separates this volume
+            (``<uid>#echo2``, ``<uid>#t3``, ``<uid>#sagittal``, ``<uid>#echo1#t2``).
+        split_by: the attribute values that separate this volume, e.g. ``{"EchoNumbers": "2"}`` (empty when whole).
+        irregular: kinds of geometry problems (keys of ``IRREGULAR_KINDS``: gap, spacing, tilt, duplicate,
+            orientation) that keep the volume out of `medvol prepare` unless accepted; each is also in ``problems``.
     """
 
     uid: str
@@ -105,6 +135,12 @@ class DicomSeries:
     problems: list[str] = field(default_factory=list)
     study_uid: str = ""
     synthetic: bool = False
+    volume_id: str = ""
+    split_by: dict[str, str] = field(default_factory=dict)
+    irregular: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.volume_id = self.volume_id or self.uid
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -336,16 +372,17 @@ def _modality_problems(path: Path, dataset) -> list[str]:
     return [f"{_name(path)}: Modality {modality} is not credible: {'; '.join(evidence)}; reported, not trusted"]
 
 
-def _spacing_problems(paths: list[Path], positions: np.ndarray) -> list[str]:
-    """Duplicates, gaps and non-uniform intervals of slice positions sorted along the normal."""
+def _spacing_problems(paths: list[Path], positions: np.ndarray) -> list[tuple[str, str]]:
+    """Duplicates, gaps and non-uniform intervals of slice positions sorted along the normal, as (kind, text)."""
     problems = []
     intervals = np.diff(positions)
     duplicates = np.flatnonzero(intervals < DUPLICATE_POSITION_MM)
     for i in duplicates:
-        problems.append(
+        problems.append((
+            "duplicate",
             f"duplicate slice position {positions[i]:.3f} mm along the normal: "
-            f"{_name(paths[i])} and {_name(paths[i + 1])}"
-        )
+            f"{_name(paths[i])} and {_name(paths[i + 1])}",
+        ))
     distinct = intervals[intervals >= DUPLICATE_POSITION_MM]
     if distinct.size == 0:
         return problems
@@ -367,21 +404,25 @@ def _spacing_problems(paths: list[Path], positions: np.ndarray) -> list[str]:
         else:
             irregular.append(float(interval))
     if gaps:
-        problems.append(
+        problems.append((
+            "gap",
             f"missing slices: {total_missing} missing (slice interval {step:.4g} mm): {'; '.join(gaps)}; "
-            "the volume is not evenly sampled"
-        )
+            "the volume is not evenly sampled",
+        ))
     if irregular:
-        problems.append(
+        problems.append((
+            "spacing",
             f"non-uniform slice spacing: intervals from {min(irregular + [step]):.4g} to "
             f"{max(irregular + [step]):.4g} mm "
             f"(median {step:.4g} mm, tolerance {SLICE_SPACING_TOLERANCE:.0%}) in {len(irregular)} of "
-            f"{len(intervals)} intervals; the volume's z spacing is their average"
-        )
+            f"{len(intervals)} intervals; the volume's z spacing is their average",
+        ))
     return problems
 
 
-def _shear_problems(first_position: np.ndarray, last_position: np.ndarray, normal: np.ndarray) -> list[str]:
+def _shear_problems(
+    first_position: np.ndarray, last_position: np.ndarray, normal: np.ndarray
+) -> list[tuple[str, str]]:
     """Slices stacked off the normal (gantry tilt, sheared acquisition) do not form a rectilinear volume."""
     displacement = last_position - first_position
     length = float(np.linalg.norm(displacement))
@@ -390,15 +431,135 @@ def _shear_problems(first_position: np.ndarray, last_position: np.ndarray, norma
     angle = float(np.degrees(np.arccos(min(1.0, abs(float(displacement @ normal)) / length))))
     if angle <= MAX_SHEAR_DEGREES:
         return []
-    return [
+    return [(
+        "tilt",
         f"slice positions advance {angle:.2f} degrees off the slice normal (gantry tilt or sheared stack): a "
-        "rectilinear volume misplaces voxels; spacing is taken along the normal"
-    ]
+        "rectilinear volume misplaces voxels; spacing is taken along the normal",
+    )]
 
 
-def _build_series(uid: str, paths: list[Path], datasets: list) -> DicomSeries:
-    """Sort one series' files in space, derive its geometry as SimpleITK does, and collect its problems."""
+Label = tuple[str, str, str, str]  # (keyword, value, id label, description label) of what separates a volume
+
+
+def _slice_geometry(dataset) -> tuple[np.ndarray, np.ndarray] | None:
+    position, orientation = _floats(dataset, "ImagePositionPatient"), _floats(dataset, "ImageOrientationPatient")
+    if position is None or position.size != 3 or orientation is None or orientation.size != 6:
+        return None
+    return position, orientation
+
+
+def _key_value(dataset, keyword: str) -> str:
+    value = dataset.get(keyword)
+    if value is None or value == "":
+        return ""
+    return "\\".join(str(v).strip() for v in ensure_tuple(value))
+
+
+def _value_order(value: str):
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def _plane(normal: np.ndarray) -> str:
+    return ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(normal)))]
+
+
+def _orientation_groups(members: list[int], geometry: list) -> list[tuple[list[Label], list[int]]]:
+    """Slices of one series grouped by orientation (cosines within ``ORIENTATION_SPLIT``), named by their plane."""
+    clusters: list[tuple[np.ndarray, list[int]]] = []
+    for index in members:
+        orientation = geometry[index][1]
+        for reference, cluster in clusters:
+            if np.max(np.abs(orientation - reference)) <= ORIENTATION_SPLIT:
+                cluster.append(index)
+                break
+        else:
+            clusters.append((orientation, [index]))
+    if len(clusters) == 1:
+        return [([], members)]
+    planes = [_plane(np.cross(reference[:3], reference[3:])) for reference, _ in clusters]
+    groups = []
+    for number, ((reference, cluster), plane) in enumerate(zip(clusters, planes), start=1):
+        name = plane if planes.count(plane) == 1 else f"{plane}{number}"
+        value = "\\".join(f"{v:g}" for v in np.round(reference, 4))
+        groups.append(([("ImageOrientationPatient", value, name, name)], cluster))
+    return groups
+
+
+def _along_normal(members: list[int], geometry: list) -> np.ndarray:
+    orientation = geometry[members[0]][1]
+    normal = np.cross(orientation[:3], orientation[3:])
+    return np.sort([float(geometry[i][0] @ normal) for i in members])
+
+
+def _split_volumes(datasets: list) -> list[tuple[list[Label], list[int]]]:
+    """The volumes one series holds, as (what separates each, indices of its files).
+
+    Slices in different orientations are always separate volumes (a localizer's planes cannot be stacked), the
+    largest first. Within an orientation, a group of files is split by the first of ``VOLUME_KEYS`` that separates
+    it into consistent volumes, again within each part, while a group still holds two files at one position.
+    Consistent means every part covers the same stretch along the normal: an echo, time point or image type repeats
+    the whole stack, whereas some scanners number AcquisitionNumber (or TriggerTime) per slice or per slab, and
+    splitting on those would shatter one volume into 1-slice pieces. Files without slice geometry (radiographs, 2D
+    images) are never split.
+    """
+    everything = list(range(len(datasets)))
+    geometry = [_slice_geometry(d) for d in datasets]
+    if len(datasets) < 2 or any(g is None for g in geometry):
+        return [([], everything)]
+    groups = sorted(_orientation_groups(everything, geometry), key=lambda group: -len(group[1]))
+    return [volume for labels, members in groups for volume in _split_group(labels, members, datasets, geometry)]
+
+
+def _split_group(labels: list[Label], members: list[int], datasets: list, geometry: list):
+    positions = _along_normal(members, geometry)
+    if len(members) < 2 or np.min(np.diff(positions)) >= DUPLICATE_POSITION_MM:
+        return [(labels, members)]
+    used = {label[0] for label in labels}
+    for keyword, id_label, description_label in VOLUME_KEYS:
+        if keyword in used:
+            continue
+        parts: dict[str, list[int]] = defaultdict(list)
+        for index in members:
+            parts[_key_value(datasets[index], keyword)].append(index)
+        if len(parts) < 2:
+            continue
+        extents = np.asarray([_along_normal(part, geometry)[[0, -1]] for part in parts.values()])
+        if np.max(np.abs(extents - extents[0])) > SAME_EXTENT_MM:
+            continue
+        shown = _image_type_labels(list(parts)) if keyword == "ImageType" else {v: v for v in parts}
+        volumes = []
+        for value in sorted(parts, key=_value_order):
+            text = shown[value] or "none"
+            text = f"{float(text):g}" if _value_order(text)[0] == 0 else text
+            label = (keyword, value, id_label.format(text.replace("\\", "-")), description_label.format(text))
+            volumes += _split_group([*labels, label], parts[value], datasets, geometry)
+        return volumes
+    return [(labels, members)]  # duplicate positions nothing separates: reported by _spacing_problems
+
+
+def _image_type_labels(values: list[str]) -> dict[str, str]:
+    """ImageType values shortened to the components that tell them apart (``M`` / ``P`` for magnitude / phase)."""
+    split = {value: value.split("\\") for value in values}
+    common = set.intersection(*(set(parts) for parts in split.values()))
+    return {value: "\\".join(p for p in parts if p not in common) or value for value, parts in split.items()}
+
+
+def _build_series(
+    uid: str, paths: list[Path], datasets: list, labels: Sequence[tuple[str, str, str, str]] = ()
+) -> DicomSeries:
+    """Sort one volume's files in space, derive its geometry as SimpleITK does, and collect its problems.
+
+    Args:
+        uid: SeriesInstanceUID.
+        paths: the volume's files.
+        datasets: their headers.
+        labels: what separates this volume from the others of its series, from :func:`_split_volumes`.
+    """
     problems: list[str] = []
+    irregular: list[str] = []
     first = datasets[0]
     sizes = {(int(d.Rows), int(d.Columns)) for d in datasets}
     if len(sizes) > 1:
@@ -414,6 +575,7 @@ def _build_series(uid: str, paths: list[Path], datasets: list) -> DicomSeries:
         reference = orientations[0]
         differing = [p for p, o in zip(paths, orientations) if np.max(np.abs(o - reference)) > ORIENTATION_TOLERANCE]
         if differing:
+            irregular.append("orientation")
             problems.append(
                 f"ImageOrientationPatient differs within the series ({_list_names(differing)} differ from "
                 f"{_name(paths[0])}); slices are not parallel, geometry is unreliable"
@@ -428,9 +590,13 @@ def _build_series(uid: str, paths: list[Path], datasets: list) -> DicomSeries:
         along_normal = along_normal[order]
         origin = [float(v) for v in positions[order[0]]]
         direction = np.stack([row_cosine, column_cosine, normal], axis=1)
-        problems.extend(_spacing_problems(paths, along_normal))
         z_spacing = float(along_normal[-1] - along_normal[0]) / (len(paths) - 1) if len(paths) > 1 else None
-        problems.extend(_shear_problems(positions[order[0]], positions[order[-1]], normal))
+        stack_problems = _spacing_problems(paths, along_normal)
+        stack_problems += _shear_problems(positions[order[0]], positions[order[-1]], normal)
+        for kind, text in stack_problems:
+            problems.append(text)
+            if kind not in irregular:
+                irregular.append(kind)
     else:
         unlocated = [p for p, ok in zip(paths, located) if not ok]
         order = sorted(range(len(paths)), key=lambda i: (_instance_number(datasets[i]), str(paths[i])))
@@ -480,9 +646,13 @@ def _build_series(uid: str, paths: list[Path], datasets: list) -> DicomSeries:
     direction_list = [float(v) for v in np.asarray(direction).ravel()]
     if geometry_override is not None:
         shape, spacing, origin, direction_list = geometry_override
+    description = _text(first, "SeriesDescription")
+    if labels:
+        described = ", ".join(label[3] for label in labels)
+        description = f"{description} ({described})" if description else described
     return DicomSeries(
         uid=uid,
-        description=_text(first, "SeriesDescription"),
+        description=description,
         modality=_text(first, "Modality"),
         patient_id=_text(first, "PatientID") or None,
         files=[str(p) for p in paths],
@@ -493,6 +663,9 @@ def _build_series(uid: str, paths: list[Path], datasets: list) -> DicomSeries:
         problems=problems,
         study_uid=_text(first, "StudyInstanceUID"),
         synthetic=any(is_synthetic(d) for d in datasets),
+        volume_id="#".join([uid, *(label[2] for label in labels)]),
+        split_by={label[0]: label[1] for label in labels},
+        irregular=irregular,
     )
 
 
@@ -524,7 +697,7 @@ def _simpleitk_geometry(path: Path):
     )
 
 
-def _study_problems(series_list: list[DicomSeries], datasets_by_uid: dict[str, list]) -> None:
+def _study_problems(series_list: list[DicomSeries], datasets_by_volume: dict[str, list]) -> None:
     """Patient attributes must agree across the series of one study; disagreements go to each series' problems."""
     by_study: dict[str, list[DicomSeries]] = defaultdict(list)
     for series in series_list:
@@ -534,15 +707,15 @@ def _study_problems(series_list: list[DicomSeries], datasets_by_uid: dict[str, l
         if len(members) < 2:
             continue
         for keyword in PATIENT_LEVEL_TAGS:
-            values = {s.uid: _text(datasets_by_uid[s.uid][0], keyword) for s in members}
-            values = {uid: value for uid, value in values.items() if value}  # absent is not a contradiction
+            values = {s.volume_id: _text(datasets_by_volume[s.volume_id][0], keyword) for s in members}
+            values = {key: value for key, value in values.items() if value}  # absent is not a contradiction
             if len(set(values.values())) > 1:
                 for series in members:
-                    if series.uid not in values:
+                    if series.volume_id not in values:
                         continue
-                    others = sorted({v for uid, v in values.items() if v != values[series.uid]})
+                    others = sorted({v for key, v in values.items() if v != values[series.volume_id]})
                     series.problems.append(
-                        f"{keyword} {values[series.uid]} disagrees with other series of the same study "
+                        f"{keyword} {values[series.volume_id]} disagrees with other series of the same study "
                         f"({', '.join(others)}); reported, not trusted"
                     )
 
@@ -570,7 +743,7 @@ def discover_series(
     records: dict[str, FileRecord] = {}
     grouped: dict[str, list[tuple[Path, object]]] = defaultdict(list)
     for file in tqdm(candidates, desc="reading DICOM headers", unit="file", disable=not progress, leave=False):
-        if has_suffix(file, NIFTI_SUFFIXES + IMAGE_SUFFIXES):
+        if has_suffix(file, NIFTI_SUFFIXES + IMAGE_2D_SUFFIXES):
             records[str(file)] = FileRecord(str(file), SKIPPED, "not DICOM (NIfTI or 2D image file)")
             continue
         if has_suffix(file, (".json",)):
@@ -588,19 +761,24 @@ def discover_series(
         grouped[uid].append((file, dataset))
 
     series_list = []
-    datasets_by_uid = {}
+    datasets_by_volume = {}
+    order = {}
     for uid, members in grouped.items():
-        paths = [m[0] for m in members]
-        datasets = [m[1] for m in members]
-        series_list.append(_build_series(uid, paths, datasets))
-        datasets_by_uid[uid] = datasets
-    _study_problems(series_list, datasets_by_uid)
+        volumes = []
+        for labels, indices in _split_volumes([m[1] for m in members]):
+            datasets = [members[i][1] for i in indices]
+            volumes.append(_build_series(uid, [members[i][0] for i in indices], datasets, labels))
+            datasets_by_volume[volumes[-1].volume_id] = datasets
+        for number, series in enumerate(volumes):  # a series' volumes stay together, in the order of their labels
+            order[series.volume_id] = (volumes[0].files[0], number)
+        series_list.extend(volumes)
+    _study_problems(series_list, datasets_by_volume)
     for series in series_list:
         if series.problems:
             for file in series.files:
                 records[file].status = WARNING
                 records[file].reason = f"series {series.description or series.uid}: " + " | ".join(series.problems)
-    series_list.sort(key=lambda s: s.files[0])
+    series_list.sort(key=lambda s: order[s.volume_id])
     for record in records.values():
         if record.status == SKIPPED:
             logger.debug("skipped %s: %s", record.path, record.reason)
@@ -625,16 +803,19 @@ def synthetic_series_warning(series_list: Sequence[DicomSeries]) -> str | None:
 
 
 def describe_choices(series_list: Sequence[DicomSeries]) -> str:
-    """One line listing series as `UID (description, N files)`, for error messages."""
-    return "; ".join(f"{s.uid} ({s.description or 'no description'}, {len(s.files)} files)" for s in series_list)
+    """One line listing series as `UID (description, N files)` (UID#... for a volume of a split series)."""
+    return "; ".join(
+        f"{s.volume_id} ({s.description or 'no description'}, {len(s.files)} files)" for s in series_list
+    )
 
 
 def select_series(scan: DicomScan, key: str | None = None) -> DicomSeries:
-    """Pick one series by SeriesInstanceUID or SeriesDescription.
+    """Pick one series (one volume of it) by volume id, SeriesInstanceUID or description.
 
     Args:
         scan: result of :func:`discover_series`.
-        key: UID or description; may be None only when the scan holds exactly one series.
+        key: volume id (``<uid>#echo2``), UID or description (``T2`` or ``T2 (echo 2)``); may be None only when the
+            scan holds exactly one series.
 
     Raises:
         MedvolInputError: no series, no match, or several matches; the message lists the choices.
@@ -645,18 +826,65 @@ def select_series(scan: DicomScan, key: str | None = None) -> DicomSeries:
     if key is None:
         if len(scan.series) == 1:
             return scan.series[0]
+        uids = len({s.uid for s in scan.series})
+        found = f"{uids} series" + (f" ({len(scan.series)} volumes)" if uids < len(scan.series) else "")
         raise MedvolInputError(
-            location,
-            f"{len(scan.series)} series found, choose one with --series UID|description: "
-            f"{describe_choices(scan.series)}",
+            location, f"{found} found, choose one with --series UID|id|description: {describe_choices(scan.series)}"
         )
-    matches = [s for s in scan.series if s.uid == key] or [s for s in scan.series if s.description == key]
+    matches = (
+        [s for s in scan.series if s.volume_id == key]
+        or [s for s in scan.series if s.uid == key]
+        or [s for s in scan.series if s.description == key]
+        or [s for s in scan.series if s.split_by and s.description.rsplit(" (", 1)[0] == key]
+    )
     if len(matches) == 1:
         return matches[0]
     if not matches:
         raise MedvolInputError(location, f"no series matches {key!r}; choices: {describe_choices(scan.series)}")
+    if len({s.uid for s in matches}) == 1:
+        raise MedvolInputError(
+            location, f"series {key!r} holds {len(matches)} volumes, choose one by its id: {describe_choices(matches)}"
+        )
     raise MedvolInputError(
         location, f"{len(matches)} series have description {key!r}, use the UID: {describe_choices(matches)}"
+    )
+
+
+def parse_irregular_kinds(text: str | None) -> frozenset[str]:
+    """The kinds of irregular geometry the user accepts: ``"gap,spacing"``, ``"all"``, or None (none).
+
+    Raises:
+        MedvolInputError: an unknown kind.
+    """
+    if text is None:
+        return frozenset()
+    kinds = {k.strip().lower() for k in str(text).split(",") if k.strip()}
+    if "all" in kinds:
+        return frozenset(IRREGULAR_KINDS)
+    unknown = sorted(kinds - set(IRREGULAR_KINDS))
+    if unknown or not kinds:
+        raise MedvolInputError(
+            ACCEPT_IRREGULAR_OPTION, f"unknown kind {', '.join(unknown) or repr(text)}: choose from "
+            f"{', '.join(IRREGULAR_KINDS)} (comma separated) or all"
+        )
+    return frozenset(kinds)
+
+
+def irregular_reason(series: DicomSeries, accepted: Iterable[str] = ()) -> str | None:
+    """Why `medvol prepare` does not use a series (its geometry problems not in `accepted`), or None when it may.
+    The problems themselves are in ``series.problems`` (and in the files' warning records).
+
+    Args:
+        series: a series (volume) from :func:`discover_series`.
+        accepted: kinds the user accepted (:func:`parse_irregular_kinds`).
+    """
+    refused = [kind for kind in series.irregular if kind not in set(accepted)]
+    if not refused:
+        return None
+    named = ", ".join(IRREGULAR_KINDS[kind] for kind in refused)
+    return (
+        f"series {series.description or series.volume_id}: not used, irregular geometry ({named}): pass "
+        f"{ACCEPT_IRREGULAR_OPTION} {','.join(refused)} to use it"
     )
 
 
@@ -718,7 +946,7 @@ class DicomSeriesReader(ImageReader):
 
     def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
         return all(
-            Path(f).is_dir() or not has_suffix(f, NIFTI_SUFFIXES + IMAGE_SUFFIXES + (".npy", ".npz", ".json"))
+            Path(f).is_dir() or not has_suffix(f, NIFTI_SUFFIXES + IMAGE_2D_SUFFIXES + (".npy", ".npz", ".json"))
             for f in ensure_tuple(filename)
         )
 
@@ -747,6 +975,7 @@ class DicomSeriesReader(ImageReader):
                     MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan") if len(img) == 1 else 0,
                     "spacing": np.asarray(series.spacing),
                     "series_uid": series.uid,
+                    "volume_id": series.volume_id,
                     "series_description": series.description,
                     "modality": series.modality,
                     "patient_id": series.patient_id or "",

@@ -7,7 +7,10 @@
   repeat in different sub-folders the id is the relative path without suffix;
 - a Decathlon ``dataset.json`` (`datalist_from_decathlon_json`): images with their segmentations;
 - a Decathlon layout without json, ``images/`` + ``labels/`` (`datalist_from_image_label_folders`): paired by name;
-- a DICOM tree: every series is converted once to NIfTI under ``images_dir``; subject id from PatientID.
+- a DICOM tree: every volume (a series, or one echo / time point / orientation of it) is converted once to NIfTI
+  under ``images_dir``; subject id from PatientID. Volumes with irregular geometry (missing slices, uneven spacing,
+  gantry tilt, duplicate positions, slices not parallel) are skipped with the reason unless their kinds are
+  accepted (``medvol prepare --accept-irregular-dicom``).
 
 File validation comes from `medvol.io.nifti.check_nifti` and `medvol.io.images.check_image_2d`; DICOM grouping,
 sorting and geometry checks from `medvol.io.dicom` (SimpleITK/pydicom underneath).
@@ -18,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -91,15 +94,27 @@ def _add_image_entries(datalist: Datalist, paths: Sequence[Path], ids: dict[Path
 
 
 def _add_dicom_entries(
-    datalist: Datalist, root: Path, candidates: Sequence[Path], images_dir: Path | None
+    datalist: Datalist, root: Path, candidates: Sequence[Path], images_dir: Path | None,
+    accept_irregular: Collection[str] = (),
 ) -> list[int]:
-    """Discover the DICOM series under `root`, convert each to NIfTI and append one entry per series.
+    """Discover the DICOM series under `root`, convert each volume to NIfTI and append one entry per volume.
+
+    A volume with irregular geometry whose kinds are not all in `accept_irregular` is not converted: its files are
+    skipped with the reason (`medvol.io.dicom.irregular_reason`); an accepted one is used and keeps its warning.
 
     Returns:
         spatial dims of each entry added: 2 for radiographs (single-frame files, or files without slice geometry,
         each written as a one-slice NIfTI), 3 for volumes.
     """
-    from medvol.io.dicom import discover_series, read_header, read_series, synthetic_series_warning
+    from medvol.io.dicom import (
+        ACCEPT_IRREGULAR_OPTION,
+        IRREGULAR_KINDS,
+        discover_series,
+        irregular_reason,
+        read_header,
+        read_series,
+        synthetic_series_warning,
+    )
     from medvol.io.images import read_image_2d
     from medvol.io.nifti import write_nifti
 
@@ -119,12 +134,19 @@ def _add_dicom_entries(
     dims = []
     images_dir.mkdir(parents=True, exist_ok=True)
     modalities = []
+    refused: Counter = Counter()
     for series in _progress(scan.series, "converting DICOM series"):
         files = [Path(f).resolve() for f in series.files]
         subject = str(series.patient_id).strip() if series.patient_id else ""
         if not subject:
             subject = f"series-{series.uid}"
             datalist.messages.append(f"series {series.uid} has no PatientID: subject id set to {subject!r}")
+        reason = irregular_reason(series, accept_irregular)
+        if reason:
+            refused.update(k for k in series.irregular if k not in accept_irregular)
+            for path in files:
+                datalist.record(path, SKIPPED, reason, subject)
+            continue
         if _is_2d_dicom_series(series, read_header):
             # radiographs: every file is its own 2D image (a one-slice NIfTI), read as greyscale like a PNG
             for path in files:
@@ -149,7 +171,7 @@ def _add_dicom_entries(
                     "_record_paths": [str(path)], **({"synthetic": True} if series.synthetic else {})})
                 dims.append(2)
             continue
-        output = images_dir / f"{_safe_name(subject)}_{_safe_name(series.uid)}.nii.gz"
+        output = images_dir / f"{_safe_name(subject)}_{_safe_name(series.volume_id)}.nii.gz"
         try:
             if not _is_up_to_date(output, files):  # an earlier run converted the unchanged series already
                 voxels, affine = read_series(series)
@@ -157,7 +179,7 @@ def _add_dicom_entries(
         except MedvolInputError as err:
             reason = err.problem
         except Exception as err:  # a broken series must not take the others with it
-            reason = f"series {series.uid} could not be read: {err}"
+            reason = f"series {series.volume_id} could not be read: {err}"
         else:
             reason = ""
         if reason:
@@ -167,11 +189,22 @@ def _add_dicom_entries(
         for path in files:  # keep the scan's status and reason (series problems), set the subject
             datalist.records[str(path)].subject = subject
         datalist.entries.append({
-            "image": str(output), "id": f"{subject}/{series.uid}", "subject": subject, "series_uid": series.uid,
+            "image": str(output), "id": f"{subject}/{series.volume_id}", "subject": subject, "series_uid": series.uid,
+            **({"volume_id": series.volume_id} if series.volume_id != series.uid else {}),
             "series_description": series.description or "", "modality": series.modality or "",
             "_record_paths": [str(p) for p in files], **({"synthetic": True} if series.synthetic else {})})
         dims.append(3)
         modalities.append(series.modality)
+    if refused:
+        kinds = ", ".join(f"{IRREGULAR_KINDS[k]} ({n})" for k, n in refused.items())
+        datalist.messages.append(
+            f"DICOM volumes with irregular geometry not used: {kinds}; listed in report.json. They would train on "
+            f"misplaced voxels; {ACCEPT_IRREGULAR_OPTION} {','.join(refused)} uses them anyway")
+    accepted = sorted({k for s in scan.series for k in s.irregular} & set(accept_irregular))
+    if accepted:
+        datalist.messages.append(
+            f"DICOM volumes with irregular geometry used as asked ({ACCEPT_IRREGULAR_OPTION}): "
+            f"{', '.join(IRREGULAR_KINDS[k] for k in accepted)}; their files are listed as warnings")
     if modalities:
         datalist.modality = Counter(m for m in modalities if m).most_common(1)[0][0] if any(modalities) else None
     return dims
@@ -193,7 +226,7 @@ def _is_2d_dicom_series(series, read_header) -> bool:
 
 
 def datalist_from_files(root: str | Path, images_dir: str | Path | None = None, class_folders: bool | None = None,
-                        exclude: Sequence[Path] = ()) -> Datalist:
+                        exclude: Sequence[Path] = (), accept_irregular_dicom: Collection[str] = ()) -> Datalist:
     """Datalist of every image under a folder: NIfTI, 2D images and DICOM series, unlabelled or one folder per class.
 
     Args:
@@ -202,6 +235,8 @@ def datalist_from_files(root: str | Path, images_dir: str | Path | None = None, 
         class_folders: take the label from the first-level sub-folder. None: yes when every image lies exactly one
             level down, in at least two sub-folders, and there is no DICOM (DICOM studies keep one folder per series).
         exclude: folders under `root` to leave out (for example the output folder of `medvol prepare`).
+        accept_irregular_dicom: kinds of irregular DICOM geometry to use anyway (`medvol.io.dicom.IRREGULAR_KINDS`);
+            DICOM volumes with other kinds are skipped with the reason.
 
     Raises:
         MedvolInputError: `root` is missing, empty, or holds no image of any kind.
@@ -237,7 +272,8 @@ def datalist_from_files(root: str | Path, images_dir: str | Path | None = None, 
         _add_image_entries(datalist, images_2d, ids, "image2d", subjects)
     dims = [2 if is_image_2d(e["image"]) else nifti_spatial_dims(e["image"]) for e in datalist.entries]
     if dicoms:
-        dims += _add_dicom_entries(datalist, root, dicoms, None if images_dir is None else Path(images_dir))
+        dims += _add_dicom_entries(datalist, root, dicoms, None if images_dir is None else Path(images_dir),
+                                   accept_irregular_dicom)
     _keep_one_dimensionality(datalist, dims)
     if class_folders:
         names = sorted({Path(e["image"]).parent.name for e in datalist.entries})
@@ -401,7 +437,8 @@ def datalist_from_decathlon_json(json_path: str | Path) -> Datalist:
 def build_datalist(source: str | Path, images_dir: str | Path | None = None, labels_csv: str | Path | None = None,
                    class_order: Sequence[str] | None = None, require_entries: bool = True,
                    exclude: Sequence[Path] = (), find_labels_csv: bool = True, id_column: str | None = None,
-                   label_column: str | None = None, unlabelled: str | None = None) -> Datalist:
+                   label_column: str | None = None, unlabelled: str | None = None,
+                   accept_irregular_dicom: Collection[str] = ()) -> Datalist:
     """Datalist of SOURCE, whatever its layout (see the module docstring), with labels from `labels_csv`.
 
     Order of precedence: a ``.json`` file or a folder holding ``dataset.json`` (Decathlon); a folder with
@@ -421,6 +458,7 @@ def build_datalist(source: str | Path, images_dir: str | Path | None = None, lab
         id_column: CSV column of the ids (default: found from the header).
         label_column: CSV column of the labels (default: found from the header).
         unlabelled: what to do with images the CSV does not label: None (raise), ``skip`` or ``keep``.
+        accept_irregular_dicom: kinds of irregular DICOM geometry to use anyway (see `datalist_from_files`).
 
     Raises:
         MedvolInputError: SOURCE missing or empty, nothing usable in it, or a bad labels CSV.
@@ -444,7 +482,8 @@ def build_datalist(source: str | Path, images_dir: str | Path | None = None, lab
         auto_csv = source / LABELS_FILE
         if labels_csv is None and auto_csv.is_file() and find_labels_csv:
             labels_csv = found_csv = auto_csv
-        datalist = datalist_from_files(source, images_dir, class_folders=False if labels_csv else None, exclude=exclude)
+        datalist = datalist_from_files(source, images_dir, class_folders=False if labels_csv else None, exclude=exclude,
+                                       accept_irregular_dicom=accept_irregular_dicom)
         if auto_csv.is_file() and not find_labels_csv:
             datalist.records[str(auto_csv)] = FileRecord(str(auto_csv), SKIPPED, "labels CSV ignored (--labels none)")
         elif auto_csv.is_file() and found_csv is None and Path(labels_csv).resolve() != auto_csv.resolve():

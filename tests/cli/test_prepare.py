@@ -439,3 +439,66 @@ def test_conditional_training_refuses_images_kept_without_a_label(tmp_path, caps
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "cgan is a conditional family, but 2 training images have no label (prepared with --unlabelled keep)" in line
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.shared_data
+def test_dicom_series_with_a_gap_is_skipped_unless_accepted(shared_data, tmp_path, capsys, caplog):
+    from tests.io.test_dicom import copy_folder
+
+    source = tmp_path / "study"
+    copy_folder(shared_data / "dicom" / "crop_series" / "study2_hippo_crop", source / "intact")
+    damaged = copy_folder(shared_data / "dicom" / "crop_series" / "study1_hippo_crop", source / "damaged")
+    (damaged / "16.dcm").unlink()  # z = 16 mm: a gap in the middle of the stack
+    assert prepare(source, "--out", tmp_path / "default", "--split", "1,0,0") == 0
+    datalist, report = load(tmp_path / "default")
+    assert [e["subject"] for e in datalist["training"]] == ["PGBM-006"]
+    records = {Path(f["path"]).name: f for f in report["files"] if Path(f["path"]).parent.name == "damaged"}
+    assert len(records) == 31 and {f["status"] for f in records.values()} == {"skipped"}
+    reason = records["1.dcm"]["reason"]
+    assert reason.startswith("series HippoCrop: not used, irregular geometry (missing slices): pass "
+                             "--accept-irregular-dicom gap to use it; series HippoCrop: missing slices: 1 missing")
+    console = capsys.readouterr().out + caplog.text
+    assert "  skipped: 31 files: series HippoCrop: not used, irregular geometry (missing slices)" in console
+    assert "DICOM volumes with irregular geometry not used: missing slices (1)" in console
+    assert report["summary"]["accepted_irregular_dicom"] == []
+
+    out = tmp_path / "accepted"
+    assert prepare(source, "--out", out, "--split", "1,0,0", "--accept-irregular-dicom", "gap,tilt") == 0
+    datalist, report = load(out)
+    assert sorted(e["subject"] for e in datalist["training"]) == ["PGBM-002", "PGBM-006"]
+    warned = [f for f in report["files"] if Path(f["path"]).parent.name == "damaged"]
+    assert {f["status"] for f in warned} == {"warning"} and "1 missing" in warned[0]["reason"]
+    assert nib.load(next(e["image"] for e in datalist["training"] if e["subject"] == "PGBM-002")).shape == (35, 51, 31)
+    assert report["summary"]["accepted_irregular_dicom"] == ["gap", "tilt"]
+
+
+@pytest.mark.shared_data
+def test_ct_tiny_uneven_slices_need_the_option(shared_data, tmp_path, capsys):
+    source = shared_data / "dicom" / "ct_tiny"
+    assert prepare(source, "--out", tmp_path / "a") == 2
+    line = one_error_line(capsys)
+    assert "nothing usable" in line and "not used, irregular geometry (missing slices): pass " \
+        "--accept-irregular-dicom gap to use it" in line
+    assert prepare(source, "--out", tmp_path / "b", "--accept-irregular-dicom", "all", "--split", "1,0,0") == 0
+    datalist, report = load(tmp_path / "b")
+    assert len(datalist["training"]) == 1 and {f["status"] for f in report["files"]} == {"warning"}
+    assert prepare(source, "--out", tmp_path / "c", "--accept-irregular-dicom", "gaps") == 2
+    assert "--accept-irregular-dicom: unknown kind gaps: choose from gap, spacing, tilt" in one_error_line(capsys)
+
+
+@pytest.mark.shared_data
+def test_multi_echo_dicom_series_gives_one_training_volume_per_echo(shared_data, tmp_path):
+    from tests.io.test_dicom import write_copies
+
+    source = tmp_path / "echoes"
+    write_copies(shared_data / "dicom" / "crop_series" / "study1_hippo_crop", source,
+                 [{"EchoNumbers": 1}, {"EchoNumbers": 2}])
+    assert prepare(source, "--out", tmp_path / "out", "--split", "1,0,0") == 0
+    datalist, report = load(tmp_path / "out")
+    entries = datalist["training"]
+    uid = entries[0]["series_uid"]
+    assert sorted(e["volume_id"] for e in entries) == [f"{uid}#echo1", f"{uid}#echo2"]
+    assert sorted(e["series_description"] for e in entries) == ["HippoCrop (echo 1)", "HippoCrop (echo 2)"]
+    assert {nib.load(e["image"]).shape for e in entries} == {(35, 51, 32)}
+    assert {tuple(np.round(nib.load(e["image"]).header.get_zooms(), 4)) for e in entries} == {(1.0, 1.0, 1.0)}
+    assert {f["status"] for f in report["files"]} == {"used"} and len(report["files"]) == 64

@@ -15,7 +15,15 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage
 
 from medvol.errors import MedvolInputError
-from medvol.io.dicom import DicomSeriesReader, discover_series, read_series, select_series, synthetic_series_warning
+from medvol.io.dicom import (
+    DicomSeriesReader,
+    discover_series,
+    irregular_reason,
+    parse_irregular_kinds,
+    read_series,
+    select_series,
+    synthetic_series_warning,
+)
 from medvol.io.geometry import affine_ras_from_geometry
 
 SERIES_FOLDERS = [
@@ -181,18 +189,166 @@ def test_duplicate_position_reported(shared_data, tmp_path):
     assert any("share SOPInstanceUID" in p for p in series.problems)
 
 
-def test_differing_size_and_orientation_reported(shared_data, tmp_path):
+def test_differing_size_reported(shared_data, tmp_path):
     folder = copy_folder(shared_data / CROP_1, tmp_path / "series")
     uid = pydicom.dcmread(folder / "1.dcm", stop_before_pixels=True).SeriesInstanceUID
     intruder = pydicom.dcmread(next((shared_data / CROP_2).iterdir()))
     intruder.SeriesInstanceUID = uid
-    intruder.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    intruder.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    intruder.ImagePositionPatient = [0, 0, 40]  # beyond the last slice (z = 32): no gap, only the size differs
     intruder.save_as(folder / "intruder.dcm")
-    series = discover_series(folder).series[0]
+    scan = discover_series(folder)
+    assert len(scan.series) == 1
+    series = scan.series[0]
     assert any(p.startswith("rows x columns differ") for p in series.problems)
-    assert any("ImageOrientationPatient differs" in p and "intruder.dcm" in p for p in series.problems)
     with pytest.raises(MedvolInputError):
         read_series(series)
+
+
+def test_slice_in_another_plane_is_its_own_volume(shared_data, tmp_path):
+    folder = copy_folder(shared_data / CROP_1, tmp_path / "series")
+    uid = pydicom.dcmread(folder / "1.dcm", stop_before_pixels=True).SeriesInstanceUID
+    localizer = pydicom.dcmread(folder / "1.dcm")
+    localizer.SOPInstanceUID = pydicom.uid.generate_uid()
+    localizer.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    localizer.save_as(folder / "localizer.dcm")
+    scan = discover_series(folder)
+    assert [(s.volume_id, len(s.files)) for s in scan.series] == [(f"{uid}#axial", 32), (f"{uid}#sagittal", 1)]
+    assert scan.series[0].problems == [] and scan.series[0].description == "HippoCrop (axial)"
+    assert scan.series[1].shape == [35, 51, 1] and scan.series[1].description == "HippoCrop (sagittal)"
+
+
+def test_slightly_rotated_slice_reported(shared_data, tmp_path):
+    folder = copy_folder(shared_data / CROP_1, tmp_path / "series")
+    tilted = pydicom.dcmread(folder / "5.dcm")
+    tilted.ImageOrientationPatient = [1, 0, 0, 0, 0.999995, 0.003]  # 0.17 degrees: one volume, not parallel
+    tilted.save_as(folder / "5.dcm")
+    series = discover_series(folder).series[0]
+    assert len(series.files) == 32 and series.irregular == ["orientation"]
+    assert any("ImageOrientationPatient differs" in p and "5.dcm" in p for p in series.problems)
+
+
+def write_copies(source: Path, target: Path, headers: list[dict]) -> list[list[Path]]:
+    """One copy of the series in `source` per dict of header values, all under source's SeriesInstanceUID, in one
+    folder: new SOPInstanceUIDs and InstanceNumbers, the pixel values of copy k divided by k + 1 (so volumes
+    differ). A value that is a callable gets the slice's rank along z. Returns the files of each copy."""
+    target.mkdir(parents=True, exist_ok=True)
+    originals = sorted(source.iterdir(), key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))
+    written = []
+    for copy, values in enumerate(headers):
+        files = []
+        for rank, original in enumerate(originals):
+            dataset = pydicom.dcmread(original)
+            dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+            dataset.InstanceNumber = copy * len(originals) + rank + 1
+            dataset.PixelData = (dataset.pixel_array // (copy + 1)).astype(dataset.pixel_array.dtype).tobytes()
+            for keyword, value in values.items():
+                setattr(dataset, keyword, value(rank) if callable(value) else value)
+            path = target / f"c{copy}_{original.name}"
+            dataset.save_as(path)
+            files.append(path)
+        written.append(files)
+    return written
+
+
+def assert_volume_matches_simpleitk(series, files: list[Path], scratch: Path) -> None:
+    """medvol's volume against SimpleITK's ImageSeriesReader on exactly these files (in GDCM's order)."""
+    reference_files, reference = simpleitk_series(copy_files(files, scratch))
+    assert [Path(f).name for f in series.files] == [Path(f).name for f in reference_files]
+    assert series.shape == list(reference.GetSize())
+    np.testing.assert_allclose(series.spacing, reference.GetSpacing(), atol=1e-3)
+    np.testing.assert_allclose(series.origin, reference.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(series.direction, reference.GetDirection(), atol=1e-3)
+    array, _ = read_series(series)
+    np.testing.assert_array_equal(array, sitk.GetArrayFromImage(reference).transpose(2, 1, 0).astype(np.float32))
+
+
+def copy_files(files: list[Path], target: Path) -> Path:
+    target.mkdir(parents=True)
+    for file in files:
+        shutil.copy(file, target / file.name)
+    return target
+
+
+def test_multi_echo_series_gives_one_volume_per_echo(shared_data, tmp_path):
+    echoes = write_copies(shared_data / CROP_1, tmp_path / "series", [{"EchoNumbers": 1}, {"EchoNumbers": 2}])
+    scan = discover_series(tmp_path / "series")
+    uid = pydicom.dcmread(echoes[0][0], stop_before_pixels=True).SeriesInstanceUID
+    assert [s.volume_id for s in scan.series] == [f"{uid}#echo1", f"{uid}#echo2"]
+    assert [s.description for s in scan.series] == ["HippoCrop (echo 1)", "HippoCrop (echo 2)"]
+    assert [s.split_by for s in scan.series] == [{"EchoNumbers": "1"}, {"EchoNumbers": "2"}]
+    for number, (series, files) in enumerate(zip(scan.series, echoes)):
+        assert series.shape[2] == 32 and series.spacing[2] == pytest.approx(1.0)  # not 64 slices 0.5 mm apart
+        assert series.problems == [] and series.irregular == []
+        assert sorted(series.files) == sorted(str(f) for f in files)
+        assert_volume_matches_simpleitk(series, files, tmp_path / f"reference{number}")
+    first, second = (read_series(s)[0] for s in scan.series)
+    np.testing.assert_array_equal(first // 2, second)
+    assert select_series(scan, "HippoCrop (echo 2)") is scan.series[1]
+    assert select_series(scan, f"{uid}#echo1") is scan.series[0]
+    with pytest.raises(MedvolInputError, match="holds 2 volumes, choose one by its id: .*#echo1"):
+        select_series(scan, uid)
+
+
+def test_4d_series_gives_one_volume_per_time_point(shared_data, tmp_path):
+    times = [{"TemporalPositionIdentifier": t, "AcquisitionNumber": 1} for t in (1, 2, 3)]
+    copies = write_copies(shared_data / CROP_1, tmp_path / "series", times)
+    scan = discover_series(tmp_path / "series")
+    assert [s.volume_id.split("#", 1)[1] for s in scan.series] == ["t1", "t2", "t3"]
+    assert [s.description for s in scan.series] == [f"HippoCrop (time point {t})" for t in (1, 2, 3)]
+    for series, files in zip(scan.series, copies):
+        assert series.shape == [35, 51, 32]
+        assert series.problems == [] and sorted(series.files) == sorted(str(f) for f in files)
+    assert_volume_matches_simpleitk(scan.series[2], copies[2], tmp_path / "reference")
+
+
+def test_echoes_of_a_4d_series_and_magnitude_phase_split_together(shared_data, tmp_path):
+    headers = [{"EchoNumbers": e, "TemporalPositionIdentifier": t} for t in (1, 2) for e in (1, 2)]
+    headers += [{"EchoNumbers": 1, "TemporalPositionIdentifier": 1, "ImageType": ["ORIGINAL", "PRIMARY", "P"]}]
+    for values in headers[:4]:
+        values["ImageType"] = ["ORIGINAL", "PRIMARY", "M"]
+    write_copies(shared_data / CROP_1, tmp_path / "series", headers)
+    scan = discover_series(tmp_path / "series")
+    assert sorted(s.volume_id.split("#", 1)[1] for s in scan.series) == [
+        "type-M#echo1#t1", "type-M#echo1#t2", "type-M#echo2#t1", "type-M#echo2#t2", "type-P"]
+    assert all(s.shape[2] == 32 and not s.problems for s in scan.series)
+
+
+@pytest.mark.parametrize("numbering", ["per slice", "per slab"])
+def test_acquisition_number_that_varies_inside_a_volume_does_not_split_it(shared_data, tmp_path, numbering):
+    number = (lambda rank: rank + 1) if numbering == "per slice" else (lambda rank: 1 + rank // 16)
+    write_copies(shared_data / CROP_1, tmp_path / "one", [{"AcquisitionNumber": number}])
+    scan = discover_series(tmp_path / "one")
+    assert len(scan.series) == 1 and scan.series[0].shape[2] == 32 and scan.series[0].problems == []
+    # with two echoes: two volumes of 32, not 64 one-slice volumes
+    echoes = [{"AcquisitionNumber": number, "EchoNumbers": e} for e in (1, 2)]
+    write_copies(shared_data / CROP_1, tmp_path / "two", echoes)
+    scan = discover_series(tmp_path / "two")
+    assert [len(s.files) for s in scan.series] == [32, 32] and all(not s.problems for s in scan.series)
+
+
+def test_time_points_that_do_not_cover_the_same_slices_stay_together_and_are_reported(shared_data, tmp_path):
+    times = [{"TemporalPositionIdentifier": t} for t in (1, 2)]
+    copies = write_copies(shared_data / CROP_1, tmp_path / "series", times)
+    copies[1][-1].unlink()  # the second time point lost its top slice: the key no longer separates whole volumes
+    scan = discover_series(tmp_path / "series")
+    assert len(scan.series) == 1 and len(scan.series[0].files) == 63
+    assert scan.series[0].irregular == ["duplicate"]
+    assert sum(p.startswith("duplicate slice position") for p in scan.series[0].problems) == 31
+
+
+def test_irregular_kinds_and_reason(shared_data):
+    series = discover_series(shared_data / "dicom/ct_tiny").series[0]
+    assert series.irregular == ["gap"]
+    reason = irregular_reason(series)
+    assert reason == ("series Routine Brain: not used, irregular geometry (missing slices): pass "
+                      "--accept-irregular-dicom gap to use it")
+    assert any(p.startswith("missing slices: 161 missing") for p in series.problems)
+    assert irregular_reason(series, parse_irregular_kinds("gap")) is None
+    assert irregular_reason(series, parse_irregular_kinds("all")) is None
+    assert irregular_reason(series, parse_irregular_kinds("spacing,tilt")) is not None
+    with pytest.raises(MedvolInputError, match="unknown kind gaps: choose from gap, spacing, tilt"):
+        parse_irregular_kinds("gaps")
 
 
 @pytest.mark.parametrize(
