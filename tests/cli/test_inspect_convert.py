@@ -92,6 +92,36 @@ def test_table_output(shared_data, capsys):
     assert main(["inspect", str(shared_data / "dicom/ct_tiny")]) == 0
     out = capsys.readouterr().out
     assert "Routine Brain" in out and "[16, 16, 4]" in out and "161 missing" in out
+    assert "     medvol prepare skips it unless --accept-irregular-dicom gap\n" in out
+
+
+def test_multi_echo_series_inspected_and_converted_per_echo(shared_data, tmp_path, capsys):
+    from tests.io.test_dicom import write_copies
+
+    echoes = write_copies(shared_data / SINGLE_SERIES_FOLDERS[0], tmp_path / "echoes",
+                          [{"EchoNumbers": 1}, {"EchoNumbers": 2}])
+    report = inspect_json(tmp_path / "echoes", capsys)
+    uid = report["series"][0]["uid"]
+    assert [e["volume_id"] for e in report["series"]] == [f"{uid}#echo1", f"{uid}#echo2"]
+    for number, (entry, files) in enumerate(zip(report["series"], echoes), start=1):
+        assert entry["files"] == 32 and entry["problems"] == [] and entry["irregular"] == []  # no duplicate positions
+        assert entry["split_by"] == {"EchoNumbers": str(number)}
+        folder = copy_folder_of(files, tmp_path / f"echo{number}")
+        _, reference = simpleitk_reference(folder)
+        assert_geometry_equal(entry, reference)
+        output = tmp_path / f"echo{number}.nii.gz"
+        assert main(["convert", str(tmp_path / "echoes"), str(output), "--series", entry["volume_id"]]) == 0
+        assert_converted_equals(output, reference)
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "echoes"), str(tmp_path / "both.nii.gz")]) == 2
+    one_error_line(capsys, "1 series (2 volumes) found, choose one with --series", f"{uid}#echo2 (HippoCrop (echo 2)")
+
+
+def copy_folder_of(files: list[Path], target: Path) -> Path:
+    target.mkdir(parents=True)
+    for file in files:
+        shutil.copy(file, target / file.name)
+    return target
 
 
 def copy_folder(source: Path, target: Path) -> Path:
