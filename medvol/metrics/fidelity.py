@@ -201,7 +201,7 @@ def bootstrap_interval(
     - ``ci95``: the 2.5th and 97.5th percentiles of the resampled values, shifted by the bootstrap bias
       (``mean(resampled) - value``) so it is centred on ``value``: the spread of the value at this N. Use it to compare
       two values at equal N (`fidelity_with_baseline` does); on Gaussian features it was about right when the two
-      distributions differ and up to 2x too wide when they are equal (conservative).
+      distributions differ and up to 2x too wide when they are equal (conservative; it can then reach below 0).
     - ``bias_corrected`` = ``2 value - mean(resampled)`` and ``ci95_bias_corrected`` (the basic bootstrap interval
       ``[2 value - q97.5, 2 value - q2.5]``): an estimate of the distance between the distributions themselves, with
       the finite-N bias removed (about 0 for equal distributions).
