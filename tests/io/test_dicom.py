@@ -509,3 +509,16 @@ def test_series_mixing_synthetic_and_real_files_reported(shared_data, tmp_path):
     series = discover_series(folder).series[0]
     assert series.synthetic  # one synthetic file is enough to keep the series away from real data
     assert any(p.startswith("SyntheticData differs between files of one series") for p in series.problems)
+
+
+@pytest.mark.parametrize("kind, position, problem", [
+    ("tilt", lambda rank: [0.1 * rank, 0, rank + 1], "slice positions advance 5.71 degrees off the slice normal"),
+    ("spacing", lambda rank: [0, 0, rank + 1 + (0.4 if rank == 10 else 0)], "non-uniform slice spacing: intervals"),
+    ("gap", lambda rank: [0, 0, rank + 1 + (1 if rank >= 10 else 0)], "missing slices: 1 missing"),
+])
+def test_irregular_stacks_are_named_by_kind(shared_data, tmp_path, kind, position, problem):
+    write_copies(shared_data / CROP_1, tmp_path / "series", [{"ImagePositionPatient": position}])
+    series = discover_series(tmp_path / "series").series[0]
+    assert series.irregular == [kind] and len(series.problems) == 1 and series.problems[0].startswith(problem)
+    assert irregular_reason(series).endswith(f"pass --accept-irregular-dicom {kind} to use it")
+    assert irregular_reason(series, [kind]) is None
