@@ -513,7 +513,10 @@ def _split_volumes(datasets: list) -> list[tuple[list[Label], list[int]]]:
     return [volume for labels, members in groups for volume in _split_group(labels, members, datasets, geometry)]
 
 
-def _split_group(labels: list[Label], members: list[int], datasets: list, geometry: list):
+def _split_group(
+    labels: list[Label], members: list[int], datasets: list, geometry: list
+) -> list[tuple[list[Label], list[int]]]:
+    """One group of parallel slices split by ``VOLUME_KEYS`` (see :func:`_split_volumes`), parts in value order."""
     positions = _along_normal(members, geometry)
     if len(members) < 2 or np.min(np.diff(positions)) >= DUPLICATE_POSITION_MM:
         return [(labels, members)]
