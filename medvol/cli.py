@@ -164,7 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=_batch_size, default="auto", help="'auto' (memory plan) or an effective batch size")
     p.add_argument("--max-memory", type=float, help="memory budget in GB for the planner")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto", help="training precision")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="training precision; auto (default): bf16 on GPUs that support it (else fp16) and on CPUs with native "
+        "bfloat16 instructions (AVX512-BF16 or AMX), fp32 on other CPUs; the choice and why are printed and recorded "
+        "in RUN/plan.json",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], help="device (default: cuda when available)")
     p.add_argument("--nproc", type=int, default=1, help="processes for distributed training (torchrun)")
     p.add_argument(
