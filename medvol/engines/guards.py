@@ -122,7 +122,8 @@ class AdversarialHealth:
             raised.append(
                 f"iteration {iteration}: the generator may have collapsed: its images of a class are near-identical "
                 f"(mean pairwise distance {fake_diversity:.4g}, below {self.collapse_ratio:.0%} of the real images' "
-                f"{real_diversity:.4g}) for {self.patience} checks (try the critic option minibatch_std=true)"
+                f"{real_diversity:.4g}) for {self.patience} checks (try the objective option mode_seeking_weight=1 or the "
+                "network option minibatch_std=true)"
             )
         for message in raised:
             logger.warning(message)
