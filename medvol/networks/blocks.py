@@ -188,16 +188,17 @@ def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
 
 class MinibatchStdDev(nn.Module):
     """Minibatch standard deviation (Karras et al. 2018): append to features `[B, C, *spatial]` (or `[B, F]`) one
-    channel (one feature) holding, for each group of `group_size` samples, the standard deviation across the group
-    averaged over every channel and position.
+    channel (one feature) holding, for each group of samples, their standard deviation across the group averaged over
+    every channel and position.
 
     A critic then sees how much the images of a batch differ from each other: near-identical generated images give a
-    value far below that of real images, which the layers after this one learn to score as fake.
-    Groups are consecutive samples; when the batch is not a multiple of `group_size`, the largest divisor of the batch
-    size not above it is used (a batch of 1 gets 0).
+    value far below that of real images, which the layers after this one learn to score as fake. With `labels`, a
+    group is the samples of one class (in a mixed batch, the difference between classes would otherwise hide a
+    generator that returns one image per class); without, groups of `group_size` consecutive samples (the largest
+    divisor of the batch size not above it). A sample alone in its group gets 0.
 
     Args:
-        group_size: samples per group.
+        group_size: samples per group without labels.
     """
 
     def __init__(self, group_size: int = 4) -> None:
@@ -206,15 +207,21 @@ class MinibatchStdDev(nn.Module):
             raise ValueError(f"group_size must be at least 2, got {group_size}")
         self.group_size = int(group_size)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         batch = features.shape[0]
-        extra_shape = (batch, 1, *features.shape[2:])
-        group = max(g for g in range(1, min(self.group_size, batch) + 1) if batch % g == 0)
-        if group < 2:
-            return torch.cat([features, features.new_zeros(extra_shape)], dim=1)
-        grouped = features.float().reshape(batch // group, group, -1)
-        spread = torch.sqrt(grouped.var(dim=1, unbiased=False) + 1e-8).mean(dim=1)
-        channel = spread.repeat_interleave(group).reshape(batch, *([1] * (features.ndim - 1))).expand(extra_shape)
+        flat = features.float().reshape(batch, -1)
+        if labels is None:
+            size = max(g for g in range(1, min(self.group_size, batch) + 1) if batch % g == 0)
+            groups = torch.arange(batch, device=features.device) // size
+        else:
+            groups = torch.as_tensor(labels, device=features.device).reshape(-1).long()
+        spread = flat.new_zeros(batch)
+        for group in groups.unique():
+            members = groups == group
+            if int(members.sum()) > 1:
+                spread[members] = torch.sqrt(flat[members].var(dim=0, unbiased=False) + 1e-8).mean()
+        shape = (batch, 1, *features.shape[2:])
+        channel = spread.reshape(batch, *([1] * (features.ndim - 1))).expand(shape)
         return torch.cat([features, channel.to(features.dtype)], dim=1)
 
 

@@ -85,8 +85,9 @@ class Critic(nn.Module):
         projection: projection conditioning of the score (used when `num_classes > 0`).
         input_conditioning: multiply a learned per-class map into the input (needs `num_classes > 0`).
         auxiliary_classifier: add a class head; the critic then returns `(score, class_logits)`.
-        minibatch_std: add a `MinibatchStdDev` channel (groups of 4) to the input of the critic's last layer, so that
-            it can tell a batch of near-identical images from a batch of real ones.
+        minibatch_std: add a `MinibatchStdDev` channel to the input of the critic's last layer (the spread within
+            each class for a conditional critic, within groups of 4 otherwise), so that it can tell a batch of
+            near-identical images from a batch of real ones.
     """
 
     def __init__(
@@ -131,7 +132,12 @@ class Critic(nn.Module):
             )
         if self.input_embedding is not None:
             x = self.input_embedding(x, labels)
-        return self.head(self.features(x), labels)
+        if not self.minibatch_std:
+            return self.head(self.features(x), labels)
+        class_labels = labels if self.num_classes > 0 else None
+        for layer in self.features:
+            x = layer(x, class_labels) if isinstance(layer, MinibatchStdDev) else layer(x)
+        return self.head(x, labels)
 
 
 class FullyConnectedGenerator(Generator):
