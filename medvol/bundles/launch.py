@@ -1,0 +1,61 @@
+"""Distributed training from the command line: the ``torchrun`` command that runs a bundle's training workflow."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from medvol.bundles.configs import BUNDLES_DIR, _anchor_macros, bundle_config_files, resolve_bundle
+
+__all__ = ["torchrun_command", "run_torchrun"]
+
+logger = logging.getLogger(__name__)
+
+
+def torchrun_command(
+    nproc: int, bundle: str | os.PathLike, overrides: Mapping[str, Any], workflow: str = "train"
+) -> list[str]:
+    """The ``torchrun`` command line that trains `bundle` with `nproc` processes through ``monai.bundle run``.
+
+    Args:
+        nproc: processes on this machine (one per GPU; CPU runs use the gloo backend).
+        bundle: a bundle name or folder.
+        overrides: root-level config ids to values; each becomes ``--ID VALUE`` (values in Python literal syntax,
+            which ``python -m monai.bundle`` parses with `fire`). MONAI applies them before expanding the macros, so
+            ids inside the shared sections (``train#...``) cannot be overridden this way.
+        workflow: ``train``.
+    """
+    nested = [key for key in overrides if "#" in key or "::" in key]
+    if nested:
+        raise ValueError(f"monai.bundle's command line cannot override ids inside the shared sections: {nested}")
+    files = [str(f) for f in bundle_config_files(bundle, workflow, distributed=True)]
+    configs = resolve_bundle(bundle) / "configs"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        repr(files),
+        "--meta_file",
+        str(configs / "metadata.json"),
+        "--logging_file",
+        str(configs / "logging.conf"),
+    ]
+    for key, value in overrides.items():
+        command += [f"--{key}", repr(_anchor_macros(value, BUNDLES_DIR.parent))]
+    return command
+
+
+def run_torchrun(command: Sequence[str], cwd: str | os.PathLike | None = None) -> int:
+    """Run a `torchrun_command` from the repository root (where the configs' macro paths resolve); returns its code."""
+    logger.info("running: %s", " ".join(command))
+    return subprocess.call(list(command), cwd=str(cwd or BUNDLES_DIR.parent))

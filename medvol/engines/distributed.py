@@ -1,0 +1,120 @@
+"""Distributed training under torchrun: join the process group, wrap networks in DistributedDataParallel, leave
+files to rank 0 (the other ranks resume from its checkpoints), leave the group."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from medvol.engines.checkpoint import CheckpointManager
+
+__all__ = [
+    "world_size",
+    "is_rank_zero",
+    "DistributedNetwork",
+    "place_networks",
+    "init_distributed",
+    "distributed_device",
+    "RankZeroCheckpoints",
+    "follow_rank_zero",
+    "finish_distributed",
+]
+
+
+def world_size() -> int:
+    """The number of processes of the distributed run; 1 outside one."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class DistributedNetwork(DistributedDataParallel):
+    """`DistributedDataParallel` that also exposes the wrapped network's attributes (``latent_size``,
+    ``num_classes``, ``spatial_dims``, ``encode``...), which the trainers and samplers read."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+
+def place_networks(networks: Mapping[str, torch.nn.Module], device: str | torch.device, distributed: bool = False) -> dict:
+    """The networks on `device`; wrapped in `DistributedNetwork` (DDP) when `distributed`.
+
+    Batch-norm statistics stay per process (no buffer broadcast); gradients are averaged over all processes.
+    """
+    device = torch.device(device)
+    placed = {}
+    for name, network in networks.items():
+        network = network.to(device)
+        if distributed:
+            # no buffer sync in forward: rank 0 alone runs extra forward passes (sample pictures, health checks),
+            # and a collective inside them would wait forever for the other ranks (buffers are synced once here)
+            network = DistributedNetwork(
+                network, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False
+            )
+        placed[name] = network
+    return placed
+
+
+def is_rank_zero() -> bool:
+    """True in a single process and in the first process of a distributed run (the one that writes files)."""
+    return world_size() == 1 or dist.get_rank() == 0
+
+
+def init_distributed(device: str | torch.device | None = None) -> None:
+    """Join the process group torchrun set up: NCCL for CUDA devices, gloo for the CPU; one GPU per local rank.
+
+    Args:
+        device: this process's device (default: `distributed_device`).
+    """
+    device = torch.device(device) if device is not None else distributed_device()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not is_rank_zero():
+        # rank 0 alone reports progress and warnings (the other ranks would repeat them); errors come from every rank
+        for name in ("", "ignite", "monai", "medvol"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def distributed_device() -> torch.device:
+    """This process's device in a distributed run: ``cuda:<local rank>``, or the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+class RankZeroCheckpoints(CheckpointManager):
+    """The checkpoint folder as the ranks other than 0 see it: they resume from it but never write to it."""
+
+    def __init__(self, directory: str | os.PathLike, keep_last: int = 3):
+        # skips CheckpointManager.__init__, which would remove rank 0's in-progress temporary files
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+        self.keep_best = False
+        self.best_mode = "min"
+
+    def save(self, state: Mapping[str, Any], iteration: int, metric: float | None = None) -> Path:
+        return self.directory / f"checkpoint_{iteration:08d}.pt"
+
+
+def follow_rank_zero(trainer: Any) -> bool:
+    """Make a trainer on a rank other than 0 read rank 0's checkpoints without writing any; True on rank 0."""
+    if is_rank_zero() or getattr(trainer, "checkpoints", None) is None:
+        return True
+    trainer.checkpoints = RankZeroCheckpoints(trainer.checkpoints.directory, trainer.checkpoints.keep_last)
+    return True
+
+
+def finish_distributed(distributed: bool) -> None:
+    """Destroy the process group of a distributed run."""
+    if distributed and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
