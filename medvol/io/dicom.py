@@ -7,7 +7,7 @@ Who does what:
   (echoes, time points, orientations, image types: :func:`_split_volumes`), orders slices by ImagePositionPatient
   projected on the slice normal (cross product of the ImageOrientationPatient rows), derives spacing, origin and direction the way
   ITK/SimpleITK do, and writes the checks the libraries lack: truncated or non-DICOM files, gaps, duplicate
-  positions, non-uniform spacing, mixed sizes or orientations, single-file and multi-frame series, copies of one
+  positions, non-uniform spacing, mixed sizes or orientations, multi-frame series, copies of one
   instance and header fields that contradict the rest of the series, study or modality (``problems``).
 - **SimpleITK / GDCM** decode the pixel data (including compressed transfer syntaxes) from medvol's sorted file list
   and apply RescaleSlope/RescaleIntercept.
@@ -634,8 +634,6 @@ def _build_series(
             f"multi-frame file(s): {_list_names(multi_frame)} ({frames} frames); per-frame geometry is read by "
             "SimpleITK/GDCM and not checked by medvol"
         )
-    elif len(paths) == 1:
-        problems.append("single-file series: one 2D slice, not a volume")
     if z_spacing is None or z_spacing < DUPLICATE_POSITION_MM:
         z_spacing = _single_file_z_spacing(first) if len(paths) == 1 else 1.0
 

@@ -268,8 +268,7 @@ def test_inspect_synthetic_dicom_export(capsys, tmp_path, spatial_dims, modality
         assert entry["synthetic"] is True and entry["modality"] == modality and entry["description"].startswith("SYNTHETIC")
         assert entry["shape"] == [16, 16, 16 if spatial_dims == 3 else 1]
         np.testing.assert_allclose(entry["spacing"][:2], [0.9, 1.1])
-        # a volume has nothing to report; a 2D picture is, as every single-file series, noted as not a volume
-        assert entry["problems"] == ([] if spatial_dims == 3 else ["single-file series: one 2D slice, not a volume"])
+        assert entry["problems"] == []  # neither a volume nor a 2D picture has anything to report
         header = read_header(entry["first_file"])
         assert header.SOPClassUID.name == sop_class
         # provenance without the machine's paths: the run's folder name, the checkpoint relative to the run
