@@ -13,6 +13,7 @@ Images are float32 tensors `[N, 1, *size]` in [-1, 1]; features come back as flo
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import math
@@ -38,7 +39,7 @@ from medvol.transforms.augment import classical_augmentation
 DEFAULT_CHANNELS = (16, 32, 64)
 DEFAULT_EPOCHS = 20
 DEFAULT_BATCH_SIZE = 32
-DEFAULT_LR = 2e-3
+DEFAULT_LR = 5e-3
 DEFAULT_WEIGHT_DECAY = 1e-4
 DEFAULT_AUTOENCODER_EPOCHS = 15
 AUTOENCODER_CHANNELS = (16, 32, 64)
@@ -116,6 +117,45 @@ def _learning_rate_factor(schedule: str, step: int, total: int) -> float:
     return 1.0
 
 
+@torch.no_grad()
+def recompute_batch_norm(
+    module: nn.Module,
+    images: torch.Tensor,
+    batch_size: int = 128,
+    transform_batch: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> None:
+    """Replace the running statistics of every batch-norm layer by their average over `images` (one pass in batches;
+    "precise BN"). After a short training the running averages still lag the weights, which costs test accuracy.
+
+    Args:
+        module: network to update in place.
+        images: the training images.
+        batch_size: images per forward pass (a fixed random order; the last batch may be smaller).
+        transform_batch: `(batch, indices) -> batch`, the augmentation of training, so that the statistics are those of
+            the data the network was trained on.
+    """
+    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers:
+        return
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average over the batches of this pass
+    device = next(module.parameters()).device
+    was_training = module.training
+    module.train()
+    # batches in a random order: in a class-sorted order the mean of the within-batch variances would miss the
+    # variance between classes
+    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))
+    for start in range(0, images.shape[0], batch_size):
+        index = order[start : start + batch_size]
+        batch = images[index] if transform_batch is None else transform_batch(images[index], index)
+        module(batch.to(device))
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+    module.train(was_training)
+
+
 @torch.inference_mode()
 def predict_probabilities(
     classifier: nn.Module, images: torch.Tensor, batch_size: int = 128, device: str | torch.device | None = None
@@ -159,7 +199,8 @@ def train_classifier(
     (`stem_stride_for`), AdamW (`lr`, `weight_decay`), mini-batches of `batch_size` in a seeded random order each epoch, the learning
     rate annealed per step (cosine to 0 by default), cross-entropy weighted by inverse class frequency when
     `class_weighted` (a no-op on balanced data; keeps a minority class from being ignored), a fixed number of
-    `epochs` and the weights of the last epoch. Seed `s` fixes the initialisation, the order and the augmentation draws,
+    `epochs` and the weights of the last epoch, whose batch-norm statistics are then recomputed in one pass over the
+    training images, augmented as in training (`recompute_batch_norm`). Seed `s` fixes the initialisation, the order and the augmentation draws,
     so two calls with equal data and seed give equal networks (on the CPU), and different training sets with equal
     seed start from the same initial weights. The caller's global random state is left untouched.
 
@@ -200,8 +241,26 @@ def train_classifier(
     device = default_device(device)
     spatial_dims = images.ndim - 2
     transform = classical_augmentation(spatial_dims, tuple(images.shape[2:])) if bool(augment_mask.any()) else None
+    augment_batch = None
     if transform is not None:
         transform.set_random_state(seed=int(seed) % 2**32)
+        # the batch-norm passes draw from their own copy, reseeded each time, so that recording a monitor curve
+        # leaves the training draws (and the final network) unchanged
+        norm_transform = copy.deepcopy(transform)
+
+        def augment_batch(batch: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+            return _augment_batch(batch, augment_mask[index], transform)
+
+        def augment_norm_batch(batch: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+            return _augment_batch(batch, augment_mask[index], norm_transform)
+
+    def precise_batch_norm() -> None:
+        if transform is None:
+            recompute_batch_norm(classifier, images)
+        else:
+            norm_transform.set_random_state(seed=(int(seed) + 1) % 2**32)
+            recompute_batch_norm(classifier, images, transform_batch=augment_norm_batch)
+
     monitor_images = check_images(monitor[0], "monitor images") if monitor is not None else None
     monitor_labels = check_labels(monitor[1], monitor_images.shape[0], num_classes) if monitor is not None else None
 
@@ -229,8 +288,8 @@ def train_classifier(
             for start in range(0, count, batch_size):
                 index = order[start : start + batch_size]
                 batch = images[index]
-                if transform is not None:
-                    batch = _augment_batch(batch, augment_mask[index], transform)
+                if augment_batch is not None:
+                    batch = augment_batch(batch, index)
                 target = labels_t[index].to(device)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * _learning_rate_factor(schedule, step, total_steps)
@@ -249,9 +308,12 @@ def train_classifier(
                 "lr": optimizer.param_groups[0]["lr"],
             }
             if monitor_images is not None:
+                precise_batch_norm()
                 predicted = predict_probabilities(classifier, monitor_images, device=device).argmax(1)
                 record["monitor_accuracy"] = float(np.mean(predicted == monitor_labels))
             history.append(record)
+        if monitor_images is None:
+            precise_batch_norm()
     classifier.eval()
     classifier.history = history
     return classifier
@@ -282,7 +344,11 @@ class FeatureExtractor:
         info: dict[str, Any] | None = None,
     ) -> None:
         self.device = default_device(device)
-        self.module = module.to(self.device).eval()
+        self.module = module.to(self.device)
+        try:
+            self.module.eval()
+        except NotImplementedError:  # a torch.export program keeps the mode it was exported in
+            pass
         self.spatial_dims = spatial_dims
         self.kind = kind
         self.description = description

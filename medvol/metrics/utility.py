@@ -1,0 +1,417 @@
+"""Is the synthetic data useful? Utility study, recognisability and a real-vs-synthetic filter.
+
+Every classifier here comes from one recipe, `medvol.metrics.features.train_classifier`, and is tested on the held-out
+real test split only. Seed `s` gives every arm of the utility study the same initial weights and, for arms of equal
+size, the same sample order; the differences between arms are therefore paired by seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+from tqdm.auto import tqdm
+
+from medvol.errors import MedvolInputError
+from medvol.metrics.features import (
+    DEFAULT_EPOCHS,
+    check_images,
+    check_labels,
+    predict_probabilities,
+    train_classifier,
+)
+
+ARMS = ("real", "real+augmentation", "synthetic", "real+synthetic", "real+augmentation+synthetic")
+DEFAULT_FILTER_FOLDS = 3
+DEFAULT_FILTER_EPOCHS = 3
+
+
+def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve by the rank statistic (Mann-Whitney U / (n_pos * n_neg)); tied scores get their
+    average rank, so a tie between a positive and a negative counts one half.
+
+    Args:
+        positive: boolean per sample, True for the positive class.
+        scores: higher = more positive.
+
+    Returns:
+        the AUC, or None when one of the two classes is absent (undefined).
+    """
+    positive = np.asarray(positive, dtype=bool).reshape(-1)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = stats.rankdata(scores)  # average ranks for ties, 1-based
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """`[num_classes, num_classes]` counts: rows are the true classes, columns the predicted ones."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(labels, dtype=np.int64), np.asarray(predicted, dtype=np.int64)), 1)
+    return matrix
+
+
+def classification_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]
+) -> tuple[dict[str, float | None], np.ndarray]:
+    """Test metrics of one classifier.
+
+    Returns:
+        `(metrics, confusion)`. Metrics: `accuracy`; `balanced_accuracy` (mean recall over the classes present in
+        `labels`); `auc` (binary: of the class-1 probability; multi-class: one-vs-rest macro average over the classes
+        present, each scored by its own probability); for two classes `sensitivity` (recall of class 1, the positive
+        class) and `specificity` (recall of class 0); for more, `recall_<class>` per class. A value that is undefined
+        (a class absent from `labels`) is None.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    num_classes = len(classes)
+    predicted = probabilities.argmax(1)
+    confusion = confusion_matrix(labels, predicted, num_classes)
+    support = confusion.sum(1)
+    recall = [float(confusion[c, c] / support[c]) if support[c] else None for c in range(num_classes)]
+    present = [r for r in recall if r is not None]
+    metrics: dict[str, float | None] = {
+        "accuracy": float(np.mean(predicted == labels)) if labels.size else None,
+        "balanced_accuracy": float(np.mean(present)) if present else None,
+    }
+    if num_classes == 2:
+        metrics["auc"] = roc_auc(labels == 1, probabilities[:, 1])
+        metrics["sensitivity"] = recall[1]
+        metrics["specificity"] = recall[0]
+    else:
+        per_class_auc = [roc_auc(labels == c, probabilities[:, c]) for c in range(num_classes)]
+        defined = [a for a in per_class_auc if a is not None]
+        metrics["auc"] = float(np.mean(defined)) if defined else None
+        for name, value in zip(classes, recall):
+            metrics[f"recall_{name}"] = value
+    return metrics, confusion
+
+
+def summarise(values: Sequence[float | None]) -> dict[str, Any]:
+    """`{mean, sd, values}` over seeds; sd with ddof=1 (None for one value); None throughout when a value is None."""
+    values = list(values)
+    if not values or any(v is None for v in values):
+        return {"mean": None, "sd": None, "values": values}
+    array = np.asarray(values, dtype=np.float64)
+    return {
+        "mean": float(array.mean()),
+        "sd": float(array.std(ddof=1)) if array.size > 1 else None,
+        "values": [float(v) for v in array],
+    }
+
+
+def paired_difference(values: Sequence[float | None], reference: Sequence[float | None]) -> dict[str, Any]:
+    """Mean of the per-seed differences `values - reference` with a 95% t-interval (`mean +- t(0.975, n-1) * sd /
+    sqrt(n)`, sd with ddof=1); `ci95` is None with one seed (no spread to estimate) or an undefined value."""
+    if not values or any(v is None for v in (*values, *reference)):
+        return {"mean": None, "ci95": None, "values": []}
+    differences = np.asarray(values, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
+    mean = float(differences.mean())
+    ci95 = None
+    if differences.size > 1:
+        half_width = float(stats.t.ppf(0.975, differences.size - 1) * differences.std(ddof=1) / np.sqrt(differences.size))
+        ci95 = [mean - half_width, mean + half_width]
+    return {"mean": mean, "ci95": ci95, "values": [float(d) for d in differences]}
+
+
+def _seed_list(seeds: int | Sequence[int]) -> list[int]:
+    if isinstance(seeds, (int, np.integer)):
+        if seeds < 1:
+            raise MedvolInputError("--seeds", f"needs at least 1 seed, got {seeds}")
+        return list(range(int(seeds)))
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise MedvolInputError("--seeds", "needs at least 1 seed")
+    return seeds
+
+
+def utility_study(
+    train_images: torch.Tensor,
+    train_labels: Any,
+    test_images: torch.Tensor,
+    test_labels: Any,
+    synthetic_images: torch.Tensor,
+    synthetic_labels: Any,
+    classes: Sequence[str],
+    seeds: int | Sequence[int] = 3,
+    epochs: int = DEFAULT_EPOCHS,
+    synthetic_ratio: float = 1.0,
+    filter_mask: Any = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    record_curves: bool = False,
+    arms: Sequence[str] = ARMS,
+) -> dict[str, Any]:
+    """Train the same classifier recipe on five training sets and test each on the same held-out real test split.
+
+    Arms: `real` (the real training split), `real+augmentation` (with medvol's classical augmentation drawn anew every
+    epoch), `synthetic` (synthetic samples only), `real+synthetic`, `real+augmentation+synthetic` (augmentation on the
+    real samples only, so that it differs from `real+synthetic` by the augmentation alone). The synthetic part is a
+    random subset, drawn per seed, of `round(synthetic_ratio * len(train))` samples from those `filter_mask` keeps;
+    when fewer are kept than asked, all of them are used and `notes` says so. Every arm trains for the same number of
+    epochs (so arms with synthetic data take more steps) and keeps its last epoch.
+
+    Args:
+        train_images: real training images `[N, 1, *size]` in [-1, 1].
+        train_labels: their classes.
+        test_images: held-out real test images.
+        test_labels: their classes.
+        synthetic_images: synthetic images, same spatial shape.
+        synthetic_labels: their (conditioning) classes.
+        classes: class names, index = label.
+        seeds: number of seeds (0..N-1) or the seeds themselves.
+        epochs: training epochs per classifier.
+        synthetic_ratio: synthetic samples per real training sample (> 0).
+        filter_mask: boolean per synthetic sample, False to leave it out (e.g. `realness_filter`'s keep mask).
+        device: torch device (default: CUDA when available).
+        progress: show a progress bar over the trainings.
+        record_curves: also record each training's per-epoch test accuracy in `curves` (for plots; no epoch is
+            chosen from it).
+        arms: the arms to run (default: all five; `real` is always run, as the reference).
+
+    Returns:
+        dict with `seeds`, `epochs`, `synthetic_ratio`, `counts` {arm: {real, synthetic}}, `synthetic_requested`,
+        `synthetic_available`, `test_count`, `notes`, `metrics` (names), `arms` {arm: {metric: {mean, sd, values}}},
+        `paired_difference` {arm: {metric: {mean, ci95, values}}} against `real` (seed by seed), `confusion`
+        {arm: [[...]] summed over seeds, rows true, columns predicted}, `confusion_per_seed` {arm: [matrix per seed]},
+        `recipe` (words), and with `record_curves` `curves` {arm: [[accuracy per epoch] per seed]}.
+
+    Raises:
+        MedvolInputError: unlabelled or out-of-range labels, an empty split, no synthetic sample left, a shape mismatch.
+    """
+    classes = [str(c) for c in classes]
+    num_classes = len(classes)
+    if num_classes < 2:
+        raise MedvolInputError(None, f"the utility study needs at least 2 classes, got {num_classes}")
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise ValueError(f"unknown utility arm {unknown[0]!r}; choose from {ARMS}")
+    arms = ["real", *[a for a in ARMS if a in arms and a != "real"]]
+    if not synthetic_ratio > 0:
+        raise MedvolInputError("--synthetic-ratio", f"must be > 0, got {synthetic_ratio}")
+    train_images = check_images(train_images, "real training images")
+    test_images = check_images(test_images, "real test images")
+    synthetic_images = check_images(synthetic_images, "synthetic images")
+    for name, images in (("real test", test_images), ("synthetic", synthetic_images)):
+        if images.shape[2:] != train_images.shape[2:]:
+            raise MedvolInputError(
+                None,
+                f"{name} images have spatial shape {list(images.shape[2:])}, the real training images "
+                f"{list(train_images.shape[2:])}",
+            )
+    if train_images.shape[0] < 2 or test_images.shape[0] < 1:
+        raise MedvolInputError(
+            None,
+            f"the utility study needs real training and test images (got {train_images.shape[0]} training, "
+            f"{test_images.shape[0]} test)",
+        )
+    train_labels = check_labels(train_labels, train_images.shape[0], num_classes, "real training labels")
+    test_labels = check_labels(test_labels, test_images.shape[0], num_classes, "real test labels")
+    synthetic_labels = check_labels(synthetic_labels, synthetic_images.shape[0], num_classes, "synthetic labels")
+    seed_list = _seed_list(seeds)
+
+    keep = np.ones(synthetic_images.shape[0], dtype=bool)
+    if filter_mask is not None:
+        keep = np.asarray(filter_mask, dtype=bool).reshape(-1)
+        if keep.shape[0] != synthetic_images.shape[0]:
+            raise ValueError(f"filter_mask has {keep.shape[0]} entries for {synthetic_images.shape[0]} synthetic images")
+    pool = np.flatnonzero(keep)
+    n_train = train_images.shape[0]
+    requested = int(round(synthetic_ratio * n_train))
+    used = min(requested, pool.size)
+    notes: list[str] = []
+    uses_synthetic = any("synthetic" in arm for arm in arms)
+    if uses_synthetic and used < 1:
+        raise MedvolInputError(None, "no synthetic samples are left for the utility study (all filtered out or none given)")
+    if uses_synthetic and used < requested:
+        notes.append(
+            f"synthetic_ratio {synthetic_ratio} asks for {requested} synthetic samples but only {pool.size} are available"
+            f"{' after filtering' if filter_mask is not None else ''}; all {used} are used (effective ratio "
+            f"{used / n_train:.3f})"
+        )
+    missing = sorted(set(range(num_classes)) - set(synthetic_labels[pool].tolist())) if uses_synthetic else []
+    if missing:
+        notes.append(f"no synthetic samples of class {', '.join(classes[c] for c in missing)}")
+
+    per_seed: dict[str, list[dict[str, float | None]]] = {arm: [] for arm in arms}
+    confusions: dict[str, list[np.ndarray]] = {arm: [] for arm in arms}
+    curves: dict[str, list[list[float]]] = {arm: [] for arm in arms}
+    counts: dict[str, dict[str, int]] = {}
+    bar = tqdm(total=len(arms) * len(seed_list), desc="utility", unit="classifier", disable=not progress)
+    for seed in seed_list:
+        chosen = np.sort(np.random.default_rng(seed).choice(pool, size=used, replace=False)) if uses_synthetic else pool[:0]
+        synthetic_part = synthetic_images[torch.as_tensor(chosen, dtype=torch.long)]
+        synthetic_part_labels = synthetic_labels[chosen]
+        for arm in arms:
+            with_real = arm.startswith("real")
+            with_synthetic = arm.endswith("synthetic")
+            with_augmentation = "augmentation" in arm
+            parts = ([train_images] if with_real else []) + ([synthetic_part] if with_synthetic else [])
+            images = torch.cat(parts) if len(parts) > 1 else parts[0]
+            labels = np.concatenate(
+                ([train_labels] if with_real else []) + ([synthetic_part_labels] if with_synthetic else [])
+            )
+            augment = np.zeros(images.shape[0], dtype=bool)
+            if with_augmentation:
+                augment[:n_train] = True
+            counts[arm] = {"real": n_train if with_real else 0, "synthetic": used if with_synthetic else 0}
+            bar.set_postfix_str(f"{arm}, seed {seed}")
+            classifier = train_classifier(
+                images,
+                labels,
+                num_classes,
+                seed=seed,
+                epochs=epochs,
+                augment=augment,
+                device=device,
+                monitor=(test_images, test_labels) if record_curves else None,
+                progress=progress,
+                description=f"{arm} (seed {seed})",
+            )
+            probabilities = predict_probabilities(classifier, test_images)
+            metrics, confusion = classification_metrics(test_labels, probabilities, classes)
+            per_seed[arm].append(metrics)
+            confusions[arm].append(confusion)
+            if record_curves:
+                curves[arm].append([h["monitor_accuracy"] for h in classifier.history])
+            bar.update()
+    bar.close()
+
+    metric_names = list(per_seed["real"][0])
+    result: dict[str, Any] = {
+        "seeds": seed_list,
+        "epochs": int(epochs),
+        "synthetic_ratio": float(synthetic_ratio),
+        "synthetic_requested": requested,
+        "synthetic_available": int(pool.size),
+        "counts": counts,
+        "test_count": int(test_images.shape[0]),
+        "classes": classes,
+        "metrics": metric_names,
+        "notes": notes,
+        "recipe": (
+            f"ResNetClassifier trained by medvol.metrics.features.train_classifier for {epochs} epochs per arm and seed "
+            "(AdamW, cosine learning rate, class-weighted cross-entropy, last epoch kept); tested on the held-out real "
+            "test split; synthetic subset drawn per seed"
+        ),
+        "arms": {
+            arm: {name: summarise([m[name] for m in per_seed[arm]]) for name in metric_names} for arm in arms
+        },
+        "paired_difference": {
+            arm: {
+                name: paired_difference([m[name] for m in per_seed[arm]], [m[name] for m in per_seed["real"]])
+                for name in metric_names
+            }
+            for arm in arms
+            if arm != "real"
+        },
+        "confusion": {arm: np.sum(confusions[arm], axis=0).tolist() for arm in arms},
+        "confusion_per_seed": {arm: [c.tolist() for c in confusions[arm]] for arm in arms},
+    }
+    if record_curves:
+        result["curves"] = curves
+    return result
+
+
+def recognisability(
+    classifier: torch.nn.Module,
+    synthetic_images: torch.Tensor,
+    synthetic_labels: Any,
+    classes: Sequence[str],
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Fraction of synthetic samples that a classifier trained on real data assigns to the class they were made for.
+
+    Returns:
+        `{per_class: {name: fraction or None when the class has no synthetic sample}, overall: fraction of all samples,
+        counts: {name: samples}, confusion: [[...]] rows = intended class, columns = predicted class}`.
+    """
+    classes = [str(c) for c in classes]
+    synthetic_images = check_images(synthetic_images, "synthetic images")
+    labels = check_labels(synthetic_labels, synthetic_images.shape[0], len(classes), "synthetic labels")
+    if labels.size == 0:
+        raise MedvolInputError(None, "recognisability needs at least one labelled synthetic sample")
+    predicted = predict_probabilities(classifier, synthetic_images, device=device).argmax(1)
+    confusion = confusion_matrix(labels, predicted, len(classes))
+    support = confusion.sum(1)
+    return {
+        "per_class": {
+            name: float(confusion[c, c] / support[c]) if support[c] else None for c, name in enumerate(classes)
+        },
+        "overall": float(np.mean(predicted == labels)),
+        "counts": {name: int(support[c]) for c, name in enumerate(classes)},
+        "confusion": confusion.tolist(),
+    }
+
+
+def realness_filter(
+    real_images: torch.Tensor,
+    synthetic_images: torch.Tensor,
+    drop_fraction: float = 0.1,
+    seed: int = 0,
+    folds: int = DEFAULT_FILTER_FOLDS,
+    epochs: int = DEFAULT_FILTER_EPOCHS,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score how recognisably synthetic each synthetic sample is, and drop the most obvious ones.
+
+    A binary real-vs-synthetic classifier (`train_classifier`, class-weighted, seeded) is cross-fitted: the real and
+    the synthetic samples are each split into `folds` random folds, and the synthetic samples of fold k are scored by
+    a classifier trained on all other folds, so no sample is scored by a model that saw it. The score is that model's
+    probability that the sample is synthetic; the `round(drop_fraction * N)` highest scores are dropped (ties broken
+    by sample order).
+
+    Args:
+        real_images: real images (e.g. the training split) `[N_real, 1, *size]`.
+        synthetic_images: synthetic images `[N, 1, *size]`.
+        drop_fraction: fraction of synthetic samples to drop, in [0, 1).
+        seed: seed of the folds and of the classifiers.
+        folds: number of folds (at least 2; lowered to the smaller set's size).
+        epochs: training epochs per fold; few on purpose: trained longer, the classifier memorises its training
+            samples and ranks the held-out ones worse (toy of 12 noise images among 48: 11-12 found at 3 epochs,
+            6-10 at 6).
+        device: torch device.
+        progress: show a progress bar over the folds.
+
+    Returns:
+        `(keep_mask, scores)`: boolean `[N]` (False = dropped) and float64 `[N]` probabilities of being synthetic.
+    """
+    real_images = check_images(real_images, "real images")
+    synthetic_images = check_images(synthetic_images, "synthetic images")
+    if real_images.shape[2:] != synthetic_images.shape[2:]:
+        raise MedvolInputError(
+            None,
+            f"synthetic images have spatial shape {list(synthetic_images.shape[2:])}, the real images "
+            f"{list(real_images.shape[2:])}",
+        )
+    if not 0.0 <= drop_fraction < 1.0:
+        raise MedvolInputError("--filter", f"drop fraction must be in [0, 1), got {drop_fraction}")
+    n_real, n_synthetic = real_images.shape[0], synthetic_images.shape[0]
+    folds = min(int(folds), n_real, n_synthetic)
+    if folds < 2:
+        raise MedvolInputError(
+            None, f"the real-vs-synthetic filter needs at least 2 real and 2 synthetic images (got {n_real}, {n_synthetic})"
+        )
+    rng = np.random.default_rng(seed)
+    real_fold = rng.permutation(n_real) % folds
+    synthetic_fold = rng.permutation(n_synthetic) % folds
+    scores = np.zeros(n_synthetic, dtype=np.float64)
+    for fold in tqdm(range(folds), desc="real-vs-synthetic filter", unit="fold", disable=not progress):
+        real_train = torch.as_tensor(np.flatnonzero(real_fold != fold))
+        synthetic_train = torch.as_tensor(np.flatnonzero(synthetic_fold != fold))
+        images = torch.cat([real_images[real_train], synthetic_images[synthetic_train]])
+        labels = np.concatenate([np.zeros(real_train.numel(), np.int64), np.ones(synthetic_train.numel(), np.int64)])
+        classifier = train_classifier(images, labels, 2, seed=seed, epochs=epochs, device=device)
+        held_out = np.flatnonzero(synthetic_fold == fold)
+        scores[held_out] = predict_probabilities(classifier, synthetic_images[torch.as_tensor(held_out)])[:, 1]
+    drop = int(round(drop_fraction * n_synthetic))
+    keep = np.ones(n_synthetic, dtype=bool)
+    keep[np.argsort(-scores, kind="stable")[:drop]] = False
+    return keep, scores

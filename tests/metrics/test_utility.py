@@ -1,0 +1,211 @@
+"""Utility study, recognisability and the real-vs-synthetic filter: known answers on toy data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from medvol.errors import MedvolInputError
+from medvol.metrics.features import train_classifier
+from medvol.metrics.utility import (
+    ARMS,
+    classification_metrics,
+    paired_difference,
+    realness_filter,
+    recognisability,
+    roc_auc,
+    summarise,
+    utility_study,
+)
+
+SMALL = (4, 8, 16)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def bars(count: int, seed: int, size: int = 16, classes: int = 2):
+    """Class 0: a horizontal bar, class 1: a vertical bar, class 2: a square, at random places on noise."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = np.arange(count) % classes
+    images = torch.randn(count, 1, size, size, generator=generator) * 0.3 - 0.6
+    for i, label in enumerate(labels):
+        x, y = (int(v) for v in torch.randint(0, size - 6, (2,), generator=generator))
+        if label == 0:
+            images[i, 0, x + 2 : x + 4, y : y + 6] += 1.2
+        elif label == 1:
+            images[i, 0, x : x + 6, y + 2 : y + 4] += 1.2
+        else:
+            images[i, 0, x + 1 : x + 5, y + 1 : y + 5] += 1.2
+    return images.clamp(-1, 1), labels
+
+
+# positive flags, scores, expected AUC (worked by hand over all positive-negative pairs, a tie counting 1/2)
+AUC_CASE_1 = [[1, 1, 0, 0], [0.9, 0.8, 0.3, 0.1], 1.0]
+AUC_CASE_2 = [[1, 1, 0, 0], [0.1, 0.2, 0.7, 0.9], 0.0]
+AUC_CASE_3 = [[1, 0, 1, 0], [0.5, 0.5, 0.5, 0.5], 0.5]
+AUC_CASE_4 = [[1, 1, 0, 0], [0.8, 0.4, 0.4, 0.1], 3.5 / 4]  # pairs: 1, 1, 1/2 (tie), 1
+AUC_CASE_5 = [[0, 1, 0, 1, 1], [0.2, 0.2, 0.6, 0.7, 0.1], 2.5 / 6]  # 0.2:0.5+1, 0.7:1+1, 0.1:0+0
+
+
+@pytest.mark.parametrize("positive, scores, expected", [AUC_CASE_1, AUC_CASE_2, AUC_CASE_3, AUC_CASE_4, AUC_CASE_5])
+def test_roc_auc_by_rank_statistic(positive, scores, expected):
+    assert roc_auc(np.array(positive, bool), np.array(scores)) == pytest.approx(expected)
+
+
+def test_roc_auc_undefined_with_one_class():
+    assert roc_auc(np.ones(3, bool), np.arange(3.0)) is None
+
+
+def test_binary_metrics_known_answer():
+    labels = np.array([0, 0, 0, 1, 1])
+    probabilities = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8], [0.55, 0.45]])
+    metrics, confusion = classification_metrics(labels, probabilities, ["no", "yes"])
+    assert confusion.tolist() == [[2, 1], [1, 1]]
+    assert metrics["accuracy"] == pytest.approx(3 / 5)
+    assert metrics["sensitivity"] == pytest.approx(1 / 2)
+    assert metrics["specificity"] == pytest.approx(2 / 3)
+    assert metrics["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert metrics["auc"] == pytest.approx(5 / 6)  # 0.8 beats 0.1, 0.4, 0.7; 0.45 beats 0.1, 0.4
+
+
+def test_multiclass_metrics_macro_auc_and_per_class_recall():
+    labels = np.array([0, 1, 2, 2])
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8], [0.2, 0.6, 0.2]])
+    metrics, confusion = classification_metrics(labels, probabilities, ["a", "b", "c"])
+    assert confusion.tolist() == [[1, 0, 0], [1, 0, 0], [0, 1, 1]]
+    assert metrics["recall_a"] == 1.0 and metrics["recall_b"] == 0.0 and metrics["recall_c"] == 0.5
+    assert metrics["balanced_accuracy"] == pytest.approx(0.5)
+    # one-vs-rest: a 3/3, b (0.4 vs 0.2, 0.1, 0.6) 2/3, c (0.8, 0.2 vs 0.1, 0.1) 4/4
+    assert metrics["auc"] == pytest.approx((1 + 2 / 3 + 1) / 3)
+    assert "sensitivity" not in metrics
+
+
+def test_summary_and_paired_difference_arithmetic():
+    summary = summarise([0.8, 0.9, 0.7])
+    assert summary["mean"] == pytest.approx(0.8) and summary["sd"] == pytest.approx(0.1)
+    assert summarise([0.5]) == {"mean": 0.5, "sd": None, "values": [0.5]}
+    difference = paired_difference([0.8, 0.9, 0.7], [0.7, 0.8, 0.8])
+    assert difference["values"] == pytest.approx([0.1, 0.1, -0.1])
+    half_width = 4.302652729749464 * np.std([0.1, 0.1, -0.1], ddof=1) / math.sqrt(3)  # t(0.975, 2)
+    assert difference["mean"] == pytest.approx(0.1 / 3)
+    assert difference["ci95"] == pytest.approx([0.1 / 3 - half_width, 0.1 / 3 + half_width])
+    assert paired_difference([0.6], [0.5]) == {"mean": pytest.approx(0.1), "ci95": None, "values": [pytest.approx(0.1)]}
+
+
+def test_utility_study_keys_shapes_and_paired_differences():
+    train_images, train_labels = bars(12, seed=0, classes=3)
+    test_images, test_labels = bars(9, seed=1, classes=3)
+    synthetic_images, synthetic_labels = bars(10, seed=2, classes=3)
+    classes = ["h", "v", "square"]
+    result = utility_study(
+        train_images, train_labels, test_images, test_labels, synthetic_images, synthetic_labels, classes,
+        seeds=2, epochs=1, synthetic_ratio=0.5, progress=False, record_curves=True,
+    )
+    assert result["seeds"] == [0, 1]
+    assert set(result["arms"]) == set(ARMS)
+    assert set(result["paired_difference"]) == set(ARMS) - {"real"}
+    expected_metrics = {"accuracy", "balanced_accuracy", "auc", "recall_h", "recall_v", "recall_square"}
+    assert set(result["metrics"]) == expected_metrics
+    assert result["synthetic_requested"] == 6 and result["notes"] == []
+    assert result["counts"]["real+synthetic"] == {"real": 12, "synthetic": 6}
+    assert result["counts"]["synthetic"] == {"real": 0, "synthetic": 6}
+    for arm in ARMS:
+        assert set(result["arms"][arm]) == expected_metrics
+        for summary in result["arms"][arm].values():
+            assert len(summary["values"]) == 2
+            assert summary["mean"] == pytest.approx(np.mean(summary["values"]))
+            assert summary["sd"] == pytest.approx(np.std(summary["values"], ddof=1))
+        confusion = np.array(result["confusion"][arm])
+        assert confusion.shape == (3, 3) and confusion.sum() == 2 * 9
+        assert np.array_equal(confusion, np.sum(result["confusion_per_seed"][arm], axis=0))
+        assert len(result["curves"][arm]) == 2 and len(result["curves"][arm][0]) == 1
+    for arm, per_metric in result["paired_difference"].items():
+        for name, difference in per_metric.items():
+            values = np.array(result["arms"][arm][name]["values"]) - np.array(result["arms"]["real"][name]["values"])
+            assert difference["values"] == pytest.approx(values.tolist())
+            assert difference["mean"] == pytest.approx(values.mean())
+            half = (difference["ci95"][1] - difference["ci95"][0]) / 2
+            assert half == pytest.approx(12.706204736174698 * values.std(ddof=1) / math.sqrt(2))  # t(0.975, 1)
+
+
+def test_utility_study_with_too_few_synthetic_samples_and_a_filter():
+    train_images, train_labels = bars(8, seed=0)
+    synthetic_images, synthetic_labels = bars(6, seed=2)
+    keep = np.array([True, True, True, False, True, False])
+    result = utility_study(
+        train_images, train_labels, train_images, train_labels, synthetic_images, synthetic_labels, ["h", "v"],
+        seeds=1, epochs=1, synthetic_ratio=1.0, filter_mask=keep, progress=False, arms=["real", "synthetic"],
+    )
+    assert set(result["arms"]) == {"real", "synthetic"}
+    assert result["synthetic_requested"] == 8 and result["synthetic_available"] == 4
+    assert result["counts"]["synthetic"]["synthetic"] == 4
+    assert "only 4 are available after filtering" in result["notes"][0]
+    assert result["arms"]["real"]["accuracy"]["sd"] is None
+    assert result["paired_difference"]["synthetic"]["accuracy"]["ci95"] is None
+    assert {"sensitivity", "specificity", "auc"} <= set(result["metrics"])
+
+
+def test_utility_study_rejects_bad_input():
+    images, labels = bars(6, seed=0)
+    with pytest.raises(MedvolInputError, match="synthetic labels contain unlabelled"):
+        utility_study(images, labels, images, labels, images, np.full(6, -1), ["h", "v"], seeds=1, epochs=1,
+                      progress=False)
+    with pytest.raises(MedvolInputError, match="spatial shape"):
+        utility_study(images, labels, images, labels, torch.zeros(6, 1, 8, 8), labels, ["h", "v"], seeds=1,
+                      epochs=1, progress=False)
+    with pytest.raises(MedvolInputError, match="no synthetic samples"):
+        utility_study(images, labels, images, labels, images, labels, ["h", "v"], seeds=1, epochs=1,
+                      filter_mask=np.zeros(6, bool), progress=False)
+
+
+@pytest.mark.slow
+def test_more_data_from_the_same_distribution_helps_a_low_data_classifier():
+    """The 'synthetic' set is more real data: real+synthetic must beat real on every seed."""
+    train_images, train_labels = bars(8, seed=0)
+    test_images, test_labels = bars(200, seed=1)
+    extra_images, extra_labels = bars(160, seed=2)
+    result = utility_study(
+        train_images, train_labels, test_images, test_labels, extra_images, extra_labels, ["h", "v"],
+        seeds=2, epochs=6, synthetic_ratio=20, progress=False, arms=["real", "real+synthetic"],
+    )
+    difference = result["paired_difference"]["real+synthetic"]["balanced_accuracy"]
+    assert min(difference["values"]) > 0.1
+    assert result["arms"]["real+synthetic"]["balanced_accuracy"]["mean"] > 0.8
+
+
+def test_recognisability_of_the_training_data_is_perfect():
+    images, labels = bars(24, seed=0)
+    images[torch.as_tensor(labels == 1)] += 0.8  # make the toy trivially separable by brightness too
+    classifier = train_classifier(images, labels, 2, seed=0, epochs=5, channels=SMALL)
+    result = recognisability(classifier, images, labels, ["h", "v"])
+    assert result["per_class"] == {"h": 1.0, "v": 1.0}
+    assert result["overall"] == 1.0
+    assert result["counts"] == {"h": 12, "v": 12}
+    flipped = recognisability(classifier, images, 1 - labels, ["h", "v"])
+    assert flipped["overall"] == 0.0
+    only_h = recognisability(classifier, images[:1], labels[:1], ["h", "v"])
+    assert only_h["per_class"]["v"] is None
+
+
+def test_realness_filter_drops_the_requested_fraction_and_prefers_noise():
+    real_images, _ = bars(32, seed=0)
+    real_like, _ = bars(36, seed=1)
+    noise = torch.rand(12, 1, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    synthetic = torch.cat([real_like, noise])
+    keep, scores = realness_filter(real_images, synthetic, drop_fraction=0.25, seed=0)
+    assert keep.dtype == bool and keep.shape == (48,) and scores.shape == (48,)
+    assert int((~keep).sum()) == 12
+    assert np.all((scores >= 0) & (scores <= 1))
+    assert int((~keep[36:]).sum()) >= 9  # the noise images are the ones dropped (3 by chance)
+    assert scores[36:].mean() > scores[:36].mean()
+    keep_none, _ = realness_filter(real_images, synthetic, drop_fraction=0.0, seed=0, folds=2, epochs=1)
+    assert keep_none.all()
