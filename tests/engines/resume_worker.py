@@ -38,6 +38,7 @@ def main(run_dir: str, iterations: int, checkpoint_every: int) -> int:
         run_dir=run_dir,
         checkpoint_every=checkpoint_every,
         seed=7,
+        precision="fp32",  # the bitwise promise is for fp32; auto would be bf16 on a CPU with AMX
         health_interval=0,
     )
 
