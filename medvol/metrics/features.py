@@ -37,7 +37,7 @@ from medvol.networks.classifiers import ResNetClassifier, stem_stride_for
 from medvol.transforms.augment import classical_augmentation
 
 DEFAULT_CHANNELS = (16, 32, 64)
-DEFAULT_EPOCHS = 20
+DEFAULT_EPOCHS = 10
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_LR = 5e-3
 DEFAULT_WEIGHT_DECAY = 1e-4
@@ -79,8 +79,8 @@ def _single_thread() -> Iterator[None]:
 
 
 def check_images(images: torch.Tensor, name: str = "images") -> torch.Tensor:
-    """`images` as a float32 tensor `[N, 1, *size]` with 2 or 3 spatial axes."""
-    images = torch.as_tensor(images)
+    """`images` as a plain float32 tensor `[N, 1, *size]` with 2 or 3 spatial axes (MONAI metadata dropped)."""
+    images = convert_to_tensor(images, track_meta=False)
     if images.ndim not in (4, 5) or images.shape[1] != 1:
         raise ValueError(f"{name} must be a tensor [N, 1, x, y] or [N, 1, x, y, z], got shape {tuple(images.shape)}")
     return images.float()
@@ -130,7 +130,7 @@ def recompute_batch_norm(
     Args:
         module: network to update in place.
         images: the training images.
-        batch_size: images per forward pass (a fixed random order; the last batch may be smaller).
+        batch_size: most images per forward pass (batches of near-equal size in a fixed random order).
         transform_batch: `(batch, indices) -> batch`, the augmentation of training, so that the statistics are those of
             the data the network was trained on.
     """
@@ -147,8 +147,7 @@ def recompute_batch_norm(
     # batches in a random order: in a class-sorted order the mean of the within-batch variances would miss the
     # variance between classes
     order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))
-    for start in range(0, images.shape[0], batch_size):
-        index = order[start : start + batch_size]
+    for index in torch.tensor_split(order, math.ceil(images.shape[0] / batch_size)):
         batch = images[index] if transform_batch is None else transform_batch(images[index], index)
         module(batch.to(device))
     for layer, momentum in zip(layers, momenta):
@@ -196,13 +195,14 @@ def train_classifier(
     """Train a `ResNetClassifier`: the one classifier recipe of the evaluation.
 
     Recipe: a `ResNetClassifier` of widths `channels` whose stem halves images of 32 or more per axis
-    (`stem_stride_for`), AdamW (`lr`, `weight_decay`), mini-batches of `batch_size` in a seeded random order each epoch, the learning
-    rate annealed per step (cosine to 0 by default), cross-entropy weighted by inverse class frequency when
-    `class_weighted` (a no-op on balanced data; keeps a minority class from being ignored), a fixed number of
-    `epochs` and the weights of the last epoch, whose batch-norm statistics are then recomputed in one pass over the
-    training images, augmented as in training (`recompute_batch_norm`). Seed `s` fixes the initialisation, the order and the augmentation draws,
-    so two calls with equal data and seed give equal networks (on the CPU), and different training sets with equal
-    seed start from the same initial weights. The caller's global random state is left untouched.
+    (`stem_stride_for`), AdamW (`lr`, `weight_decay`), mini-batches of at most `batch_size` (near-equal sizes) in a
+    seeded random order each epoch, the learning rate annealed per step (cosine to 0 by default), cross-entropy
+    weighted by inverse class frequency when `class_weighted` (a no-op on balanced data; keeps a minority class from
+    being ignored), a fixed number of `epochs` and the weights of the last epoch, whose batch-norm statistics are then
+    recomputed in one pass over the training images, augmented as in training (`recompute_batch_norm`). Seed `s`
+    fixes the initialisation, the order and the augmentation draws, so two calls with equal data and seed give equal
+    networks (on the CPU), and different training sets with equal seed start from the same initial weights. The
+    caller's global random state is left untouched.
 
     Args:
         images: training images `[N, 1, *size]` in [-1, 1].
@@ -211,7 +211,7 @@ def train_classifier(
         seed: random seed.
         epochs: passes over the data.
         augment: classical augmentation (`medvol.transforms.augment.classical_augmentation`, drawn anew each time
-            a sample is seen): True for every sample, False for none, or a boolean mask selecting the samples to augment.
+            a sample is seen): True for every sample, False for none, or a boolean mask of the samples to augment.
         device: torch device (default: CUDA when available).
         batch_size: mini-batch size.
         lr: peak learning rate.
@@ -285,8 +285,7 @@ def train_classifier(
             classifier.train()
             order = torch.randperm(count, generator=order_generator)
             loss_sum, correct = 0.0, 0
-            for start in range(0, count, batch_size):
-                index = order[start : start + batch_size]
+            for index in torch.tensor_split(order, steps_per_epoch):
                 batch = images[index]
                 if augment_batch is not None:
                     batch = augment_batch(batch, index)
@@ -362,7 +361,9 @@ class FeatureExtractor:
     def __call__(self, images: torch.Tensor) -> np.ndarray:
         images = check_images(images)
         if images.ndim - 2 != self.spatial_dims:
-            raise ValueError(f"this feature extractor takes {self.spatial_dims}D images, got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"this feature extractor takes {self.spatial_dims}D images, got shape {tuple(images.shape)}"
+            )
         parts = [
             _pooled(self._embed(self.module, images[i : i + self.batch_size].to(self.device))).double().cpu()
             for i in range(0, images.shape[0], self.batch_size)
@@ -391,8 +392,8 @@ def _padding(size: Sequence[int], multiple: int) -> list[int]:
 
 
 class AutoencoderEncoder(nn.Module):
-    """The convolutional encoder of a `ConvAutoencoder` with its coarsest feature map average-pooled: `[B, channels[-1]]`.
-    Images are padded at their far ends (edge values repeated) to a size the autoencoder takes."""
+    """The convolutional encoder of a `ConvAutoencoder` with its coarsest feature map average-pooled:
+    `[B, channels[-1]]`. Images are padded at their far ends (edge values repeated) to a size the autoencoder takes."""
 
     def __init__(self, autoencoder: ConvAutoencoder, multiple: int) -> None:
         super().__init__()
@@ -534,12 +535,15 @@ def _load_user_module(path: Path, device: torch.device) -> nn.Module:
     try:
         if kind == "torchscript":
             with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated", category=DeprecationWarning)
+                warnings.filterwarnings(
+                    "ignore", message=r".*torch\.jit\.load.* is deprecated", category=DeprecationWarning
+                )
                 return torch.jit.load(str(path), map_location=device)
         if kind == "export":
             return torch.export.load(str(path)).module()
     except Exception as err:  # noqa: BLE001 - any loading failure is a broken user file
-        raise MedvolInputError(path, f"not a loadable {kind} model ({type(err).__name__}: {_first_line(err)})") from None
+        problem = f"not a loadable {kind} model ({type(err).__name__}: {_first_line(err)})"
+        raise MedvolInputError(path, problem) from None
     module, _ = load_checkpoint(path)
     return module
 
@@ -679,9 +683,12 @@ def build_feature_extractor(
                 train_images, labels, num_classes, seed=seed, epochs=epochs, device=device, progress=progress,
                 description="feature classifier",
             )
-            training = {"training_accuracy": module.history[-1]["train_accuracy"], "training_loss": module.history[-1]["loss"]}
+            last = module.history[-1]
+            training = {"training_accuracy": last["train_accuracy"], "training_loss": last["loss"]}
         else:
-            module, training = train_autoencoder_encoder(train_images, seed=seed, epochs=epochs, device=device, progress=progress)
+            module, training = train_autoencoder_encoder(
+                train_images, seed=seed, epochs=epochs, device=device, progress=progress
+            )
         info = {**settings, "settings_hash": key, "training_images": count, **training}
         save_checkpoint(module, weights_path, {"settings_hash": key})
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -696,9 +703,9 @@ def build_feature_extractor(
         embed = _classifier_features
     else:
         description = (
-            f"average-pooled encoder output ({AUTOENCODER_CHANNELS[-1]} features) of a convolutional autoencoder trained "
-            f"for {epochs} epochs on the {count} real training images (unlabelled), seed {seed}; reconstruction MSE "
-            f"{info.get('reconstruction_mse', float('nan')):.4f}"
+            f"average-pooled encoder output ({AUTOENCODER_CHANNELS[-1]} features) of a convolutional autoencoder "
+            f"trained for {epochs} epochs on the {count} real training images (unlabelled), seed {seed}; "
+            f"reconstruction MSE {info.get('reconstruction_mse', float('nan')):.4f}"
         )
         embed = lambda m, x: m(x)  # noqa: E731
     return FeatureExtractor(module, spatial_dims, kind, description, embed, device=device, info=info)

@@ -115,7 +115,8 @@ def paired_difference(values: Sequence[float | None], reference: Sequence[float 
     mean = float(differences.mean())
     ci95 = None
     if differences.size > 1:
-        half_width = float(stats.t.ppf(0.975, differences.size - 1) * differences.std(ddof=1) / np.sqrt(differences.size))
+        standard_error = differences.std(ddof=1) / np.sqrt(differences.size)
+        half_width = float(stats.t.ppf(0.975, differences.size - 1) * standard_error)
         ci95 = [mean - half_width, mean + half_width]
     return {"mean": mean, "ci95": ci95, "values": [float(d) for d in differences]}
 
@@ -220,7 +221,9 @@ def utility_study(
     if filter_mask is not None:
         keep = np.asarray(filter_mask, dtype=bool).reshape(-1)
         if keep.shape[0] != synthetic_images.shape[0]:
-            raise ValueError(f"filter_mask has {keep.shape[0]} entries for {synthetic_images.shape[0]} synthetic images")
+            raise ValueError(
+                f"filter_mask has {keep.shape[0]} entries for {synthetic_images.shape[0]} synthetic images"
+            )
     pool = np.flatnonzero(keep)
     n_train = train_images.shape[0]
     requested = int(round(synthetic_ratio * n_train))
@@ -228,11 +231,13 @@ def utility_study(
     notes: list[str] = []
     uses_synthetic = any("synthetic" in arm for arm in arms)
     if uses_synthetic and used < 1:
-        raise MedvolInputError(None, "no synthetic samples are left for the utility study (all filtered out or none given)")
+        raise MedvolInputError(
+            None, "no synthetic samples are left for the utility study (all filtered out or none given)"
+        )
     if uses_synthetic and used < requested:
         notes.append(
-            f"synthetic_ratio {synthetic_ratio} asks for {requested} synthetic samples but only {pool.size} are available"
-            f"{' after filtering' if filter_mask is not None else ''}; all {used} are used (effective ratio "
+            f"synthetic_ratio {synthetic_ratio} asks for {requested} synthetic samples but only {pool.size} are "
+            f"available{' after filtering' if filter_mask is not None else ''}; all {used} are used (effective ratio "
             f"{used / n_train:.3f})"
         )
     missing = sorted(set(range(num_classes)) - set(synthetic_labels[pool].tolist())) if uses_synthetic else []
@@ -245,7 +250,8 @@ def utility_study(
     counts: dict[str, dict[str, int]] = {}
     bar = tqdm(total=len(arms) * len(seed_list), desc="utility", unit="classifier", disable=not progress)
     for seed in seed_list:
-        chosen = np.sort(np.random.default_rng(seed).choice(pool, size=used, replace=False)) if uses_synthetic else pool[:0]
+        rng = np.random.default_rng(seed)
+        chosen = np.sort(rng.choice(pool, size=used, replace=False)) if uses_synthetic else pool[:0]
         synthetic_part = synthetic_images[torch.as_tensor(chosen, dtype=torch.long)]
         synthetic_part_labels = synthetic_labels[chosen]
         for arm in arms:
@@ -296,9 +302,9 @@ def utility_study(
         "metrics": metric_names,
         "notes": notes,
         "recipe": (
-            f"ResNetClassifier trained by medvol.metrics.features.train_classifier for {epochs} epochs per arm and seed "
-            "(AdamW, cosine learning rate, class-weighted cross-entropy, last epoch kept); tested on the held-out real "
-            "test split; synthetic subset drawn per seed"
+            f"ResNetClassifier trained by medvol.metrics.features.train_classifier for {epochs} epochs per arm and "
+            "seed (AdamW, cosine learning rate, class-weighted cross-entropy, last epoch kept); tested on the held-out "
+            "real test split; synthetic subset drawn per seed"
         ),
         "arms": {
             arm: {name: summarise([m[name] for m in per_seed[arm]]) for name in metric_names} for arm in arms
@@ -397,7 +403,8 @@ def realness_filter(
     folds = min(int(folds), n_real, n_synthetic)
     if folds < 2:
         raise MedvolInputError(
-            None, f"the real-vs-synthetic filter needs at least 2 real and 2 synthetic images (got {n_real}, {n_synthetic})"
+            None,
+            f"the real-vs-synthetic filter needs at least 2 real and 2 synthetic images (got {n_real}, {n_synthetic})",
         )
     rng = np.random.default_rng(seed)
     real_fold = rng.permutation(n_real) % folds

@@ -62,8 +62,8 @@ def stem_stride_for(image_size: Sequence[int], channels: Sequence[int]) -> int:
 
 
 class ResNetClassifier(nn.Module):
-    """Small ResNet: a 3-conv stem (optionally strided), one stage of residual blocks per entry of `channels` (each halving every axis;
-    an axis of length 1 stays 1), global average pooling and a linear head.
+    """Small ResNet: a 3-conv stem (optionally strided), one stage of residual blocks per entry of `channels` (each
+    halving every axis; an axis of length 1 stays 1), global average pooling and a linear head.
 
     `features(x)` is the pooled penultimate vector `[B, channels[-1]]` (the evaluation's feature space);
     `forward(x)` returns class logits `[B, num_classes]`. Any spatial size works; with the default widths a 64^2
@@ -110,7 +110,9 @@ class ResNetClassifier(nn.Module):
         self.feature_size = self.channels[-1]
 
         self.stem = nn.Sequential(
-            strided_conv(spatial_dims, self.in_channels, self.channels[0], 3, (self.stem_stride,) * spatial_dims, norm is None),
+            strided_conv(
+                spatial_dims, self.in_channels, self.channels[0], 3, (self.stem_stride,) * spatial_dims, norm is None
+            ),
             norm_layer(norm, spatial_dims, self.channels[0]),
             nn.ReLU(inplace=True),
         )

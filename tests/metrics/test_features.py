@@ -88,7 +88,9 @@ def test_monitor_records_curves_without_changing_the_network():
     images, labels = brightness_toy(24, seed=0)
     test_images, test_labels = brightness_toy(20, seed=1)
     plain = train_classifier(images, labels, 2, seed=0, epochs=2, channels=SMALL)
-    monitored = train_classifier(images, labels, 2, seed=0, epochs=2, channels=SMALL, monitor=(test_images, test_labels))
+    monitored = train_classifier(
+        images, labels, 2, seed=0, epochs=2, channels=SMALL, monitor=(test_images, test_labels)
+    )
     assert all(0.0 <= h["monitor_accuracy"] <= 1.0 for h in monitored.history)
     for key, value in plain.state_dict().items():
         assert torch.allclose(value.float(), monitored.state_dict()[key].float()), key
