@@ -126,18 +126,21 @@ class MemoryPlan:
 
     def agreed_across_ranks(self) -> MemoryPlan:
         """The plan every distributed rank can run: the smallest micro-batch any rank planned (all ranks must do the
-        same number of backward passes, or DistributedDataParallel's gradient all-reduce waits forever). Without an
-        initialised process group of more than one rank, the plan itself."""
+        same number of backward passes, or DistributedDataParallel's gradient all-reduce waits forever), with
+        activation checkpointing when any rank needed it. One collective, after every rank finished probing (the
+        probes run no collective). Without an initialised process group of more than one rank, the plan itself."""
         distributed = torch.distributed
         if not (distributed.is_available() and distributed.is_initialized()) or distributed.get_world_size() == 1:
             return self
         device = torch.device("cuda", torch.cuda.current_device()) if distributed.get_backend() == "nccl" else "cpu"
-        smallest = torch.tensor([self.micro_batch], dtype=torch.int64, device=device)
+        smallest = torch.tensor([self.micro_batch, -int(self.checkpointing)], dtype=torch.int64, device=device)
         distributed.all_reduce(smallest, op=distributed.ReduceOp.MIN)
-        micro = int(smallest.item())
-        if micro == self.micro_batch:
+        micro, checkpointing = int(smallest[0].item()), bool(-smallest[1].item())
+        if micro == self.micro_batch and checkpointing == self.checkpointing:
             return self
-        return dataclasses.replace(self, micro_batch=micro, accumulation_steps=math.ceil(self.effective_batch / micro))
+        return dataclasses.replace(
+            self, micro_batch=micro, accumulation_steps=math.ceil(self.effective_batch / micro), checkpointing=checkpointing
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -435,6 +438,8 @@ def apply_activation_checkpointing(network: nn.Module) -> list[str]:
         The names of the wrapped modules.
     """
     wrapped: list[str] = []
+    if isinstance(network, nn.parallel.DistributedDataParallel):
+        network = network.module  # its blocks, not the wrapper's one child (the whole network as one segment)
 
     def visit(module: nn.Module, prefix: str) -> None:
         for name, child in module.named_children():

@@ -69,6 +69,7 @@ import dataclasses
 import logging
 import math
 import os
+import random
 import signal
 import threading
 import time
@@ -76,6 +77,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim import Optimizer
@@ -160,8 +162,29 @@ def _micro_slices(n: int, micro_batch: int) -> list[slice]:
     return [slice(start, min(start + micro_batch, n)) for start in range(0, n, micro_batch)]
 
 
-def _as_float(value: Any) -> float:
-    return float(value.detach().float().mean()) if isinstance(value, torch.Tensor) else float(value)
+def _without_ddp_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``state_dict`` saved from a ``DistributedDataParallel`` wrapper (keys ``module.*``) as the network's own."""
+    if state and all(key.startswith("module.") for key in state):
+        return {key[len("module.") :]: value for key, value in state.items()}
+    return dict(state)
+
+
+def process_rank() -> tuple[int, int]:
+    """``(rank, world size)`` of this process: ``(0, 1)`` without an initialised process group."""
+    distributed = torch.distributed
+    if distributed.is_available() and distributed.is_initialized():
+        return distributed.get_rank(), distributed.get_world_size()
+    return 0, 1
+
+
+def unwrapped(network: nn.Module) -> nn.Module:
+    """The network inside a ``DistributedDataParallel`` wrapper (or the network itself)."""
+    return network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
+
+
+def step_seed(seed: int, rank: int, iteration: int) -> int:
+    """The seed of rank `rank`'s random stream in iteration `iteration` (well mixed, 63 bits)."""
+    return int(np.random.SeedSequence([int(seed), int(rank), int(iteration)]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class MedvolTrainer(Trainer):
@@ -277,6 +300,8 @@ class MedvolTrainer(Trainer):
         self.state.iteration_seconds = float("nan")
         self.state.samples_per_second = float("nan")
         self._stop_signal: int | None = None
+        self.seed = int(seed)
+        self.rank, self.world_size = process_rank()
 
         self.add_event_handler(Events.ITERATION_COMPLETED, self._save_periodic_checkpoint)
         self.add_event_handler(Events.ITERATION_COMPLETED, self._stop_when_signalled)
@@ -334,7 +359,9 @@ class MedvolTrainer(Trainer):
             "plan": self.plan.to_dict() if self.plan is not None else None,
             "precision": self.precision.value,
             "extra": self.extra_state_dict(),
-            "rng": capture_rng_state(),
+            # the global generators (rank 0's); the per-rank streams of the training steps follow from the seed, the
+            # rank and the iteration (see rank_random_stream)
+            "rng": {**capture_rng_state(), "stream_seed": self.seed, "world_size": self.world_size},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -352,7 +379,14 @@ class MedvolTrainer(Trainer):
         self.load_extra_state_dict(state.get("extra", {}))
         self.state.iteration = int(state["iteration"])
         self.state.epoch = int(state["epoch"])
-        restore_rng_state(state["rng"])
+        self.seed = int(state["rng"].get("stream_seed", self.seed))
+        if self.rank == 0:
+            restore_rng_state(state["rng"])
+        else:  # rank 0's global generator states are not this rank's: seed them for this rank instead
+            rank_seed = step_seed(self.seed, self.rank, -1 - self.state.iteration)
+            torch.manual_seed(rank_seed)
+            np.random.seed(rank_seed % 2**32)
+            random.seed(rank_seed)
 
     def _save(self) -> None:
         if self.checkpoints is None or self.state.iteration == self._last_saved_iteration:
@@ -384,10 +418,7 @@ class MedvolTrainer(Trainer):
 
     def model_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights of :meth:`exported_network` as a plain ``state_dict`` (no DistributedDataParallel prefix)."""
-        state = self.exported_network()[1].state_dict()
-        if state and all(key.startswith("module.") for key in state):
-            return {key[len("module.") :]: value for key, value in state.items()}
-        return dict(state)
+        return dict(unwrapped(self.exported_network()[1]).state_dict())
 
     def _export_model(self, engine: Any) -> None:
         """Write ``RUN/models/model.pt`` (weights only, on the CPU) and name it in ``RUN/run.json`` when there is one."""
@@ -471,7 +502,25 @@ class MedvolTrainer(Trainer):
 
     # ---- memory plan --------------------------------------------------------------------------------------------
     def _checkpointable_networks(self) -> list[nn.Module]:
-        return list(self.networks.values())
+        # the networks inside DistributedDataParallel: the wrapper's one child is the whole network, and checkpointing
+        # it as one segment would recompute every activation at once in the backward pass (no saving)
+        return [unwrapped(net) for net in self.networks.values()]
+
+    @contextlib.contextmanager
+    def _local_networks(self):
+        """Inside the block the trainer calls its networks without their DistributedDataParallel wrappers, so that a
+        memory probe runs no collective: an out-of-memory error on one rank mid-probe cannot leave the other ranks
+        waiting in a gradient all-reduce."""
+        swapped = []
+        for wrapper in vars(self).values():
+            if isinstance(wrapper, AutocastModule) and isinstance(wrapper.module, nn.parallel.DistributedDataParallel):
+                swapped.append((wrapper, wrapper.module))
+                wrapper.module = wrapper.module.module
+        try:
+            yield
+        finally:
+            for wrapper, network in swapped:
+                wrapper.module = network
 
     def _make_plan(self) -> MemoryPlan:
         common = dict(
@@ -488,13 +537,36 @@ class MedvolTrainer(Trainer):
             return MemoryPlan.load(requested)
         return self.plan_memory(parse_memory_budget(self.max_memory_gb))
 
+    def _local_memory_forward(self, micro_batch: int) -> None:
+        with self._local_networks():
+            self.memory_forward(micro_batch)
+
+    def _budget_agreed_across_ranks(self, budget_bytes: int | None) -> int | None:
+        """The smallest budget of all ranks (on CUDA, None means this GPU's free memory), agreed before any probe so
+        that every rank plans for the same memory; the probes themselves then run without collectives and the
+        resulting plans are reconciled once, afterwards (:meth:`MemoryPlan.agreed_across_ranks`)."""
+        if self.world_size == 1:
+            return budget_bytes
+        if budget_bytes is None and self.state.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.state.device)
+            budget_bytes = int(free + torch.cuda.memory_allocated(self.state.device))
+        unlimited = 2**62
+        distributed = torch.distributed
+        device = self.state.device if distributed.get_backend() == "nccl" else torch.device("cpu")
+        smallest = torch.tensor([unlimited if budget_bytes is None else budget_bytes], dtype=torch.int64, device=device)
+        distributed.all_reduce(smallest, op=distributed.ReduceOp.MIN)
+        agreed = int(smallest.item())
+        return None if agreed == unlimited else agreed
+
     def plan_memory(self, budget_bytes: int | None, safety_margin: float = 0.15) -> MemoryPlan:
         """Plan micro-batch / accumulation / checkpointing for ``budget_bytes`` (see :func:`plan_memory`)."""
+        budget_bytes = self._budget_agreed_across_ranks(budget_bytes)
         snapshot = self._snapshot()  # taken once, outside the measurements; restoring it allocates nothing
 
         def probe(micro_batch: int) -> None:
             try:
-                self.memory_probe(micro_batch)
+                with self._local_networks():
+                    self.memory_probe(micro_batch)
             finally:
                 self._restore_snapshot(snapshot)
 
@@ -506,8 +578,8 @@ class MedvolTrainer(Trainer):
             precision=self.precision.value,
             safety_margin=safety_margin,
             static_bytes=static_training_bytes(list(self.networks.values()), list(self.optimizers.values())),
-            activation_forward=self.memory_forward,
-            networks=list(self.networks.values()),
+            activation_forward=self._local_memory_forward,
+            networks=[unwrapped(net) for net in self.networks.values()],
         )
         if self.state.device.type == "cuda":
             kwargs["static_bytes"] = 0
@@ -681,23 +753,63 @@ class MedvolTrainer(Trainer):
         (loss if scaler is None else scaler.scale(loss)).backward()
 
     def _accumulate(self, name: str, count: int, micro_batch: int, loss_of: Callable[[slice], dict[str, torch.Tensor]]) -> dict[str, float]:
-        """Forward/backward over micro-batches of ``count`` samples; returns sample-weighted mean of logged terms."""
-        totals: dict[str, float] = {}
-        for part in _micro_slices(count, micro_batch):
-            self._maybe_inject_oom(micro_batch)
-            terms = loss_of(part)
-            self.fire_event(IterationEvents.LOSS_COMPLETED)
-            check_finite(terms, self.state.iteration, name, self.last_checkpoint)
-            share = (part.stop - part.start) / count
-            self._backward(name, terms["loss"].float() * share)
+        """Forward/backward over micro-batches of ``count`` samples; returns sample-weighted mean of logged terms.
+
+        The terms are summed on the device and read back once, after the last micro-batch (one host sync per
+        optimiser step, not one per term and micro-batch); a NaN or infinity in any micro-batch reaches that sum, so
+        the finiteness check there still stops the step before the optimiser takes it. Under
+        ``DistributedDataParallel`` all but the last micro-batch run in ``no_sync()``: their gradients accumulate
+        locally and the last backward all-reduces the sum, one all-reduce per optimiser step.
+        """
+        network = self.networks.get(name)
+        parts = _micro_slices(count, micro_batch)
+        totals: dict[str, torch.Tensor | float] = {}
+        for number, part in enumerate(parts):
+            local = number < len(parts) - 1 and isinstance(network, nn.parallel.DistributedDataParallel)
+            with network.no_sync() if local else contextlib.nullcontext():
+                self._maybe_inject_oom(micro_batch)
+                terms = loss_of(part)
+                self.fire_event(IterationEvents.LOSS_COMPLETED)
+                share = (part.stop - part.start) / count
+                self._backward(name, terms["loss"].float() * share)
             for key, value in terms.items():
-                totals[key] = totals.get(key, 0.0) + _as_float(value) * share
+                value = value.detach().float().mean() if isinstance(value, torch.Tensor) else float(value)
+                totals[key] = totals.get(key, 0.0) + value * share
         self.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        return totals
+        on_device = [key for key, value in totals.items() if isinstance(value, torch.Tensor)]
+        if on_device:
+            values = torch.stack([totals[key].reshape(()) for key in on_device]).tolist()
+            totals.update(zip(on_device, values))
+        logs = {key: float(value) for key, value in totals.items()}
+        check_finite(logs, self.state.iteration, name, self.last_checkpoint)
+        return logs
+
+    @contextlib.contextmanager
+    def rank_random_stream(self, iteration: int | None = None):
+        """Make every random draw inside the block (latents, sampled labels, gradient-penalty mixing weights, label
+        flips, dropout) come from this rank's stream for `iteration` (default: the current one), a torch generator
+        seeded with :func:`step_seed` ``(seed, rank, iteration)``; the global CPU and CUDA generators are put back
+        afterwards, untouched.
+
+        Every rank of a distributed run thus draws different latents, and a resumed run draws, from iteration
+        ``n + 1`` on, exactly what the uninterrupted run drew: the stream of an iteration is a function of the seed,
+        the rank and the iteration alone, so a checkpoint restores every rank's stream from its iteration count,
+        without gathering generator states from the other ranks (rank 0's checkpoint, and the evaluator's best
+        checkpoint that rank 0 saves alone, need no collective) and whatever the number of ranks on resume.
+        """
+        iteration = int(self.state.iteration if iteration is None else iteration)
+        seed = step_seed(self.seed, self.rank, iteration)
+        cuda = self.state.device.type == "cuda"
+        with torch.random.fork_rng(devices=[self.state.device] if cuda else [], device_type="cuda"):
+            torch.default_generator.manual_seed(seed)
+            if cuda:
+                torch.cuda.manual_seed(seed)  # the current device: CUDA draws (a penalty's mixing weights on the GPU)
+            yield
 
     def _timed_iteration(self, work: Callable[[], dict[str, Any]], samples: int) -> dict[str, Any]:
         start = time.perf_counter()
-        output = work()
+        with self.rank_random_stream():
+            output = work()
         seconds = time.perf_counter() - start
         self.state.iteration_seconds = seconds
         self.state.samples_per_second = samples / seconds if seconds > 0 else float("nan")
@@ -758,9 +870,10 @@ class AdversarialTrainer(MedvolTrainer):
         if ema_decay is not None:
             if not 0.0 < ema_decay < 1.0:
                 raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
-            self.ema_generator = copy.deepcopy(generator).eval().requires_grad_(False)
-        self.latent_size = int(generator.latent_size)
-        self.num_classes = int(getattr(generator, "num_classes", 0) or 0)
+            # a copy of the network, not of a DistributedDataParallel wrapper (process group, reducer, hooks)
+            self.ema_generator = copy.deepcopy(unwrapped(generator)).eval().requires_grad_(False)
+        self.latent_size = int(unwrapped(generator).latent_size)
+        self.num_classes = int(getattr(unwrapped(generator), "num_classes", 0) or 0)
         self.health_interval = health_interval
         self.health = health or AdversarialHealth()
         super().__init__(
@@ -773,11 +886,13 @@ class AdversarialTrainer(MedvolTrainer):
         )
         self._generator_amp = AutocastModule(generator, self.precision)
         self._critic_amp_d_step = AutocastModule(critic, self.precision, fp32_when_input_requires_grad=True)
-        self._critic_amp_g_step = AutocastModule(critic, self.precision)
+        # the generator step only differentiates through the frozen critic: called without its DistributedDataParallel
+        # wrapper, whose forward would prepare a gradient reduction that never comes and fire it in the next backward
+        self._critic_amp_g_step = AutocastModule(unwrapped(critic), self.precision)
 
     @property
     def spatial_dims(self) -> int:
-        return int(getattr(self.generator, "spatial_dims", 2))
+        return int(getattr(unwrapped(self.generator), "spatial_dims", 2))
 
     def _checkpointable_networks(self) -> list[nn.Module]:
         return [self.generator, self.critic]
@@ -973,7 +1088,7 @@ class AdversarialTrainer(MedvolTrainer):
 
     def load_extra_state_dict(self, state: Mapping[str, Any]) -> None:
         if self.ema_generator is not None and state.get("ema_generator") is not None:
-            self.ema_generator.load_state_dict(state["ema_generator"])
+            self.ema_generator.load_state_dict(_without_ddp_prefix(state["ema_generator"]))
 
 
 def _score(output: Any) -> torch.Tensor:
@@ -1006,7 +1121,7 @@ class AutoencoderTrainer(MedvolTrainer):
     ):
         self.network = network
         self.loss_function = loss_function
-        self._spatial_dims = int(spatial_dims if spatial_dims is not None else getattr(network, "spatial_dims", 2))
+        self._spatial_dims = int(spatial_dims if spatial_dims is not None else getattr(unwrapped(network), "spatial_dims", 2))
         self._last_batch: torch.Tensor | None = None
         super().__init__(
             device=device,
