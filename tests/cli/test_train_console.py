@@ -7,6 +7,7 @@ a conditional family on data without labels is refused in one line before any wo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -154,3 +155,18 @@ def test_a_conditional_family_on_data_without_labels_is_refused_before_any_work(
     assert error[0].startswith(f"medvol train: error: {unlabelled / 'datalist.json'}: {family} is a conditional family")
     assert "--labels" in error[0] and "no class labels" in error[0]
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "run.json").exists()
+
+
+def test_each_distinct_warning_reaches_the_console_once():
+    from medvol.cli import _OnlyOnce
+
+    only_once = _OnlyOnce()
+
+    def record(level: int, message: str, *args) -> logging.LogRecord:
+        return logging.LogRecord("medvol.io", level, __file__, 1, message, args, None)
+
+    assert only_once.filter(record(logging.WARNING, "%s: converted RGB to grey", "a.png"))
+    assert not only_once.filter(record(logging.WARNING, "%s: converted RGB to grey", "a.png"))
+    assert only_once.filter(record(logging.WARNING, "%s: converted RGB to grey", "b.png"))  # another file: news
+    assert only_once.filter(record(logging.INFO, "resumed")) and only_once.filter(record(logging.INFO, "resumed"))
+    assert only_once.filter(record(logging.ERROR, "failed")) and only_once.filter(record(logging.ERROR, "failed"))
