@@ -59,6 +59,14 @@ stream position, the iteration/epoch counters and, last, the torch/CUDA/numpy/Py
 continue from that iteration. With deterministic algorithms on CPU a resumed run ends with bitwise the same weights as
 an uninterrupted one (data order depends only on the seed and the pass; see :mod:`medvol.engines.stream`).
 Randomness inside data-loader workers (random augmentation with ``num_workers > 0``) is not part of that promise.
+
+Interruption: during ``run()`` SIGINT (Ctrl-C) and SIGTERM only ask training to stop; the current iteration finishes,
+its checkpoint is written and :class:`TrainingInterrupted` (a ``KeyboardInterrupt`` with ``exit_code`` 130 / 143 and a
+one-line message saying where the checkpoint is) is raised; ``request_stop()`` does the same from code. Under
+DistributedDataParallel the ranks all-reduce the stop flag after every iteration, so all stop after the same one.
+
+Export: when training ends, ``run_dir/models/model.pt`` receives the weights sampling needs as a plain ``state_dict``
+(the EMA generator when there is one, else the generator; the autoencoder), and ``run.json``, when present, names it.
 """
 
 from __future__ import annotations
