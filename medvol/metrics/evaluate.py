@@ -524,14 +524,16 @@ def _methods(real: RealData, extractor, fidelity_counts: Mapping, n_synthetic: i
                           f"{fidelity_counts['n_train']} training features with {n_heldout_baseline} samples of "
                           f"{heldout} (at most as many as the {n_synthetic} synthetic ones) in place of the synthetic "
                           f"set; `mmd_real_baseline`: the MMD between the training and held-out subsamples.",
-        "ms_ssim_synthetic": "Mean multi-scale SSIM over random pairs of synthetic samples (of the same class when "
-                             "labelled); high values mean similar samples (low diversity).",
+        "ms_ssim_synthetic": "Mean multi-scale SSIM over random pairs of synthetic samples (kernel and scales sized "
+                             "for small images, see diversity.settings; per class in diversity.per_class); high "
+                             "values mean similar samples (low diversity).",
         "ms_ssim_real": "The same pairwise MS-SSIM among the real training images: the diversity to expect.",
         "mode_collapse": "True when the synthetic samples are far more alike than the real ones, overall or within a "
                          "class (see diversity.mode_collapse_reason for the rule that fired).",
-        "privacy": f"For each synthetic sample its nearest training image by feature distance (and its SSIM); "
-                   f"the same distances from {heldout} to the training split give the 5th percentile threshold; "
-                   f"synthetic samples closer than it are flagged as possible copies.",
+        "privacy": f"For each synthetic sample its nearest training image by feature distance, and the SSIM to it; "
+                   f"the 5th percentile of the same distance from {heldout} to the training split is the threshold: "
+                   f"synthetic samples at most that far are flagged as possible copies (ssim_agrees: the SSIM also "
+                   f"exceeds the held-out 95th percentile); new real images are flagged about 5% of the time.",
         "recognisability": "A classifier trained on the real training split labels each synthetic sample; the "
                            "fraction labelled as the class it was generated for, per class and overall "
                            f"(real_test: the same classifier on {heldout}, for scale).",
@@ -556,8 +558,8 @@ def _recognisability_classifier(extractor, train: ImageSet, num_classes: int, se
     network = getattr(extractor, "classifier", None)
     if extractor.kind == "classifier" and network is not None and int(getattr(network, "num_classes", -1)) == num_classes:
         return network
-    return feature_module.train_classifier(train.images, train.labels, num_classes, seed=seed, epochs=epochs,
-                                           device=device)
+    recipe = {} if epochs is None else {"epochs": int(epochs)}
+    return feature_module.train_classifier(train.images, train.labels, num_classes, seed=seed, device=device, **recipe)
 
 
 def evaluate(
