@@ -190,9 +190,11 @@ def unwrapped(network: nn.Module) -> nn.Module:
     return network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
 
 
-def step_seed(seed: int, rank: int, iteration: int) -> int:
-    """The seed of rank `rank`'s random stream in iteration `iteration` (well mixed, 63 bits)."""
-    return int(np.random.SeedSequence([int(seed), int(rank), int(iteration)]).generate_state(1, np.uint64)[0] >> 1)
+def step_seed(seed: int, rank: int, iteration: int, stream: int = 0) -> int:
+    """The seed of rank `rank`'s random stream `stream` in iteration `iteration` (well mixed, 63 bits); stream 0
+    drives the training steps, stream 1 the global generators of a resumed rank other than 0."""
+    words = [int(value) & (2**64 - 1) for value in (seed, rank, iteration, stream)]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> 1)
 
 
 class MedvolTrainer(Trainer):
@@ -391,7 +393,7 @@ class MedvolTrainer(Trainer):
         if self.rank == 0:
             restore_rng_state(state["rng"])
         else:  # rank 0's global generator states are not this rank's: seed them for this rank instead
-            rank_seed = step_seed(self.seed, self.rank, -1 - self.state.iteration)
+            rank_seed = step_seed(self.seed, self.rank, self.state.iteration, stream=1)
             torch.manual_seed(rank_seed)
             np.random.seed(rank_seed % 2**32)
             random.seed(rank_seed)
