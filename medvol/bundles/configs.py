@@ -29,7 +29,7 @@ __all__ = [
 
 # ``MEDVOL_BUNDLES`` points at another bundles folder (its parent is then the root macro paths are relative to).
 BUNDLES_DIR = Path(os.environ.get("MEDVOL_BUNDLES", Path(__file__).resolve().parents[2] / "bundles"))
-WORKFLOW_FILES = {"train": "train.yaml", "sample": "sample.yaml", "evaluate": "evaluate.yaml"}
+WORKFLOW_FILES = {"train": "train.yaml", "sample": "inference.yaml", "evaluate": "evaluate.yaml"}
 MULTI_GPU_FILE = "multi_gpu_train.yaml"
 
 
@@ -113,6 +113,7 @@ def load_workflow(
     root = BUNDLES_DIR.parent
     overrides = {key: _anchor_macros(value, root) for key, value in (overrides or {}).items()}
     top_level = {key: value for key, value in overrides.items() if "#" not in key and "::" not in key}
+    top_level.setdefault("bundle_root", str(files[0].parent.parent))
     # MONAI warns "Logging file is set to False, skipping logging." when asked to leave logging alone
     workflows_logger = logging.getLogger("monai.bundle.workflows")
     level = workflows_logger.level

@@ -24,14 +24,10 @@ def torchrun_command(
     Args:
         nproc: processes on this machine (one per GPU; CPU runs use the gloo backend).
         bundle: a bundle name or folder.
-        overrides: root-level config ids to values; each becomes ``--ID VALUE`` (values in Python literal syntax,
-            which ``python -m monai.bundle`` parses with `fire`). MONAI applies them before expanding the macros, so
-            ids inside the shared sections (``train#...``) cannot be overridden this way.
+        overrides: config ids to values (``train#dataloader#num_workers`` too); each becomes ``--ID VALUE`` (values
+            in Python literal syntax, which ``python -m monai.bundle`` parses with `fire`).
         workflow: ``train``.
     """
-    nested = [key for key in overrides if "#" in key or "::" in key]
-    if nested:
-        raise ValueError(f"monai.bundle's command line cannot override ids inside the shared sections: {nested}")
     files = [str(f) for f in bundle_config_files(bundle, workflow, distributed=True)]
     configs = resolve_bundle(bundle) / "configs"
     command = [
@@ -50,6 +46,8 @@ def torchrun_command(
         "--logging_file",
         str(configs / "logging.conf"),
     ]
+    if "bundle_root" not in overrides:
+        command += ["--bundle_root", repr(str(configs.parent))]
     for key, value in overrides.items():
         command += [f"--{key}", repr(_anchor_macros(value, BUNDLES_DIR.parent))]
     return command

@@ -1,19 +1,31 @@
 """Helpers the bundles' training configs call: the datalist and dataset of a prepared folder, the batch size per
-process, event filters and the console statistics."""
+process, event filters, the console statistics, and what differs between families (output range, trainer)."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
+from medvol.bundles.inference import exported_network_name
 from medvol.engines.distributed import world_size
 from medvol.errors import MedvolInputError
 
-__all__ = ["datalist_path", "class_count", "training_dataset", "fit_batch_size", "every", "scalar_outputs"]
+__all__ = [
+    "datalist_path",
+    "class_count",
+    "training_dataset",
+    "fit_batch_size",
+    "every",
+    "scalar_outputs",
+    "output_range",
+    "image_shape",
+    "build_trainer",
+    "exported_network_name",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,3 +89,55 @@ def scalar_outputs(output: Any) -> dict[str, float]:
     if not isinstance(output, Mapping):
         return {}
     return {str(k): float(v) for k, v in output.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def output_range(family: str) -> list[float]:
+    """The intensity range of a family's images: ``[0, 1]`` for the autoencoders (sigmoid output), ``[-1, 1]`` for the
+    generators (tanh output)."""
+    from medvol.networks.factory import AUTOENCODER_FAMILIES
+
+    return [0.0, 1.0] if family in AUTOENCODER_FAMILIES else [-1.0, 1.0]
+
+
+def image_shape(image_size: int | Sequence[int], spatial_dims: int) -> list[int]:
+    """`image_size` as one size per spatial axis."""
+    if isinstance(image_size, int):
+        return [int(image_size)] * int(spatial_dims)
+    return [int(s) for s in image_size]
+
+
+def build_trainer(
+    family: str,
+    networks: Mapping[str, torch.nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    objective: Any,
+    ema_decay: float | None = None,
+    **options: Any,
+):
+    """The trainer of a family: `medvol.engines.AutoencoderTrainer` for the autoencoders, else
+    `medvol.engines.AdversarialTrainer` (with an EMA generator when `ema_decay` is set).
+
+    Args:
+        family: a family of `medvol.networks.factory.FAMILIES`.
+        networks: the placed networks, ``{"autoencoder"}`` or ``{"generator", "critic"}``.
+        optimizers: one optimiser per network, by the same names.
+        objective: what `medvol.objectives.build_objective` built for the family.
+        ema_decay: decay of the generator's exponential moving average (GAN families only).
+        options: keyword arguments both trainers take (`medvol.engines.trainer.MedvolTrainer`).
+    """
+    from medvol import engines
+    from medvol.networks.factory import AUTOENCODER_FAMILIES
+
+    if family in AUTOENCODER_FAMILIES:
+        return engines.AutoencoderTrainer(
+            network=networks["autoencoder"], optimizer=optimizers["autoencoder"], loss_function=objective, **options
+        )
+    return engines.AdversarialTrainer(
+        generator=networks["generator"],
+        critic=networks["critic"],
+        g_optimizer=optimizers["generator"],
+        d_optimizer=optimizers["critic"],
+        objective=objective,
+        ema_decay=ema_decay,
+        **options,
+    )

@@ -1,6 +1,6 @@
 """`medvol sample RUN --n N [--label L] --format nifti|dicom --out DIR`: synthetic files from a trained run.
 
-Runs the bundle's sample workflow (``bundles/NAME/configs/sample.yaml``, the one ``python -m monai.bundle run``
+Runs the bundle's sample workflow (``bundles/NAME/configs/inference.yaml``, the one ``python -m monai.bundle run``
 runs) with the arguments as overrides: N samples (per class for conditional models), intensities mapped back to the
 source range (HU for CT), NIfTI with the training data's spacing and orientation or one DICOM series per sample
 (new UIDs, DERIVED\\SECONDARY, SYNTHETIC, no identifiers), and ``DIR/datalist.json`` in the datalist format of

@@ -47,7 +47,7 @@ STOP_FILE = ".stop-requested"
 # (sent to them rather than to `medvol`), for the parent to report
 WORKER_ERROR_FILE = ".worker-error"
 WORKER_SIGNAL_FILE = ".worker-signal"
-# the logger of the bundles' StatsHandler (bundles/common/configs/train.yaml): loss lines every `sample_every`
+# the logger of the bundles' StatsHandler (bundles/NAME/configs/train.yaml): loss lines every `sample_every`
 # iterations, which `medvol train` shows only with --verbose (TensorBoard has them; the progress bar shows the loss)
 STATS_LOGGER = "medvol.train"
 

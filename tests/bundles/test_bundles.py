@@ -1,14 +1,18 @@
 """Every bundle as the MONAI model zoo's CI tests its bundles: metadata fields, then the train config run through
-`ConfigWorkflow` for 2 iterations on tiny generated inputs in 2D (PNG) and 3D (NIfTI), then the sample config, with
-the outputs checked; and the multi-GPU config trained by 2 gloo processes under torchrun."""
+`ConfigWorkflow` for 2 iterations on tiny generated inputs in 2D (PNG) and 3D (NIfTI) from outside the repository,
+then the inference config and its exported network, with the outputs checked; a bundle folder copied alone to a
+temporary folder trained, sampled, exported and verified by `python -m monai.bundle` commands run there; and the
+multi-GPU config trained by 2 gloo processes under torchrun."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -17,8 +21,11 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from medvol.bundle import BUNDLES_DIR, FAMILIES, load_workflow, resolve_bundle, torchrun_command
+from medvol.bundles import BUNDLES_DIR, FAMILIES, load_workflow, resolve_bundle, torchrun_command
+from medvol.bundles.inference import export_network, latent_input_size
 from medvol.errors import MedvolInputError
+from medvol.networks.factory import build, sized_options
+from medvol.sampling import load_networks, load_run_record
 
 REPO_ROOT = BUNDLES_DIR.parent
 SIZE = 16
@@ -50,7 +57,8 @@ METADATA_FIELDS = (
 BUNDLE_FILES = (
     "configs/metadata.json",
     "configs/train.yaml",
-    "configs/sample.yaml",
+    "configs/inference.yaml",
+    "configs/evaluate.yaml",
     "configs/multi_gpu_train.yaml",
     "configs/logging.conf",
     "docs/README.md",
@@ -106,9 +114,36 @@ def test_bundle_layout_and_metadata(family):
     assert metadata["pytorch_version"] == torch.__version__.split("+")[0]
     assert metadata["numpy_version"] == np.__version__
     data_format = metadata["network_data_format"]
-    assert data_format["inputs"] and data_format["outputs"]["pred"]["num_channels"] == 1
-    if family in CONDITIONAL:
-        assert "label" in data_format["inputs"]
+    assert data_format["outputs"]["pred"]["num_channels"] == 1
+    assert data_format["outputs"]["pred"]["value_range"] == ([0, 1] if family in ("cae", "vae") else [-1, 1])
+    # the exported network's input at the default widths: the latent vector, plus the class index when conditional
+    options = sized_options(family, 2, 64, {}, width=None, dataset_size=500)
+    networks = build(family, 2, 64, num_classes=2 if family in CONDITIONAL else 0, **options)
+    latent_size = (networks.get("generator") or networks["autoencoder"]).latent_size
+    assert list(data_format["inputs"]) == ["latent"]
+    assert data_format["inputs"]["latent"]["num_channels"] == latent_size + (family in CONDITIONAL)
+
+
+WIRING_MARKER = "# ---- wiring:"
+
+
+@pytest.mark.parametrize("config", ("train.yaml", "inference.yaml", "evaluate.yaml", "multi_gpu_train.yaml", "logging.conf"))
+def test_every_bundle_carries_the_same_wiring(config):
+    """Each bundle holds all its configs (the model-zoo layout, no path into another folder); what is not a parameter
+    is the same in every bundle, so a fix reaches all families."""
+    texts = {family: (resolve_bundle(family) / "configs" / config).read_text() for family in FAMILIES}
+    for family, text in texts.items():
+        assert "%" not in text.replace("%(", ""), f"{family}/{config} pulls in another file with a macro"
+        assert "medvol_bundle." not in text and "bundles/" not in text.split(WIRING_MARKER)[-1]
+    if config == "logging.conf":
+        wiring = dict(texts)
+    elif config == "multi_gpu_train.yaml":
+        wiring = {family: text[text.index("distributed: true") :] for family, text in texts.items()}
+    else:
+        assert all(WIRING_MARKER in text for text in texts.values()), config
+        wiring = {family: text[text.index(WIRING_MARKER) :] for family, text in texts.items()}
+    reference = wiring["wgan_gp"]
+    assert [family for family, text in wiring.items() if text != reference] == []
 
 
 def run_config(config_file: Path, overrides: dict) -> ConfigWorkflow:
@@ -123,9 +158,9 @@ def run_config(config_file: Path, overrides: dict) -> ConfigWorkflow:
 @pytest.mark.parametrize("spatial_dims", (2, 3))
 @pytest.mark.parametrize("family", FAMILIES)
 def test_train_then_sample_config(family, spatial_dims, prepared, tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO_ROOT)  # the configs' macro paths are relative to the repository root
+    monkeypatch.chdir(tmp_path)  # nothing in a bundle depends on the working directory
     run_dir, out_dir = tmp_path / "run", tmp_path / "synthetic"
-    configs = Path("bundles") / family / "configs"
+    configs = resolve_bundle(family) / "configs"
     run_config(configs / "train.yaml", tiny_overrides(family, spatial_dims, prepared[spatial_dims], run_dir))
 
     latest = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
@@ -141,7 +176,9 @@ def test_train_then_sample_config(family, spatial_dims, prepared, tmp_path, monk
     assert list((run_dir / "tensorboard").iterdir()), "no TensorBoard event file"
     assert list((run_dir / "samples").glob("*.png")), "no sample picture"
 
-    run_config(configs / "sample.yaml", {"run_dir": str(run_dir), "n": 2, "output_dir": str(out_dir), "device": "cpu"})
+    assert_export_generates_as_sampling(run_dir, family)
+
+    run_config(configs / "inference.yaml", {"run_dir": str(run_dir), "n": 2, "output_dir": str(out_dir), "device": "cpu"})
     datalist = json.loads((out_dir / "datalist.json").read_text())
     expected = 2 * (2 if family in CONDITIONAL else 1)
     assert datalist["numTraining"] == len(datalist["training"]) == expected
@@ -158,6 +195,25 @@ def test_train_then_sample_config(family, spatial_dims, prepared, tmp_path, monk
         assert np.isfinite(values).all()
         assert window[0] - 1e-3 <= values.min() and values.max() <= window[1] + 1e-3  # back in source units
         assert b"SYNTHETIC" in image.header["descrip"].tobytes()
+
+
+def assert_export_generates_as_sampling(run_dir: Path, family: str) -> None:
+    """RUN/models/model.pt loads unchanged into the inference config's `network_def`, which, traced as
+    `ckpt_export` traces it, draws the images of the network sampling uses."""
+    model = run_dir / "models" / "model.pt"
+    network = export_network(run_dir)
+    network.load_state_dict(torch.load(model, weights_only=True))
+    reference = next(iter(load_networks(load_run_record(run_dir), model).values()))
+    z = torch.randn(3, network.latent_size, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([1, 0, 1])
+    latent = torch.cat([z, labels[:, None].float()], dim=1) if family in CONDITIONAL else z
+    assert latent.shape[1] == latent_input_size(network)
+    with torch.no_grad():
+        expected = reference.decode(z) if family in ("cae", "vae") else reference(z, labels if family in CONDITIONAL else None)
+        with warnings.catch_warnings():  # torch deprecates tracing; MONAI's ckpt_export --use_trace still uses it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            traced = torch.jit.trace(network, latent)
+        assert torch.allclose(traced(latent), expected, atol=1e-6)
 
 
 def test_nested_overrides_apply_after_the_shared_sections_are_expanded(prepared):
@@ -205,6 +261,56 @@ def test_monai_bundle_command_line_trains_from_the_repository_root(prepared, tmp
     assert json.loads((run_dir / "run.json").read_text())["spatial_dims"] == 3
 
 
-def test_torchrun_command_refuses_ids_inside_the_shared_sections():
-    with pytest.raises(ValueError, match="train#dataloader#num_workers"):
-        torchrun_command(2, "wgan_gp", {"train#dataloader#num_workers": 2})
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ("cgan", "vae"))
+def test_bundle_copied_alone_trains_samples_exports_and_verifies(family, prepared, tmp_path):
+    """The model-zoo way: a bundle folder copied elsewhere, `python -m monai.bundle` run from that folder."""
+    bundle = tmp_path / "copied" / family
+    shutil.copytree(resolve_bundle(family), bundle)
+    run_dir, out_dir, exported = tmp_path / "run", tmp_path / "synthetic", tmp_path / "G.ts"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+    def monai_bundle(*args: str, **overrides) -> None:
+        command = [sys.executable, "-m", "monai.bundle", *args]
+        for key, value in overrides.items():
+            command += [f"--{key}", value if isinstance(value, str) else repr(value)]
+        result = subprocess.run(command, cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    overrides = {**tiny_overrides(family, 2, prepared[2], run_dir), "evaluate_every": 0}
+    monai_bundle("run", "--bundle_root", str(bundle), "--config_file", str(bundle / "configs" / "train.yaml"), **overrides)
+    assert (run_dir / "models" / "model.pt").is_file()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["bundle"] == str(bundle) and record["model"]["iteration"] == 2
+
+    monai_bundle("run", "--config_file", "configs/inference.yaml", run_dir=str(run_dir), n=2, output_dir=str(out_dir),
+                 device="cpu")
+    assert len(json.loads((out_dir / "datalist.json").read_text())["training"]) == 2 * (2 if family in CONDITIONAL else 1)
+
+    latent_width = 8 + (family in CONDITIONAL)  # TINY_NETWORKS' latent size, plus the class index
+    monai_bundle("ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file", str(run_dir / "models" / "model.pt"),
+                 "--config_file", "configs/inference.yaml", "--meta_file", "configs/metadata.json",
+                 run_dir=str(run_dir), use_trace=True, input_shape=[1, latent_width])
+    monai_bundle("verify_net_in_out", "network_def", "--config_file", "configs/inference.yaml", "--meta_file",
+                 "configs/metadata.json", run_dir=str(run_dir), device="cpu",
+                 **{"_meta_#network_data_format#inputs#image": {"num_channels": latent_width, "spatial_shape": [], "dtype": "float32"}})
+
+    with warnings.catch_warnings():  # torch deprecates TorchScript, the format of MONAI's ckpt_export
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.load(str(exported))
+    reference = next(iter(load_networks(load_run_record(run_dir), run_dir / "models" / "model.pt").values()))
+    z = torch.randn(2, 8, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1])
+    with torch.no_grad():
+        if family in CONDITIONAL:
+            images, expected = scripted(torch.cat([z, labels[:, None].float()], dim=1)), reference(z, labels)
+        else:
+            images, expected = scripted(z), reference.decode(z)
+    assert images.shape == (2, 1, SIZE, SIZE)
+    assert torch.allclose(images, expected, atol=1e-6)
+
+
+def test_torchrun_command_passes_nested_ids_and_the_bundle_root():
+    command = torchrun_command(2, "wgan_gp", {"train#dataloader#num_workers": 2})
+    assert command[command.index("--train#dataloader#num_workers") + 1] == "2"
+    assert command[command.index("--bundle_root") + 1] == repr(str(resolve_bundle("wgan_gp")))
