@@ -9,8 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from monai.bundle import ConfigParser, ConfigWorkflow
-from monai.bundle.utils import MACRO_KEY
+from monai.bundle import ConfigWorkflow
 
 from medvol.errors import MedvolInputError
 from medvol.networks.factory import FAMILIES
@@ -27,7 +26,7 @@ __all__ = [
     "resolved_config",
 ]
 
-# ``MEDVOL_BUNDLES`` points at another bundles folder (its parent is then the root macro paths are relative to).
+# ``MEDVOL_BUNDLES`` points at another folder of bundles (each bundle folder is self-contained).
 BUNDLES_DIR = Path(os.environ.get("MEDVOL_BUNDLES", Path(__file__).resolve().parents[2] / "bundles"))
 WORKFLOW_FILES = {"train": "train.yaml", "sample": "inference.yaml", "evaluate": "evaluate.yaml"}
 MULTI_GPU_FILE = "multi_gpu_train.yaml"
@@ -71,25 +70,6 @@ def bundle_config_files(bundle: str | os.PathLike, workflow: str = "train", dist
     return files
 
 
-def _anchor_macro(value: str, root: Path) -> str:
-    """``%relative/file.yaml#id`` -> ``%/root/relative/file.yaml#id`` when the file is found under `root`."""
-    path, ids = ConfigParser.split_path_id(value[len(MACRO_KEY) :])
-    if not path or Path(path).is_absolute() or not (root / path).is_file():
-        return value
-    return f"{MACRO_KEY}{(root / path).as_posix()}" + (f"#{ids}" if ids else "")
-
-
-def _anchor_macros(config: Any, root: Path) -> Any:
-    """Rewrite every file macro in `config` (nested dicts/lists) to an absolute path under `root`."""
-    if isinstance(config, dict):
-        return {key: _anchor_macros(value, root) for key, value in config.items()}
-    if isinstance(config, list):
-        return [_anchor_macros(value, root) for value in config]
-    if isinstance(config, str) and config.startswith(MACRO_KEY):
-        return _anchor_macro(config, root)
-    return config
-
-
 def load_workflow(
     bundle: str | os.PathLike,
     workflow: str = "train",
@@ -97,23 +77,20 @@ def load_workflow(
     distributed: bool = False,
     logging_file: str | bool | None = False,
 ) -> ConfigWorkflow:
-    """A MONAI `ConfigWorkflow` of a bundle with its config loaded, macros expanded and `overrides` applied (not
-    initialised: nothing is built or run yet).
+    """A MONAI `ConfigWorkflow` of a bundle with its config loaded and `overrides` applied (not initialised: nothing
+    is built or run yet).
 
     Args:
         bundle: a bundle name or folder (see `resolve_bundle`).
         workflow: ``train``, ``sample`` or ``evaluate``.
         overrides: config ids to values, as ``python -m monai.bundle run --ID VALUE`` (e.g. ``{"spatial_dims": 3,
-            "dataset_dir": "/data/prepared"}``). Unlike on MONAI's command line, ids inside the shared sections
-            (``"train#dataloader#num_workers"``) work too: they are applied after the macros are expanded.
+            "dataset_dir": "/data/prepared", "train#dataloader#num_workers": 2}``); ``bundle_root`` defaults to the
+            bundle folder.
         distributed: add ``multi_gpu_train.yaml`` (the process must have been started by torchrun).
         logging_file: the bundle's ``logging.conf`` when None, a path, or False to leave Python logging as it is.
     """
     files = bundle_config_files(bundle, workflow, distributed)
-    root = BUNDLES_DIR.parent
-    overrides = {key: _anchor_macros(value, root) for key, value in (overrides or {}).items()}
-    top_level = {key: value for key, value in overrides.items() if "#" not in key and "::" not in key}
-    top_level.setdefault("bundle_root", str(files[0].parent.parent))
+    overrides = {"bundle_root": str(files[0].parent.parent), **(overrides or {})}
     # MONAI warns "Logging file is set to False, skipping logging." when asked to leave logging alone
     workflows_logger = logging.getLogger("monai.bundle.workflows")
     level = workflows_logger.level
@@ -125,14 +102,10 @@ def load_workflow(
             meta_file=str(files[0].parent / "metadata.json"),
             logging_file=logging_file if logging_file is not None else str(files[0].parent / "logging.conf"),
             workflow_type="train" if workflow == "train" else "infer",
-            **top_level,
+            **overrides,
         )
     finally:
         workflows_logger.setLevel(level)
-    parser = config_workflow.parser
-    parser.set(_anchor_macros(parser.get(), root))
-    parser.resolve_macro_and_relative_ids()
-    parser.update({key: value for key, value in overrides.items() if key not in top_level})
     return config_workflow
 
 
@@ -186,8 +159,7 @@ def run_workflow(
 
 
 def resolved_config(config_workflow: ConfigWorkflow) -> dict:
-    """The config a workflow runs (macros expanded, overrides applied, references kept), for ``RUN/config.yaml``."""
-    config_workflow.parser.resolve_macro_and_relative_ids()
+    """The config a workflow runs (overrides applied, references kept), for ``RUN/config.yaml``."""
     config = dict(config_workflow.parser.get())
     config.pop(config_workflow.parser.meta_key, None)
     return plain_json(config, fallback=str)

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from medvol.bundles.configs import BUNDLES_DIR, _anchor_macros, bundle_config_files, resolve_bundle
+from medvol.bundles.configs import BUNDLES_DIR, bundle_config_files, resolve_bundle
 
 __all__ = ["torchrun_command", "run_torchrun"]
 
@@ -49,11 +49,11 @@ def torchrun_command(
     if "bundle_root" not in overrides:
         command += ["--bundle_root", repr(str(configs.parent))]
     for key, value in overrides.items():
-        command += [f"--{key}", repr(_anchor_macros(value, BUNDLES_DIR.parent))]
+        command += [f"--{key}", repr(value)]
     return command
 
 
 def run_torchrun(command: Sequence[str], cwd: str | os.PathLike | None = None) -> int:
-    """Run a `torchrun_command` from the repository root (where the configs' macro paths resolve); returns its code."""
+    """Run a `torchrun_command` (from `cwd`, by default the folder that holds the bundles); returns its code."""
     logger.info("running: %s", " ".join(command))
     return subprocess.call(list(command), cwd=str(cwd or BUNDLES_DIR.parent))

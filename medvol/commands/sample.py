@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from medvol import bundle as bundles
+from medvol import bundles
 from medvol.errors import MedvolInputError
 from medvol.sampling import check_checkpoint, load_run_record, resolve_checkpoint, sample_labels
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from medvol import bundle as bundles
+from medvol import bundles
 from medvol.errors import MedvolInputError
 from medvol.io.datalist import read_datalist
 

@@ -216,7 +216,7 @@ def assert_export_generates_as_sampling(run_dir: Path, family: str) -> None:
         assert torch.allclose(traced(latent), expected, atol=1e-6)
 
 
-def test_nested_overrides_apply_after_the_shared_sections_are_expanded(prepared):
+def test_nested_overrides_apply(prepared):
     workflow = load_workflow("dcgan", "train", {"dataset_dir": str(prepared[2]), "train#dataloader#num_workers": 1})
     assert workflow.parser["train#dataloader#num_workers"] == 1
     assert workflow.parser["family"] == "dcgan"
