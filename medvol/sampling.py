@@ -300,6 +300,16 @@ def _label_name(record: Mapping, label: int | None) -> str | None:
     return classes[label] if label < len(classes) else str(label)
 
 
+def _relative_to_run(path: str | os.PathLike, run_dir: Path) -> str:
+    """`path` relative to the run folder (``checkpoints/checkpoint_00000100.pt``), or its file name when it lies
+    elsewhere: provenance names the run by its folder name and never carries an absolute path of this machine."""
+    path = Path(path).expanduser().resolve()
+    try:
+        return path.relative_to(run_dir).as_posix()
+    except ValueError:
+        return path.name
+
+
 def write_samples(
     arrays: np.ndarray,
     labels: Sequence[int | None],
@@ -316,7 +326,8 @@ def write_samples(
         record: the run record (geometry under ``reference_affine``, ``modality``, classes).
         out_dir: output folder.
         fmt: ``nifti`` or ``dicom``.
-        provenance: ``run``, ``checkpoint``, ``seed`` and ``family``.
+        provenance: ``run`` (the run folder's name), ``checkpoint`` (relative to the run folder), ``seed`` and
+            ``family``; no absolute paths (they land in the datalist, the NIfTI descriptions and the DICOM headers).
 
     Returns:
         the datalist document written to ``out_dir/datalist.json``.
@@ -420,7 +431,9 @@ def sample_run(
     labels = sample_labels(record, n, label)
     images = generate(record, networks, labels, seed=seed, device=device)
     arrays = to_source_units(images, record)
-    provenance = {"run": str(run_dir), "checkpoint": str(checkpoint_path), "seed": int(seed), "family": record["family"]}
+    provenance = {
+        "run": run_dir.name, "checkpoint": _relative_to_run(checkpoint_path, run_dir), "seed": int(seed), "family": record["family"]
+    }
     document = write_samples(arrays, labels, record, out_dir, fmt, provenance)
     logger.info("wrote %d synthetic %s samples to %s", len(labels), fmt, out_dir)
     return document

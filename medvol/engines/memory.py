@@ -61,6 +61,7 @@ __all__ = [
     "activation_bytes_per_sample",
     "apply_activation_checkpointing",
     "parse_memory_budget",
+    "batch_norm_layers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ class MemoryPlan:
         method: ``cuda-probe``, ``cpu-estimate`` or ``fixed`` (given by the user).
         probes: every candidate tried, with its estimate / measurement and verdict.
         oom_events: out-of-memory back-offs that happened during training.
+        batch_norm: why the micro-batch is the whole effective batch when the networks hold batch norm (None
+            without batch norm); see :func:`batch_norm_layers`.
     """
 
     micro_batch: int
@@ -103,6 +106,7 @@ class MemoryPlan:
     method: str = "fixed"
     probes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     oom_events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    batch_norm: str | None = None
 
     @classmethod
     def fixed(cls, effective_batch: int, micro_batch: int | None = None, **kwargs: Any) -> MemoryPlan:
@@ -218,6 +222,23 @@ class TensorMemoryTracker(TorchDispatchMode):
         return out
 
 
+def batch_norm_layers(networks: Sequence[nn.Module]) -> list[str]:
+    """Names (``network.layer``, networks numbered from 0) of the batch-norm layers in `networks`.
+
+    Batch norm normalises with the statistics of the batch it sees, so a step split into micro-batches is a different
+    computation (issue 9 measured a DCGAN trained with micro-batch 1 instead of 4 ending 4e-4 away in its weights),
+    and an FC generator's ``BatchNorm1d`` cannot run a micro-batch of 1 at all ("Expected more than 1 value per
+    channel"). The trainers therefore never split the effective batch of networks that hold batch norm
+    (:attr:`MemoryPlan.batch_norm` says so in ``plan.json``); the effective batch is what must fit in memory.
+    """
+    return [
+        f"{index}.{name}" if name else str(index)
+        for index, network in enumerate(networks)
+        for name, module in network.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+    ]
+
+
 def _tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -292,6 +313,7 @@ def plan_memory(
     activation_forward: Callable[[int], Any] | None = None,
     networks: Sequence[nn.Module] = (),
     backward_factor: float = 3.0,
+    smallest_micro_batch: int = 1,
 ) -> MemoryPlan:
     """Choose the largest micro-batch whose peak memory fits ``budget_bytes * (1 - safety_margin)``.
 
@@ -314,6 +336,7 @@ def plan_memory(
         networks: the modules whose leaf outputs :func:`activation_bytes_per_sample` counts.
         backward_factor: activation bytes times this estimates forward + backward (3 covers a gradient penalty's
             double backward).
+        smallest_micro_batch: no candidate below this (the effective batch for batch-norm networks: no split).
 
     Returns:
         The :class:`MemoryPlan`.
@@ -337,7 +360,7 @@ def plan_memory(
         return MemoryPlan.fixed(method="no-budget", **base)
     usable = budget_bytes * (1.0 - safety_margin)
     probes: list[dict[str, Any]] = []
-    candidates = candidate_micro_batches(effective_batch)
+    candidates = [m for m in candidate_micro_batches(effective_batch) if m >= min(smallest_micro_batch, effective_batch)]
 
     if device.type == "cuda":
         for micro in candidates:

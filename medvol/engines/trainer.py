@@ -101,11 +101,13 @@ from medvol.engines.memory import (
     MemoryPlan,
     TensorMemoryTracker,
     apply_activation_checkpointing,
+    batch_norm_layers,
     parse_memory_budget,
     plan_memory,
     static_training_bytes,
 )
 from medvol.engines.stream import BatchStream
+from medvol.errors import MedvolInputError
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
@@ -547,9 +549,48 @@ class MedvolTrainer(Trainer):
             return MemoryPlan.load(requested)
         return self.plan_memory(parse_memory_budget(self.max_memory_gb))
 
+    def batch_norm_networks(self) -> list[str]:
+        """The names of the networks that hold batch-norm layers (see :func:`medvol.engines.memory.batch_norm_layers`)."""
+        return [name for name, net in self.networks.items() if batch_norm_layers([unwrapped(net)])]
+
+    def _batch_norm_note(self) -> str | None:
+        networks = self.batch_norm_networks()
+        if not networks:
+            return None
+        return (
+            f"{' and '.join(networks)} use batch norm, whose statistics come from the batch: every step runs the whole "
+            f"effective batch of {self.effective_batch} (micro-batches would change the result); lower the batch size "
+            "to use less memory"
+        )
+
+    def _with_batch_norm_policy(self, plan: MemoryPlan) -> MemoryPlan:
+        """Batch-norm networks never train on part of a step's batch: the plan's micro-batch becomes the effective
+        batch (with a console warning when a smaller one was asked for or planned) and ``plan.json`` says why."""
+        note = self._batch_norm_note()
+        if note is None:
+            return plan
+        if self.effective_batch < 2:
+            raise MedvolInputError(
+                "batch_size", f"{' and '.join(self.batch_norm_networks())} use batch norm, which needs at least 2 "
+                f"samples per step; the batch holds {self.effective_batch} per process"
+            )
+        if plan.micro_batch < plan.effective_batch:
+            logger.warning("micro-batch %d not used: %s", plan.micro_batch, note)
+            plan = dataclasses.replace(plan, micro_batch=plan.effective_batch, accumulation_steps=1)
+        return dataclasses.replace(plan, batch_norm=note)
+
     def _local_memory_forward(self, micro_batch: int) -> None:
-        with self._local_networks():
-            self.memory_forward(micro_batch)
+        # the per-sample activation estimate runs one sample: batch norm in training mode cannot normalise a
+        # batch of one feature vector, and its running statistics must not move; eval mode has the same outputs' sizes
+        modes = {net: net.training for net in self.networks.values()}
+        try:
+            for net in modes:
+                net.eval()
+            with self._local_networks():
+                self.memory_forward(micro_batch)
+        finally:
+            for net, training in modes.items():
+                net.train(training)
 
     def _budget_agreed_across_ranks(self, budget_bytes: int | None) -> int | None:
         """The smallest budget of all ranks (on CUDA, None means this GPU's free memory), agreed before any probe so
@@ -590,6 +631,7 @@ class MedvolTrainer(Trainer):
             static_bytes=static_training_bytes(list(self.networks.values()), list(self.optimizers.values())),
             activation_forward=self._local_memory_forward,
             networks=[unwrapped(net) for net in self.networks.values()],
+            smallest_micro_batch=self.effective_batch if self.batch_norm_networks() else 1,
         )
         if self.state.device.type == "cuda":
             kwargs["static_bytes"] = 0
@@ -597,6 +639,11 @@ class MedvolTrainer(Trainer):
         rng_state = capture_rng_state()  # probing draws latents and data; the run must not notice
         try:
             return self._plan_with_checkpointing_choice(kwargs)
+        except MemoryError as error:
+            note = self._batch_norm_note()
+            if note is None:
+                raise
+            raise MemoryError(f"the effective batch of {self.effective_batch} does not fit the memory budget: {note}") from error
         finally:
             restore_rng_state(rng_state)
 
@@ -694,6 +741,7 @@ class MedvolTrainer(Trainer):
         logger.info("precision: %s (%s)", self.precision.value, self.precision_reason)
         if self.plan is None:
             self.plan = self._make_plan().agreed_across_ranks()
+        self.plan = self._with_batch_norm_policy(self.plan)
         self.plan = dataclasses.replace(self.plan, precision=self.precision.value, precision_reason=self.precision_reason)
         if self.plan.checkpointing and not any(
             getattr(m, "_medvol_checkpointed", False) for net in self._checkpointable_networks() for m in net.modules()
@@ -736,6 +784,8 @@ class MedvolTrainer(Trainer):
                     opt.zero_grad(set_to_none=True)
                 if self.state.device.type == "cuda":
                     torch.cuda.empty_cache()
+                if self.plan.batch_norm is not None:
+                    raise torch.OutOfMemoryError(f"out of memory at iteration {self.state.iteration}: {self.plan.batch_norm}") from error
                 if self.plan.micro_batch <= 1:
                     raise
                 reason = str(error).splitlines()[0][:200] if str(error) else "out of memory"
