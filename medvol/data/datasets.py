@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -119,9 +120,11 @@ def split_items(datalist: Mapping, split: str, base_dir: str | os.PathLike | Non
 class SliceDataset(torch.utils.data.Dataset):
     """2D samples from preprocessed volumes: every kept slice of every volume; a 2D image is one sample.
 
-    Only an index ``(volume, slice)`` is held in memory: a sample reads its (cached) volume on access, so hundreds
-    of volumes cost no RAM beyond the index; the most recently read volume is kept, which makes reading slices in
-    order cheap. Building the index reads every volume once (and fills the disk cache).
+    An index ``(volume, slice)`` and the most recently read volumes are held in memory: a sample reads its (cached)
+    volume on access and keeps it in a least-recently-used store of at most `cache_bytes` decoded volumes (always the
+    last one), so shuffled slices of a training set that fits the budget read each volume from the disk cache once
+    instead of once per slice; a larger set is read with a hit rate of about budget / set size. With DataLoader
+    workers every worker holds its own store. Building the index reads every volume once (and fills the disk cache).
 
     Args:
         volumes: a dataset of preprocessed samples ``{"image": [C, x, y(, z)], "label", "subject"}``, without
@@ -130,6 +133,7 @@ class SliceDataset(torch.utils.data.Dataset):
         min_foreground_fraction: drop slices whose fraction of foreground voxels is smaller; 0 keeps all.
         foreground_level: relative intensity above which a voxel is foreground (see `foreground_threshold`).
         transform: random transforms applied to each 2D sample after slicing (augmentation).
+        cache_bytes: bytes of decoded volumes kept in memory (0: only the last one).
 
     Attributes:
         index: ``(volume position, slice index)`` of every sample (slice index -1 for a 2D image).
@@ -143,16 +147,19 @@ class SliceDataset(torch.utils.data.Dataset):
         min_foreground_fraction: float = 0.0,
         foreground_level: float = 0.05,
         transform=None,
+        cache_bytes: int = 512 * 2**20,
     ) -> None:
         self.volumes = volumes
         self.axis = axis
         self.transform = transform
+        self.cache_bytes = int(cache_bytes)
         self.index: list[tuple[int, int]] = []  # (volume position, slice index; -1 for a 2D image)
         self.dropped_slices: dict[str, int] = {}
-        self._last: tuple[int, Mapping] | None = None
+        self._recent: OrderedDict[int, tuple[Mapping, int]] = OrderedDict()  # position -> (volume, bytes)
+        self._recent_bytes = 0
+        self.volume_reads = 0
         for position in range(len(volumes)):
-            volume = volumes[position]
-            self._last = (position, volume)
+            volume = self._volume(position)
             image = volume["image"]
             if image.ndim - 1 == 2:
                 self.index.append((position, -1))
@@ -173,9 +180,18 @@ class SliceDataset(torch.utils.data.Dataset):
         return len(self.index)
 
     def _volume(self, position: int) -> Mapping:
-        if self._last is None or self._last[0] != position:
-            self._last = (position, self.volumes[position])
-        return self._last[1]
+        if position in self._recent:
+            self._recent.move_to_end(position)
+            return self._recent[position][0]
+        volume = self.volumes[position]
+        self.volume_reads += 1
+        image = volume["image"]
+        size = image.numel() * image.element_size() if isinstance(image, torch.Tensor) else 0
+        self._recent[position] = (volume, size)
+        self._recent_bytes += size
+        while len(self._recent) > 1 and self._recent_bytes > self.cache_bytes:
+            self._recent_bytes -= self._recent.popitem(last=False)[1][1]
+        return volume
 
     def __getitem__(self, index: int) -> dict:
         position, slice_index = self.index[index]

@@ -5,9 +5,11 @@ The adversarial trainer draws ``critic_steps`` real batches per generator step, 
 taken in that pass) and makes the order of every pass a function of ``(seed, data_epoch)`` only, so a resumed run
 continues with exactly the batches the interrupted run would have seen next, without loading the skipped ones.
 
-Shuffled loaders (``RandomSampler``) and sequential ones are rebuilt per pass with the same dataset, batch size,
-collate function and worker settings; any other sampler (weighted, distributed) is iterated as it is and, on resume,
-``offset`` batches are drawn and dropped.
+Shuffled loaders (``RandomSampler``) and sequential ones are replaced by one loader with the same dataset, batch size,
+collate function and worker settings whose sampler yields the order of the current pass (from its ``offset`` on a
+resume); it is built once, with persistent workers when it has workers, so a pass does not start new worker
+processes. Any other sampler (weighted, distributed) is iterated as it is and, on resume, ``offset`` batches are
+drawn and dropped.
 """
 
 from __future__ import annotations
@@ -16,9 +18,22 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
 
 __all__ = ["BatchStream"]
+
+
+class _PassOrder(Sampler):
+    """The sample order of one pass, set by :class:`BatchStream` before each pass (read in the main process)."""
+
+    def __init__(self) -> None:
+        self.indices: list[int] = []
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self.indices))
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 class BatchStream:
@@ -35,6 +50,7 @@ class BatchStream:
         self.data_epoch = 0
         self.offset = 0
         self._iterator: Iterator | None = None
+        self._pass_loader: DataLoader | None = None
 
     def __iter__(self) -> BatchStream:
         return self
@@ -87,19 +103,21 @@ class BatchStream:
             for _ in range(skip_batches):
                 next(iterator)
             return iterator
-        rebuilt = DataLoader(
-            loader.dataset,
-            batch_size=loader.batch_size,
-            sampler=order[skip_batches * loader.batch_size :],
-            num_workers=loader.num_workers,
-            collate_fn=loader.collate_fn,
-            pin_memory=loader.pin_memory,
-            drop_last=loader.drop_last,
-            timeout=loader.timeout,
-            worker_init_fn=loader.worker_init_fn,
-            multiprocessing_context=loader.multiprocessing_context if loader.num_workers else None,
-            generator=torch.Generator().manual_seed(self.seed * 1_000_003 + data_epoch),
-            prefetch_factor=loader.prefetch_factor if loader.num_workers else None,
-            persistent_workers=False,
-        )
-        return iter(rebuilt)
+        if self._pass_loader is None:
+            self._pass_loader = DataLoader(
+                loader.dataset,
+                batch_size=loader.batch_size,
+                sampler=_PassOrder(),
+                num_workers=loader.num_workers,
+                collate_fn=loader.collate_fn,
+                pin_memory=loader.pin_memory,
+                drop_last=loader.drop_last,
+                timeout=loader.timeout,
+                worker_init_fn=loader.worker_init_fn,
+                multiprocessing_context=loader.multiprocessing_context if loader.num_workers else None,
+                generator=torch.Generator().manual_seed(self.seed * 1_000_003),
+                prefetch_factor=loader.prefetch_factor if loader.num_workers else None,
+                persistent_workers=loader.num_workers > 0,
+            )
+        self._pass_loader.sampler.indices = order[skip_batches * loader.batch_size :]
+        return iter(self._pass_loader)
