@@ -262,3 +262,32 @@ def test_partly_augmented_batches_collate(datalist_dir, tmp_path):
         batch = next(iter(DataLoader(dataset, batch_size=len(dataset), shuffle=False)))
         assert batch["image"].shape == (len(dataset), 1, 16, 16)
         assert len(torch.unique(batch["image"].affine[:, 0, 0])) > 1  # some samples were augmented, some not
+
+
+class _CountingVolumes(torch.utils.data.Dataset):
+    """Volumes ``[1, 4, 4, 8]`` whose reads are counted (a stand-in for the disk-cached PersistentDataset)."""
+
+    def __init__(self, count: int):
+        self.count, self.reads = count, 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict:
+        self.reads += 1
+        return {"image": MetaTensor(torch.full((1, 4, 4, 8), float(index))), "label": 0, "subject": f"s{index}"}
+
+
+@pytest.mark.parametrize("cache_bytes, expected_reads", [(2**20, 0), (0, None)])
+def test_shuffled_slices_read_each_volume_once_when_the_volumes_fit(cache_bytes, expected_reads):
+    volumes = _CountingVolumes(6)
+    slices = SliceDataset(volumes, axis=2, cache_bytes=cache_bytes)
+    assert len(slices) == 48 and volumes.reads == 6  # the index reads every volume once
+    order = torch.randperm(48, generator=torch.Generator().manual_seed(0)).tolist()
+    samples = [slices[i] for i in order]
+    assert all(float(s["image"][0, 0, 0]) == slices.index[i][0] for s, i in zip(samples, order))
+    pass_reads = volumes.reads - 6
+    if expected_reads is not None:
+        assert pass_reads == expected_reads  # 6 volumes of 512 bytes stay decoded
+    else:
+        assert pass_reads > 30  # only the last volume kept: nearly one read per shuffled slice

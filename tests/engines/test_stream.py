@@ -47,3 +47,15 @@ def test_an_empty_loader_is_an_error():
     stream = BatchStream(DataLoader(IndexedImages(2), batch_size=4, drop_last=True))
     with pytest.raises(RuntimeError, match="no batches"):
         next(stream)
+
+
+def test_one_loader_and_persistent_workers_serve_every_pass():
+    loader = DataLoader(IndexedImages(6), batch_size=2, shuffle=True, drop_last=True, num_workers=1)
+    stream = BatchStream(loader, seed=1)
+    first_pass = _take(stream, 3)
+    pass_loader = stream._pass_loader
+    workers = pass_loader._iterator._workers if pass_loader._iterator is not None else None
+    second_pass = _take(stream, 3)
+    assert stream._pass_loader is pass_loader and pass_loader.persistent_workers
+    assert pass_loader._iterator._workers == workers  # the same worker processes, not new ones per pass
+    assert sorted(sum(first_pass, [])) == sorted(sum(second_pass, [])) == list(range(6)) and first_pass != second_pass

@@ -211,3 +211,29 @@ def test_trains_medvol_networks_with_medvol_objectives(family, num_classes, tmp_
     if num_classes:
         assert "critic/aux_loss" in output and "generator/aux_loss" in output
     assert CheckpointManager(tmp_path / "checkpoints").load_latest()["iteration"] == 2
+
+
+def test_logged_terms_are_read_back_once_per_optimiser_step_not_per_micro_batch(monkeypatch):
+    from tests.engines.toys import ToyWasserstein
+
+    reads = {"count": 0}
+    for name in ("__float__", "item", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, **kwargs):
+            reads["count"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+
+    def reads_of_one_iteration(micro_batch: int) -> int:
+        generator, critic, g_opt, d_opt = make_gan(2, 8)
+        trainer = AdversarialTrainer(
+            "cpu", make_loader(count=8, batch_size=8, shuffle=False), generator, critic, g_opt, d_opt, ToyWasserstein(),
+            micro_batch=micro_batch, max_iterations=1, health_interval=0,
+        )
+        reads["count"] = 0
+        trainer.run()
+        return reads["count"]
+
+    assert reads_of_one_iteration(1) == reads_of_one_iteration(8)  # 8 micro-batches read back as often as 1
