@@ -12,7 +12,13 @@ Batches: the loader's batch size is the **effective batch** (samples per optimis
 micro-batches of ``plan.micro_batch`` with gradients accumulated (losses weighted by micro-batch share), so the
 optimiser sees the same batch whatever the memory plan. A ``torch.OutOfMemoryError`` inside a step zeroes the
 gradients, halves the micro-batch (same effective batch, more accumulation), rewrites ``plan.json`` and repeats the
-step with the same data and latents; the iteration count is untouched.
+step with the same data and latents; the iteration count is untouched. Networks with batch norm are the exception:
+their statistics come from the batch, so they always run the whole effective batch (a smaller micro-batch is refused
+with a warning and ``plan.json`` says why; an out-of-memory error is then not answered by a split).
+
+Randomness: every random draw of an iteration (latents, sampled labels, the gradient penalty's mixing weights, label
+flips, dropout) comes from this rank's stream for that iteration (:meth:`MedvolTrainer.rank_random_stream`), so the
+ranks of a distributed run draw different samples and a resume continues every rank's stream exactly.
 
 Events: MONAI's ``IterationEvents`` fire as usual: ``INNER_ITERATION_STARTED/COMPLETED`` around each critic step,
 ``FORWARD_COMPLETED`` / ``LOSS_COMPLETED`` / ``BACKWARD_COMPLETED`` per optimiser step and ``MODEL_COMPLETED`` at the
@@ -55,8 +61,8 @@ How to construct (Python; a bundle writes the same with ``_target_``)::
 
 Resume: ``run()`` looks in ``run_dir/checkpoints`` (or ``checkpoint_dir``) and, when ``resume`` is True and a
 checkpoint exists, restores networks, optimisers, gradient scalers, the EMA generator, the memory plan, the data
-stream position, the iteration/epoch counters and, last, the torch/CUDA/numpy/Python RNG states, then lets ignite
-continue from that iteration. With deterministic algorithms on CPU a resumed run ends with bitwise the same weights as
+stream position, the iteration/epoch counters and, last, the torch/CUDA/numpy/Python RNG states (rank 0's; other
+ranks seed theirs from the seed, their rank and the iteration), then lets ignite continue from that iteration. With deterministic algorithms on CPU a resumed run ends with bitwise the same weights as
 an uninterrupted one (data order depends only on the seed and the pass; see :mod:`medvol.engines.stream`).
 Randomness inside data-loader workers (random augmentation with ``num_workers > 0``) is not part of that promise.
 
