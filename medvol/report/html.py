@@ -50,7 +50,7 @@ CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1200px;
        color: #222; line-height: 1.4; padding: 0 16px; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 4px; margin-top: 2em; }
-table { border-collapse: collapse; margin: 8px 0 16px 0; font-size: 0.92em; }
+table { border-collapse: collapse; margin: 8px 0 16px 0; font-size: 0.92em; display: block; overflow-x: auto; max-width: 100%; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .figures { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
