@@ -1,1 +1,55 @@
+"""Evaluation of synthetic data: is it faithful, diverse, private and useful?
 
+- `features`: the feature space without downloads (a classifier trained on the real training split, an autoencoder
+  encoder for unlabelled data, or the user's network) and the one classifier recipe;
+- `fidelity`: FID, KID and MMD with bootstrap intervals next to the real-vs-real baseline, precision/recall and
+  density/coverage;
+- `diversity`: pairwise MS-SSIM and voxel distance per class, the `mode_collapse` flag;
+- `privacy`: nearest training neighbour of every synthetic sample, flagged against held-out real images;
+- `utility`: classifiers trained on real / augmented / synthetic / mixed data with paired seeds, recognisability, the
+  realness filter;
+- `evaluate`: `medvol evaluate` (loading with the training preprocessing, metrics.json, report.html).
+"""
+
+from medvol.metrics.diversity import diversity_report, mean_pairwise_distance, pairwise_ms_ssim
+from medvol.metrics.evaluate import ImageSet, RealData, SyntheticData, evaluate, load_real, load_synthetic, run_datalist
+from medvol.metrics.features import FeatureExtractor, build_feature_extractor, load_feature_extractor, train_classifier
+from medvol.metrics.fidelity import (
+    bootstrap_interval,
+    fidelity_with_baseline,
+    frechet_distance,
+    kernel_inception_distance,
+    maximum_mean_discrepancy,
+    precision_recall_density_coverage,
+)
+from medvol.metrics.privacy import nearest_neighbour_privacy, nearest_training_neighbours
+from medvol.metrics.utility import ARMS, realness_filter, recognisability, utility_study
+
+__all__ = [
+    "FeatureExtractor",
+    "build_feature_extractor",
+    "load_feature_extractor",
+    "train_classifier",
+    "frechet_distance",
+    "kernel_inception_distance",
+    "maximum_mean_discrepancy",
+    "bootstrap_interval",
+    "fidelity_with_baseline",
+    "precision_recall_density_coverage",
+    "pairwise_ms_ssim",
+    "mean_pairwise_distance",
+    "diversity_report",
+    "nearest_neighbour_privacy",
+    "nearest_training_neighbours",
+    "ARMS",
+    "utility_study",
+    "recognisability",
+    "realness_filter",
+    "ImageSet",
+    "RealData",
+    "SyntheticData",
+    "load_real",
+    "load_synthetic",
+    "evaluate",
+    "run_datalist",
+]

@@ -346,7 +346,7 @@ def _recognisability(metrics: Mapping) -> str:
     return _section("recognisability", "Recognisability", text + _table(["class", "synthetic recognised", "real test recall"], rows))
 
 
-def _utility_tables(utility: Mapping) -> str:
+def _utility_tables(utility: Mapping, classes: Sequence[str] = ()) -> str:
     arms = utility.get("arms") or {}
     if not arms:
         return "<p>No arms.</p>"
@@ -373,8 +373,9 @@ def _utility_tables(utility: Mapping) -> str:
                 matrix = matrix.sum(axis=0)
             if matrix.ndim != 2:
                 continue
-            body = _table(["true \\ predicted", *[str(i) for i in range(matrix.shape[1])]],
-                          [[str(i)] + [str(int(v)) for v in row] for i, row in enumerate(matrix)])
+            names = [str(c) for c in classes] if len(classes) == matrix.shape[1] else [str(i) for i in range(matrix.shape[1])]
+            body = _table(["true \\ predicted", *map(_e, names)],
+                          [[_e(names[i])] + [str(int(v)) for v in row] for i, row in enumerate(matrix)])
             blocks.append(f"<figure><figcaption>{_e(arm)} (summed over seeds)</figcaption>{body}</figure>")
         if blocks:
             parts += ["<h3>Confusion matrices</h3>", f'<div class="figures">{"".join(blocks)}</div>']
@@ -385,7 +386,8 @@ def _utility(metrics: Mapping) -> str:
     utility = metrics.get("utility")
     if not utility:
         return _section("utility", "Utility", "<p>Not requested (run with <code>--utility</code>).</p>")
-    return _section("utility", "Utility: does synthetic data help a classifier?", _utility_tables(utility))
+    classes = (metrics.get("inputs") or {}).get("classes") or ()
+    return _section("utility", "Utility: does synthetic data help a classifier?", _utility_tables(utility, classes))
 
 
 def _filtering(metrics: Mapping) -> str:
@@ -397,7 +399,8 @@ def _filtering(metrics: Mapping) -> str:
             f"{len(dropped)} ({_number(filtering.get('dropped_fraction'))}).</p>")
     if dropped:
         text += "<details><summary>dropped files</summary><ul>" + "".join(f"<li>{_e(p)}</li>" for p in dropped) + "</ul></details>"
-    text += "<h3>Utility after filtering</h3>" + _utility_tables(filtering.get("utility_after") or {})
+    classes = (metrics.get("inputs") or {}).get("classes") or ()
+    text += "<h3>Utility after filtering</h3>" + _utility_tables(filtering.get("utility_after") or {}, classes)
     return _section("filtering", "Filtering: utility before and after", text)
 
 
