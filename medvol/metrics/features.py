@@ -37,6 +37,8 @@ from medvol.networks.classifiers import ResNetClassifier, stem_stride_for
 from medvol.transforms.augment import classical_augmentation
 
 DEFAULT_CHANNELS = (16, 32, 64)
+# MedNIST 64^2 (1800 training images): every utility arm's test accuracy is at its final level (+-0.2 points) by
+# epoch 5 of 10 for 3 seeds; the 5 arms x 3 seeds plus the feature network take about 11 min of one CPU core.
 DEFAULT_EPOCHS = 10
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_LR = 5e-3
