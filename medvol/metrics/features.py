@@ -70,14 +70,17 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _single_thread() -> Iterator[None]:
-    # per-sample MONAI transforms on small tensors run several times faster on one thread than on two
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def cpu_threads(threads: int | None, device: torch.device) -> Iterator[None]:
+    """Run a block with `threads` CPU threads (None or a GPU device: unchanged), restoring the setting afterwards."""
+    previous = torch.get_num_threads()
+    change = threads is not None and device.type == "cpu" and threads != previous
+    if change:
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        if change:
+            torch.set_num_threads(previous)
 
 
 def check_images(images: torch.Tensor, name: str = "images") -> torch.Tensor:
@@ -104,7 +107,8 @@ def _augment_batch(batch: torch.Tensor, mask: torch.Tensor, transform: Callable)
     if not bool(mask.any()):
         return batch
     out = batch.clone()
-    with _single_thread():
+    # per-sample MONAI transforms of small images: 1.6 ms on one thread, 9.8 ms on two (64^2, shared 2-core machine)
+    with cpu_threads(1, torch.device("cpu")):
         for i in torch.nonzero(mask).flatten().tolist():
             sample = transform({"image": batch[i].cpu()})["image"]
             out[i] = convert_to_tensor(sample, track_meta=False).to(batch.device)
@@ -193,6 +197,7 @@ def train_classifier(
     monitor: tuple[torch.Tensor, Any] | None = None,
     progress: bool = False,
     description: str = "classifier",
+    threads: int | None = 1,
 ) -> ResNetClassifier:
     """Train a `ResNetClassifier`: the one classifier recipe of the evaluation.
 
@@ -225,6 +230,9 @@ def train_classifier(
             the returned network is always the last epoch's, whatever this data says.
         progress: show a progress bar over the epochs.
         description: label of the progress bar.
+        threads: CPU threads while training (None: torch's setting). One by default: these small networks ran 7x
+            slower on two OpenMP threads than on one on a shared 2-core machine (64^2, 300 images: 3.1 s against
+            0.43 s per epoch), and one thread makes the result independent of the machine's core count.
 
     Returns:
         the trained classifier, in evaluation mode, with `history` (one dict per epoch: `epoch`, `loss`,
@@ -277,7 +285,7 @@ def train_classifier(
     total_steps = steps_per_epoch * epochs
     history: list[dict[str, float]] = []
 
-    with seeded(int(seed), device):
+    with seeded(int(seed), device), cpu_threads(threads, device):
         classifier = ResNetClassifier(
             spatial_dims, num_classes, channels=channels, stem_stride=stem_stride_for(images.shape[2:], channels)
         ).to(device)
@@ -428,9 +436,11 @@ def train_autoencoder_encoder(
     batch_size: int = DEFAULT_BATCH_SIZE,
     lr: float = DEFAULT_LR,
     progress: bool = False,
+    threads: int | None = 1,
 ) -> tuple[AutoencoderEncoder, dict[str, Any]]:
     """Train a small `ConvAutoencoder` (widths 16, 32, 64; tanh output; mean squared error) on unlabelled images, seeded
-    like `train_classifier`; returns its pooled encoder and `{"reconstruction_mse": last epoch's mean loss}`."""
+    and threaded like `train_classifier`; returns its pooled encoder and `{"reconstruction_mse": last epoch's mean
+    loss}`."""
     images = check_images(images)
     device = default_device(device)
     count = images.shape[0]
@@ -439,7 +449,7 @@ def train_autoencoder_encoder(
     order_generator = torch.Generator().manual_seed(int(seed))
     total_steps = math.ceil(count / batch_size) * epochs
     loss_sum = 0.0
-    with seeded(int(seed), device):
+    with seeded(int(seed), device), cpu_threads(threads, device):
         autoencoder, multiple = _autoencoder(images.ndim - 2, images.shape[2:])
         encoder = AutoencoderEncoder(autoencoder, multiple).to(device)
         optimizer = torch.optim.AdamW(autoencoder.parameters(), lr=lr, weight_decay=DEFAULT_WEIGHT_DECAY)

@@ -211,3 +211,22 @@ def test_bad_feature_files_are_one_line_user_errors(tmp_path):
     with pytest.raises(MedvolInputError, match="does not take this data's 3D images") as raised:
         build_feature_extractor(volumes, None, 0, tmp_path, features_path=script_path)
     assert "\n" not in str(raised.value)
+
+
+def test_training_runs_on_one_thread_and_restores_the_setting(monkeypatch):
+    images, labels = brightness_toy(8, seed=0)
+    seen = []
+    original = ResNetClassifier.forward
+
+    def recording_forward(self, x):
+        seen.append(torch.get_num_threads())
+        return original(self, x)
+
+    monkeypatch.setattr(ResNetClassifier, "forward", recording_forward)
+    torch.set_num_threads(2)
+    train_classifier(images, labels, 2, epochs=1, channels=SMALL)
+    assert set(seen) == {1}
+    assert torch.get_num_threads() == 2
+    seen.clear()
+    train_classifier(images, labels, 2, epochs=1, channels=SMALL, threads=None)
+    assert set(seen) == {2}
