@@ -38,6 +38,7 @@ __all__ = [
     "generate",
     "to_source_units",
     "write_samples",
+    "relative_provenance",
     "sample_run",
 ]
 
@@ -300,14 +301,20 @@ def _label_name(record: Mapping, label: int | None) -> str | None:
     return classes[label] if label < len(classes) else str(label)
 
 
-def _relative_to_run(path: str | os.PathLike, run_dir: Path) -> str:
-    """`path` relative to the run folder (``checkpoints/checkpoint_00000100.pt``), or its file name when it lies
-    elsewhere: provenance names the run by its folder name and never carries an absolute path of this machine."""
-    path = Path(path).expanduser().resolve()
-    try:
-        return path.relative_to(run_dir).as_posix()
-    except ValueError:
-        return path.name
+def relative_provenance(provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """`provenance` without absolute paths of this machine: ``run`` becomes the run folder's name and ``checkpoint``
+    its path relative to the run folder (``checkpoints/checkpoint_00000100.pt``, ``models/model.pt``), or its file
+    name when it lies elsewhere."""
+    relative = dict(provenance)
+    run_dir = Path(str(provenance["run"])).expanduser().resolve()
+    relative["run"] = run_dir.name
+    if provenance.get("checkpoint") is not None:
+        checkpoint = Path(str(provenance["checkpoint"])).expanduser().resolve()
+        try:
+            relative["checkpoint"] = checkpoint.relative_to(run_dir).as_posix()
+        except ValueError:
+            relative["checkpoint"] = checkpoint.name
+    return relative
 
 
 def write_samples(
@@ -326,8 +333,8 @@ def write_samples(
         record: the run record (geometry under ``reference_affine``, ``modality``, classes).
         out_dir: output folder.
         fmt: ``nifti`` or ``dicom``.
-        provenance: ``run`` (the run folder's name), ``checkpoint`` (relative to the run folder), ``seed`` and
-            ``family``; no absolute paths (they land in the datalist, the NIfTI descriptions and the DICOM headers).
+        provenance: ``run`` (the run folder), ``checkpoint``, ``seed`` and ``family``; written without absolute
+            paths (`relative_provenance`) into the datalist, the NIfTI descriptions and the DICOM headers.
 
     Returns:
         the datalist document written to ``out_dir/datalist.json``.
@@ -336,6 +343,7 @@ def write_samples(
 
     if fmt not in FORMATS:
         raise MedvolInputError("--format", f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    provenance = relative_provenance(provenance)
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     spatial_dims = int(record["spatial_dims"])
@@ -431,9 +439,7 @@ def sample_run(
     labels = sample_labels(record, n, label)
     images = generate(record, networks, labels, seed=seed, device=device)
     arrays = to_source_units(images, record)
-    provenance = {
-        "run": run_dir.name, "checkpoint": _relative_to_run(checkpoint_path, run_dir), "seed": int(seed), "family": record["family"]
-    }
+    provenance = {"run": str(run_dir), "checkpoint": str(checkpoint_path), "seed": int(seed), "family": record["family"]}
     document = write_samples(arrays, labels, record, out_dir, fmt, provenance)
     logger.info("wrote %d synthetic %s samples to %s", len(labels), fmt, out_dir)
     return document
