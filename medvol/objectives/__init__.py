@@ -44,7 +44,7 @@ def build_objective(family: str, **overrides: Any) -> tuple[AdversarialObjective
         family: cae, vae, gan, dcgan, cgan, wgan, wgan_gp or acwgan_gp.
         overrides: `critic_steps`, `optimizer` (a dict merged into the recommended one), `lr` and `betas` change the
             settings; any other key goes to the objective's constructor (e.g. `penalty_weight=5`, `clip_value=0.02`,
-            `label_smoothing=0.1`, `kl_weight=1e-2`, `metric="l1"`, `auxiliary_weight=0.5`).
+            `label_smoothing=0.1`, `kl_weight=8.0`, `metric="l1"`, `auxiliary_weight=0.5`).
 
     Returns:
         `(objective, settings)` where settings is `{"optimizer": {"name": "Adam", "lr": ..., ...}}` plus, for the GAN

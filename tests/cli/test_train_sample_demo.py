@@ -102,7 +102,7 @@ def test_train_prepares_raw_data_resumes_and_samples_nifti(tmp_path, capsys):
     assert main(["sample", str(run_dir), "--n", "2", "--checkpoint", str(export), "--out", str(tmp_path / "by_path")]) == 0
     for folder in ("from_export", "by_path"):
         assert all(np.array_equal(a, b) for a, b in zip(arrays(out), arrays(tmp_path / folder))), folder
-    assert json.loads((tmp_path / "from_export" / "datalist.json").read_text())["provenance"]["checkpoint"] == str(slim / "models" / "model.pt")
+    assert json.loads((tmp_path / "from_export" / "datalist.json").read_text())["provenance"]["checkpoint"] == "models/model.pt"
     foreign = tmp_path / "foreign.pt"
     torch.save({"fc.weight": torch.zeros(2, 2)}, foreign)
     assert main(["sample", str(run_dir), "--n", "1", "--checkpoint", str(foreign), "--out", str(tmp_path / "foreign")]) == 2
