@@ -26,7 +26,10 @@ def check_labels(labels: torch.Tensor | None, num_classes: int, batch_size: int)
     labels = torch.as_tensor(labels).reshape(-1).long()
     if labels.numel() != batch_size:
         raise ValueError(f"got {labels.numel()} labels for a batch of {batch_size}")
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+    if labels.numel() and labels.device.type != "cpu":
+        # reading the labels back would stall the GPU stream on every forward: the device checks them asynchronously
+        torch._assert_async(((labels >= 0) & (labels < num_classes)).all(), f"labels must lie in [0, {num_classes})")
+    elif labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}), got {labels.unique().tolist()}")
     return labels
 
