@@ -125,7 +125,7 @@ def run_demo(out: str | Path, minutes: float = 8.0, only: str | None = None) -> 
 
 def _run_parts(out: Path, minutes: float, only: str | None, summary: dict[str, Any]) -> None:
     """Prepare, train and sample each part of the demo (or `only` one), recording each in `summary["runs"]`."""
-    from medvol.bundle import TrainingTimeLimit
+    from medvol.engines.time_limit import TrainingTimeLimit
     from medvol.commands.sample import sample
     from medvol.commands.train import train
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medvol.bundle import BUNDLES_DIR, torchrun_command
+from medvol.bundles import BUNDLES_DIR, torchrun_command
 from tests.bundles.test_bundles import prepare_phantoms, tiny_overrides
 
 ITERATIONS, CHECKPOINT_EVERY = 24, 4

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from medvol.bundle import BUNDLES_DIR
+from medvol.bundles import BUNDLES_DIR
 from medvol.cli import main
 from tests.bundles.test_bundles import prepare_phantoms
 from tests.cli.test_train_sample_demo import tiny_bundle

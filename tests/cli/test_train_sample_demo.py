@@ -15,7 +15,7 @@ import SimpleITK as sitk
 import torch
 import yaml
 
-from medvol.bundle import BUNDLES_DIR
+from medvol.bundles import BUNDLES_DIR
 from medvol.cli import main
 from medvol.data.phantoms import write_phantom_dataset
 from medvol.io.writers import identifying_tags_in, lps_geometry_from_affine_ras

@@ -209,7 +209,7 @@ def test_the_evaluator_refuses_a_trainer_that_ranks_checkpoints_by_another_metri
 def test_medvol_train_evaluate_every_logs_curves_and_samples_from_best(tmp_path, monkeypatch, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from medvol.bundle import BUNDLES_DIR
+    from medvol.bundles import BUNDLES_DIR
     from medvol.cli import main
     from medvol.data.phantoms import write_phantom_dataset
 

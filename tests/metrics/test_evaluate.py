@@ -110,8 +110,8 @@ def test_evaluation_writes_every_key_with_counts_utility_filtering_and_report(pr
 def test_bundle_evaluate_config_runs_the_same_evaluation(prepared, synthetic, tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
-    from medvol.bundle import FAMILIES, run_workflow
-    from medvol.bundle import BUNDLES_DIR
+    from medvol.bundles import FAMILIES, run_workflow
+    from medvol.bundles import BUNDLES_DIR
 
     assert all((BUNDLES_DIR / family / "configs" / "evaluate.yaml").is_file() for family in FAMILIES)
     run_dir = tmp_path / "run"
