@@ -17,14 +17,6 @@ from medvol.metrics.diversity import diversity_report, mean_pairwise_distance, m
 MEDNIST_CLASSES = ["CTAbd", "CTChest", "CTHead", "CXR", "MRBrain", "MRBreast"]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One thread: the many small convolutions of SSIM are several times faster so on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def smooth_images(n: int, size: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     """Random smooth images in [-1, 1]: coarse noise upsampled, like blobs of anatomy."""

@@ -24,14 +24,6 @@ from medvol.networks.classifiers import ResNetClassifier
 SMALL = (4, 8, 16)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def brightness_toy(count: int, seed: int, spatial_dims: int = 2, size: int = 16):
     """Two classes that differ only in mean brightness (-0.6 vs +0.2, noise sd 0.2)."""
     generator = torch.Generator().manual_seed(seed)

@@ -12,14 +12,6 @@ from medvol.metrics.privacy import nearest_neighbour_privacy
 from tests.metrics.test_diversity import load_mednist, smooth_images
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One thread: the many small convolutions of SSIM are several times faster so on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def pooled_pixels(images: torch.Tensor) -> np.ndarray:
     """Stand-in features for tests: 4x4-average-pooled pixels (64 values for 32^2, 64 for 16^3)."""

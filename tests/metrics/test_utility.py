@@ -24,14 +24,6 @@ from medvol.metrics.utility import (
 SMALL = (4, 8, 16)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def bars(count: int, seed: int, size: int = 16, classes: int = 2):
     """Class 0: a horizontal bar, class 1: a vertical bar, class 2: a square, at random places on noise."""
     generator = torch.Generator().manual_seed(seed)
