@@ -196,23 +196,3 @@ def read_datalist(path: str | os.PathLike) -> dict:
     if bad:
         raise MedvolInputError(path, f"datalist splits {bad} are not lists")
     return dict(document)
-
-
-# names that lived here before the module split; new code imports them from their modules
-_MOVED = {
-    "build_datalist": "medvol.io.discovery", "datalist_from_files": "medvol.io.discovery",
-    "datalist_from_decathlon_json": "medvol.io.discovery", "datalist_from_image_label_folders": "medvol.io.discovery",
-    "require_usable": "medvol.io.discovery", "subject_from_stem": "medvol.io.discovery",
-    "apply_labels_csv": "medvol.io.labels",
-    "IMAGE_2D_SUFFIXES": "medvol.io.files", "NIFTI_SUFFIXES": "medvol.io.files", "DICOM_SUFFIXES": "medvol.io.files",
-    "image_suffix": "medvol.io.files", "image_stem": "medvol.io.files", "classify_file": "medvol.io.files",
-    "list_files": "medvol.io.files",
-}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 
 from medvol.errors import MedvolInputError
+from medvol.io.datalist import datalist_file, read_datalist
+from medvol.io.files import write_json
 
 __all__ = [
     "HELDOUT_SPLIT",
@@ -263,16 +265,13 @@ def _synthetic_entries(folder: Path, cache_dir: Path) -> tuple[str, list[dict], 
     under `cache_dir` the way `medvol prepare` converts them. Any other folder is discovered like a `medvol prepare`
     source (one sub-folder per class gives labels; otherwise unlabelled).
     """
-    from medvol.io.datalist import datalist_from_files
+    from medvol.io.discovery import datalist_from_files
 
     skipped: list[dict] = []
     listed = folder / SYNTHETIC_DATALIST
     if listed.is_file():
-        try:
-            document = json.loads(listed.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise MedvolInputError(listed, f"is not a readable datalist JSON ({err})") from None
-        if not isinstance(document, dict) or not isinstance(document.get("training"), list):
+        document = read_datalist(listed)
+        if not isinstance(document.get("training"), list):
             raise MedvolInputError(listed, "is not a medvol datalist (no 'training' list)")
         classes = [str(c) for c in document.get("classes") or []]
         entries = []
@@ -326,7 +325,7 @@ def _dicom_sample_to_nifti(series_dir: Path, out_dir: Path) -> Path:
 
 def _file_shape(path: str) -> tuple[int, ...]:
     """Spatial shape of an image file from its header (trailing singleton axes of NIfTI dropped down to 2D)."""
-    from medvol.io.datalist import IMAGE_2D_SUFFIXES, image_suffix
+    from medvol.io.files import IMAGE_2D_SUFFIXES, image_suffix
 
     if image_suffix(path) in IMAGE_2D_SUFFIXES:
         from medvol.io.images import image_mode
@@ -744,7 +743,7 @@ def evaluate(
                 seed=seed))
         metrics["timing"] = _plain(timer.seconds)
     metrics["timing"]["total"] = round(sum(v for k, v in timer.seconds.items()), 3)
-    _write_json(out / METRICS_FILE, metrics)
+    write_json(out / METRICS_FILE, metrics)
     return metrics
 
 
@@ -769,17 +768,8 @@ def run_datalist(run_dir: str | os.PathLike) -> str:
 
 def _read_datalist(datalist: str | os.PathLike) -> tuple[dict, Path]:
     """The real datalist document and its file."""
-    path = Path(datalist).expanduser()
-    path = (path / "datalist.json" if path.is_dir() else path).resolve()
-    if not path.is_file():
-        raise MedvolInputError(path, "datalist not found (run `medvol prepare` first)")
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise MedvolInputError(path, f"is not a readable datalist JSON ({err})") from None
-    if not isinstance(document, dict):
-        raise MedvolInputError(path, "is not a datalist: expected a JSON object with 'training'/'validation'/'test'")
-    return document, path
+    path = datalist_file(datalist).resolve()
+    return read_datalist(path), path
 
 
 def _datalist_dims(datalist: str | os.PathLike) -> int:
@@ -787,8 +777,3 @@ def _datalist_dims(datalist: str | os.PathLike) -> int:
     return 2 if str(document.get("mode") or "volume") == "slice" else 3
 
 
-def _write_json(path: Path, document: Mapping) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(document, indent=1, allow_nan=True) + "\n")
-    temporary.replace(path)
