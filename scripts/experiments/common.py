@@ -1,0 +1,188 @@
+"""What every experiment script under scripts/experiments shares: the medvol command runner, profiles, hardware and
+load records, and the generated results page.
+
+An experiment is a sequence of `medvol` commands (prepare -> train -> sample -> evaluate) run as a new user runs them,
+plus figures and tables made from their outputs. Each script writes its work to `--out` (default
+`experiments/<name>`, ignored by git) and its tables, figures and `results.json` to `docs/experiments/<name>/`
+(`README.md` there is regenerated on every run; docs/results.md links to it and gives the reading).
+
+Run one with `.venv/bin/python scripts/experiments/<name>.py [--profile cpu|gpu|smoke]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+PROFILES = ("cpu", "gpu", "smoke")
+
+
+def medvol_command() -> list[str]:
+    """The `medvol` entry point of the interpreter running this script (the project's .venv)."""
+    candidate = Path(sys.executable).with_name("medvol")
+    return [str(candidate)] if candidate.exists() else [sys.executable, "-c", "from medvol.cli import main; main()"]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def hardware() -> dict[str, Any]:
+    """CPU, cores, torch threads and GPU (when one is used) of this run."""
+    import torch
+
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def parser(name: str, description: str) -> argparse.ArgumentParser:
+    """The arguments every experiment takes."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--profile", choices=PROFILES, default="cpu",
+                   help="cpu (default: sized to finish within 60 minutes on 2 CPU cores), gpu (the full profile, "
+                        "needs CUDA), smoke (minutes: checks that the pipeline runs, numbers meaningless)")
+    p.add_argument("--out", default=None, help=f"work folder (default experiments/{name}-<profile>)")
+    p.add_argument("--docs", default=None,
+                   help=f"where tables, figures and results.json go (default docs/experiments/{name} for the cpu and "
+                        f"gpu profiles, the work folder for smoke)")
+    p.add_argument("--data", default=str(SHARED_DATA), help="the shared data folder (default ../shared/data)")
+    return p
+
+
+class Experiment:
+    """One experiment run: runs medvol commands with their wall times, records hardware and load, writes results.
+
+    Args:
+        name: experiment name (folder names).
+        args: parsed `parser()` arguments.
+    """
+
+    def __init__(self, name: str, args: argparse.Namespace):
+        self.name = name
+        self.profile = args.profile
+        self.data = Path(args.data)
+        self.out = Path(args.out or ROOT / "experiments" / f"{name}-{args.profile}").resolve()
+        default_docs = self.out / "docs" if args.profile == "smoke" else ROOT / "docs" / "experiments" / name
+        if args.profile == "gpu":
+            default_docs = ROOT / "docs" / "experiments" / f"{name}-gpu"
+        self.docs = Path(args.docs or default_docs).resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.docs.mkdir(parents=True, exist_ok=True)
+        self.device = "cuda" if args.profile == "gpu" else "cpu"
+        self.started = time.time()
+        self.steps: list[dict[str, Any]] = []
+        self.results: dict[str, Any] = {
+            "experiment": name,
+            "profile": self.profile,
+            "hardware": hardware(),
+            "load_average_start": list(os.getloadavg()),
+            "commands": self.steps,
+        }
+        self.log = (self.out / "commands.log").open("a")
+
+    def require(self, *relative: str) -> None:
+        """Stop with one line when a shared data file this experiment needs is missing."""
+        for item in relative:
+            if not (self.data / item).exists():
+                sys.exit(f"{self.name}: {self.data / item} is missing: this experiment needs ../shared/data")
+
+    def medvol(self, *arguments: Any, skip_if: Path | None = None) -> float:
+        """Run `medvol ARGUMENTS`; its output goes to OUT/commands.log. Returns the wall time in seconds.
+
+        Args:
+            arguments: command-line arguments after `medvol`.
+            skip_if: when this path exists the command is not run again (a rerun regenerates tables and figures
+                from finished outputs); `medvol train` resumes by itself, so it is never skipped.
+        """
+        command = medvol_command() + [str(a) for a in arguments]
+        printable = "medvol " + shlex.join(str(a) for a in arguments)
+        if skip_if is not None and Path(skip_if).exists():
+            print(f"[{self.name}] reuse {skip_if} ({printable})", flush=True)
+            self.steps.append({"command": printable, "reused": True})
+            return 0.0
+        print(f"[{self.name}] {printable}", flush=True)
+        self.log.write(f"\n$ {printable}\n")
+        self.log.flush()
+        load = os.getloadavg()[0]
+        start = time.time()
+        completed = subprocess.run(command, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.out)
+        seconds = time.time() - start
+        self.steps.append({"command": printable, "seconds": round(seconds, 1), "load_average": round(load, 2)})
+        if completed.returncode != 0:
+            sys.exit(f"[{self.name}] failed ({completed.returncode}): {printable}; see {self.out / 'commands.log'}")
+        print(f"[{self.name}]   {seconds:.0f} s", flush=True)
+        return seconds
+
+    def figure_path(self, name: str) -> Path:
+        return self.docs / name
+
+    def finish(self, results: dict[str, Any], page: str) -> None:
+        """Write docs/.../results.json and README.md (the page: markdown tables and figure links)."""
+        self.results.update(results)
+        self.results["wall_seconds"] = round(time.time() - self.started, 1)
+        self.results["load_average_end"] = list(os.getloadavg())
+        (self.docs / "results.json").write_text(json.dumps(self.results, indent=2, default=float) + "\n")
+        hw = self.results["hardware"]
+        header = (
+            f"# Experiment: {self.name} ({self.profile} profile)\n\n"
+            f"Generated by `scripts/experiments/{self.name}.py --profile {self.profile}`; do not edit by hand.\n"
+            f"Wall time **{self.results['wall_seconds'] / 60:.1f} min** on {hw['cpu']} ({hw['cores']} cores, "
+            f"{hw['torch_threads']} torch threads{', GPU ' + hw['gpu'] if 'gpu' in hw and self.device == 'cuda' else ''}), "
+            f"load average {self.results['load_average_start'][0]:.1f} at the start and "
+            f"{self.results['load_average_end'][0]:.1f} at the end. Numbers: `results.json`.\n\n"
+        )
+        rows = []
+        for step in self.steps:
+            took = "reused" if step.get("reused") else f"{step['seconds']:.0f} s (load {step['load_average']:.1f})"
+            rows.append(f"| `{step['command']}` | {took} |")
+        commands = "\n".join(rows)
+        footer = f"\n\n## Commands run\n\n| command | wall time |\n|---|---|\n{commands}\n"
+        (self.docs / "README.md").write_text(header + page.strip() + footer)
+        print(f"[{self.name}] wrote {self.docs / 'README.md'} ({self.results['wall_seconds'] / 60:.1f} min)")
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number for a table: n/a for None, `digits` significant digits."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, dict) and "value" in value:
+        value = value["value"]
+    if isinstance(value, (int, float)):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def mean_sd(entry: dict[str, Any] | None, digits: int = 3) -> str:
+    """`mean ± sd` of a utility summary entry ({mean, sd, values})."""
+    if not entry or entry.get("mean") is None:
+        return "n/a"
+    sd = entry.get("sd")
+    return f"{entry['mean']:.{digits}f} ± {sd:.{digits}f}" if sd is not None else f"{entry['mean']:.{digits}f}"
