@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "source",
-        help="folder of images, DICOM tree, a Decathlon dataset.json, or built-in phantoms: 'builtin:phantoms3d', "
+        help="folder of images, DICOM tree, a Decathlon dataset.json, a MedMNIST-style .npz (train/val/test _images "
+        "and _labels arrays; written out as NIfTI, official split kept), or built-in phantoms: 'builtin:phantoms3d', "
         "'builtin:phantoms2d', or 'phantoms' (3D with --mode volume, 2D with --mode slice)",
     )
     p.add_argument("--out", required=True, help="output folder for datalist.json, report.json and preview.png")
@@ -131,8 +132,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="crop each image to the body (foreground bounding box) before fitting it to --size",
     )
     p.add_argument("--spacing", type=_floats, help="target spacing in mm, comma separated (e.g. 1,1,1)")
-    p.add_argument("--split", type=_floats, default=[0.6, 0.2, 0.2], help="train,validation,test fractions (default 0.6,0.2,0.2)")
+    p.add_argument(
+        "--split",
+        type=_floats,
+        help="train,validation,test fractions (default 0.6,0.2,0.2; a MedMNIST .npz keeps its official split unless "
+        "this is given)",
+    )
+    p.add_argument(
+        "--class-names",
+        type=lambda text: [name.strip() for name in text.split(",")],
+        help="names of the integer class labels 0,1,... in order, comma separated (e.g. normal,hyperplasia for "
+        "AdrenalMNIST3D: MedMNIST .npz files carry numbers only)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the patient-level split (default 0)")
+    p.add_argument(
+        "--train-fraction", type=float, default=None,
+        help="keep only this share of the training subjects (stratified by class; e.g. 0.1 for a low-data "
+             "experiment); validation and test splits stay those of the full dataset, left-out subjects are listed "
+             "in report.json")
     p.add_argument(
         "--accept-irregular-dicom",
         metavar="KINDS",
@@ -225,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--synthetic-ratio", type=float, default=1.0, help="synthetic samples per real sample in the mixed arms (default 1)"
     )
-    p.add_argument("--classifier-epochs", type=int, help="epochs of every classifier trained (default: the recipe's)")
+    p.add_argument("--classifier-epochs", type=int,
+                   help="epochs of every classifier trained (default: the recipe's 10 epochs, and at least 500 "
+                        "optimiser steps so that small training sets converge)")
     p.add_argument(
         "--features",
         help="feature extractor checkpoint (TorchScript or a medvol classifier) instead of the classifier trained on "

@@ -1,7 +1,9 @@
 """`medvol prepare SOURCE --out DIR`: datalist with patient-level splits, and a report of every input file.
 
 SOURCE is a folder (NIfTI volumes, 2D images in one folder per class, a DICOM tree, a Decathlon ``images/`` +
-``labels/`` layout), a Decathlon ``dataset.json``, or built-in phantoms:
+``labels/`` layout), a Decathlon ``dataset.json``, a MedMNIST-style ``.npz`` (images written as NIfTI under
+``DIR/images/``, the archive's official split kept unless ``--split`` is given, integer labels named by
+``--class-names``), or built-in phantoms:
 
 - ``builtin:phantoms3d``: labelled 3D phantoms (NIfTI, default 32^3, or ``--size`` when it has 3 values);
 - ``builtin:phantoms2d``: labelled 2D phantoms (PNG, default 64^2, or ``--size`` when it has 2 values);
@@ -62,8 +64,12 @@ def write_builtin_phantoms(out_dir: Path, spatial_dims: int, size: list[int] | N
     return write_phantom_dataset(target, spatial_dims, phantom_size, PHANTOMS_PER_CLASS, seed=PHANTOM_DATA_SEED)
 
 
-def intensity_hint(spatial_dims_of_source: int, modality: str | None) -> dict:
-    """How the transforms should normalise intensities: CT window, MR percentiles, or min-max for 2D pictures."""
+def intensity_hint(spatial_dims_of_source: int, modality: str | None, kind: str | None = None) -> dict:
+    """How the transforms should normalise intensities: the `kind` the source asks for (min-max for the 0-255 arrays
+    of a MedMNIST .npz: MR percentiles would blank binary masks with less than 0.5% foreground), else CT window, MR
+    percentiles, or min-max for 2D pictures."""
+    if kind:
+        return {"kind": kind, "modality": modality}
     if spatial_dims_of_source == 2:
         return {"kind": "minmax", "modality": modality}
     if modality and modality.upper() == "CT":
@@ -111,17 +117,28 @@ def run(args) -> int:
         MedvolInputError: missing/empty SOURCE, nothing usable, bad labels CSV, bad --split/--size/--spacing,
             2D images with ``--mode volume``.
     """
-    from medvol.data.splits import split_subjects, split_summary, validate_fractions
+    from medvol.data.splits import (
+        DEFAULT_FRACTIONS,
+        SPLIT_NAMES,
+        split_subjects,
+        split_summary,
+        subsample_training,
+        validate_fractions,
+    )
     from medvol.io import datalist as datalists
     from medvol.io.dicom import parse_irregular_kinds
     from medvol.io.discovery import build_datalist, require_usable
 
     started = time.perf_counter()
-    fractions = validate_fractions(args.split)
+    split_given = getattr(args, "split", None) is not None
+    fractions = validate_fractions(args.split if split_given else DEFAULT_FRACTIONS)
     if args.seed < 0:
         raise MedvolInputError("--seed", f"must be a non-negative integer, got {args.seed}")
     _check_positive("--size", args.size)
     _check_positive("--spacing", args.spacing)
+    train_fraction = getattr(args, "train_fraction", None)
+    if train_fraction is not None and not 0 < train_fraction <= 1:
+        raise MedvolInputError("--train-fraction", f"must be in (0, 1], got {train_fraction:g}")
     accept_irregular = parse_irregular_kinds(getattr(args, "accept_irregular_dicom", None))
     labels_arg = getattr(args, "labels", None)
     ignore_labels_csv = labels_arg is not None and str(labels_arg).strip().lower() == "none"
@@ -157,6 +174,9 @@ def run(args) -> int:
     if not datalist.entries:
         datalists.write_report(out_dir / datalists.REPORT_FILE, datalist)
         require_usable(datalist)
+    class_names = getattr(args, "class_names", None)
+    if class_names:
+        datalist.name_classes(class_names)
 
     if datalist.source_spatial_dims == 2 and args.mode == "volume":
         raise MedvolInputError(datalist.source, "holds 2D images: volume mode needs 3D volumes; prepare it with "
@@ -176,7 +196,21 @@ def run(args) -> int:
     }
     sizing = describe_sizing(preprocessing, spatial_dims)
 
-    splits = split_subjects(datalist.entries, fractions, seed=args.seed)
+    official = all(e.get("_split") for e in datalist.entries) and not split_given
+    if official:  # a source with its own split (MedMNIST .npz) keeps it unless --split asks for another
+        splits = {name: [e for e in datalist.entries if e["_split"] == name] for name in SPLIT_NAMES}
+        fractions = tuple(round(len(splits[name]) / len(datalist.entries), 4) for name in SPLIT_NAMES)
+        datalist.messages.append(f"the official split of {datalist.source} is kept (--split replaces it)")
+    else:
+        splits = split_subjects(datalist.entries, fractions, seed=args.seed)
+    if train_fraction is not None:
+        splits["training"], left_out = subsample_training(splits["training"], train_fraction, seed=args.seed)
+        left_out_ids = {id(e) for e in left_out}
+        datalist.drop_entries([id(e) not in left_out_ids for e in datalist.entries],
+                              f"training subject left out by --train-fraction {train_fraction:g}")
+        datalist.messages.append(
+            f"--train-fraction {train_fraction:g}: {len(splits['training'])} training images kept, {len(left_out)} "
+            f"left out (listed in report.json); validation and test splits as without the option")
     for name, fraction in zip(("validation", "test"), fractions[1:]):
         if fraction > 0 and not splits[name]:
             datalist.messages.append(f"the {name} split is empty: {len(set(e['subject'] for e in datalist.entries))} "
@@ -189,8 +223,10 @@ def run(args) -> int:
         spatial_dims=spatial_dims,
         seed=args.seed,
         split_fractions=list(fractions),
+        **({"official_split": True} if official else {}),
+        **({"train_fraction": train_fraction} if train_fraction is not None else {}),
         preprocessing=preprocessing,
-        intensity=intensity_hint(datalist.source_spatial_dims, datalist.modality),
+        intensity=intensity_hint(datalist.source_spatial_dims, datalist.modality, datalist.intensity_kind),
         labels_csv=datalist.labels_csv,
         **({"synthetic": True} if all(e.get("synthetic") for e in datalist.entries) else {}),
     )
@@ -206,7 +242,7 @@ def run(args) -> int:
                                     "accepted_irregular_dicom": sorted(accept_irregular)},
                            preprocessing={**preprocessing, "description": sizing}, preview=preview)
     for message in datalist.messages:
-        if message.startswith("labels read from"):
+        if message.startswith(("labels read from", "--train-fraction", "the official split")):
             print(message)
         else:
             logger.warning(message)

@@ -135,6 +135,44 @@ def split_subjects(
     return splits
 
 
+def subsample_training(
+    training: Sequence[dict], fraction: float, seed: int = 0
+) -> tuple[list[dict], list[dict]]:
+    """Keep `fraction` of the training subjects, stratified by label like `split_subjects`: the low-data regime.
+
+    The validation and test splits are not touched, so a dataset prepared with a fraction has the same held-out
+    splits as the full one (same source, fractions and seed).
+
+    Args:
+        training: the training entries of `split_subjects`.
+        fraction: share of the training subjects to keep, in (0, 1]; every stratum keeps at least one subject.
+        seed: seed of the choice (independent of the split's shuffle).
+
+    Returns:
+        `(kept, left_out)` entries, each in input order.
+
+    Raises:
+        MedvolInputError: a fraction outside (0, 1].
+    """
+    if not 0 < fraction <= 1:
+        raise MedvolInputError("--train-fraction", f"must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return list(training), []
+    strata = subject_strata(training)
+    groups: dict[tuple, list[str]] = defaultdict(list)
+    for subject in sorted(strata):
+        groups[strata[subject]].append(subject)
+    rng = np.random.default_rng([seed, 1])
+    kept_subjects: set[str] = set()
+    for stratum in sorted(groups):
+        subjects = list(groups[stratum])
+        rng.shuffle(subjects)
+        kept_subjects.update(subjects[: max(1, round(fraction * len(subjects)))])
+    kept = [e for e in training if str(e["subject"]) in kept_subjects]
+    left_out = [e for e in training if str(e["subject"]) not in kept_subjects]
+    return kept, left_out
+
+
 def check_no_subject_leak(splits: dict[str, Sequence[dict]]) -> None:
     """Raise if any subject has entries in more than one split.
 

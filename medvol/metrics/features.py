@@ -44,6 +44,9 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_LR = 5e-3
 DEFAULT_WEIGHT_DECAY = 1e-4
 DEFAULT_AUTOENCODER_EPOCHS = 15
+# With few training images 10 epochs are a few dozen steps: the default trains at least this many steps, so that a
+# classifier of a low-data regime converges instead of stopping early (explicit epochs are honoured as given)
+DEFAULT_MIN_STEPS = 500
 AUTOENCODER_CHANNELS = (16, 32, 64)
 SCHEDULES = ("cosine", "step", "constant")
 CLASSIFIER_FORMAT = "medvol-classifier"
@@ -180,12 +183,20 @@ def predict_probabilities(
     return torch.cat(outputs).numpy()
 
 
+def recipe_epochs(count: int, epochs: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+    """Epochs of the classifier recipe for `count` training images: `epochs` when given, else `DEFAULT_EPOCHS` and at
+    least `DEFAULT_MIN_STEPS` optimiser steps (180 images: 84 epochs; 1800 images: 10)."""
+    if epochs is not None:
+        return int(epochs)
+    return max(DEFAULT_EPOCHS, math.ceil(DEFAULT_MIN_STEPS / max(1, math.ceil(count / batch_size))))
+
+
 def train_classifier(
     images: torch.Tensor,
     labels: Any,
     num_classes: int,
     seed: int = 0,
-    epochs: int = DEFAULT_EPOCHS,
+    epochs: int | None = None,
     augment: bool | Sequence[bool] | np.ndarray = False,
     device: str | torch.device | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -216,7 +227,7 @@ def train_classifier(
         labels: class index per image, in [0, num_classes).
         num_classes: number of classes.
         seed: random seed.
-        epochs: passes over the data.
+        epochs: passes over the data (default: `recipe_epochs`, 10 epochs and at least 500 steps).
         augment: classical augmentation (`medvol.transforms.augment.classical_augmentation`, drawn anew each time
             a sample is seen): True for every sample, False for none, or a boolean mask of the samples to augment.
         device: torch device (default: CUDA when available).
@@ -245,6 +256,7 @@ def train_classifier(
         raise MedvolInputError(None, f"a classifier needs at least 2 training images, got {count}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    epochs = recipe_epochs(count, epochs, batch_size)
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     augment_mask = torch.as_tensor(np.broadcast_to(np.asarray(augment, dtype=bool), (count,)).copy())
@@ -647,7 +659,7 @@ def build_feature_extractor(
         num_classes: number of classes (0 or 1 for unlabelled data).
         out_dir: folder of the cache.
         seed: training seed.
-        epochs: training epochs (default `DEFAULT_EPOCHS` for the classifier, `DEFAULT_AUTOENCODER_EPOCHS` for the
+        epochs: training epochs (default `recipe_epochs` for the classifier, `DEFAULT_AUTOENCODER_EPOCHS` for the
             autoencoder).
         features_path: a user TorchScript / torch.export / medvol checkpoint file.
         device: torch device (default: CUDA when available).
@@ -662,7 +674,7 @@ def build_feature_extractor(
     labels = None if train_labels is None else np.asarray(train_labels, dtype=np.int64).reshape(-1)
     labelled = labels is not None and num_classes >= 2 and labels.shape[0] == count and bool(np.all(labels >= 0))
     kind = "classifier" if labelled else "autoencoder"
-    epochs = int(epochs or (DEFAULT_EPOCHS if labelled else DEFAULT_AUTOENCODER_EPOCHS))
+    epochs = recipe_epochs(count, epochs) if labelled else int(epochs or DEFAULT_AUTOENCODER_EPOCHS)
     settings = {
         "cache_version": CACHE_VERSION,
         "kind": kind,

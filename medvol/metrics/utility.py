@@ -17,10 +17,10 @@ from tqdm.auto import tqdm
 
 from medvol.errors import MedvolInputError
 from medvol.metrics.features import (
-    DEFAULT_EPOCHS,
     check_images,
     check_labels,
     predict_probabilities,
+    recipe_epochs,
     train_classifier,
 )
 
@@ -141,7 +141,7 @@ def utility_study(
     synthetic_labels: Any,
     classes: Sequence[str],
     seeds: int | Sequence[int] = 3,
-    epochs: int = DEFAULT_EPOCHS,
+    epochs: int | None = None,
     synthetic_ratio: float = 1.0,
     filter_mask: Any = None,
     device: str | torch.device | None = None,
@@ -156,7 +156,8 @@ def utility_study(
     real samples only, so that it differs from `real+synthetic` by the augmentation alone). The synthetic part is a
     random subset, drawn per seed, of `round(synthetic_ratio * len(train))` samples from those `filter_mask` keeps;
     when fewer are kept than asked, all of them are used and `notes` says so. Every arm trains for the same number of
-    epochs (so arms with synthetic data take more steps) and keeps its last epoch.
+    epochs (so arms with synthetic data take more steps) and at least `DEFAULT_MIN_STEPS` steps (so that the arms of
+    a low-data regime converge too), and keeps its last epoch.
 
     Args:
         train_images: real training images `[N, 1, *size]` in [-1, 1].
@@ -167,7 +168,8 @@ def utility_study(
         synthetic_labels: their (conditioning) classes.
         classes: class names, index = label.
         seeds: number of seeds (0..N-1) or the seeds themselves.
-        epochs: training epochs per classifier.
+        epochs: training epochs per classifier (default: the recipe's, `medvol.metrics.features.recipe_epochs` of
+            each arm's training set).
         synthetic_ratio: synthetic samples per real training sample (> 0).
         filter_mask: boolean per synthetic sample, False to leave it out (e.g. `realness_filter`'s keep mask).
         device: torch device (default: CUDA when available).
@@ -248,6 +250,7 @@ def utility_study(
     confusions: dict[str, list[np.ndarray]] = {arm: [] for arm in arms}
     curves: dict[str, list[list[float]]] = {arm: [] for arm in arms}
     counts: dict[str, dict[str, int]] = {}
+    epochs_per_arm: dict[str, int] = {}
     bar = tqdm(total=len(arms) * len(seed_list), desc="utility", unit="classifier", disable=not progress)
     for seed in seed_list:
         rng = np.random.default_rng(seed)
@@ -267,13 +270,14 @@ def utility_study(
             if with_augmentation:
                 augment[:n_train] = True
             counts[arm] = {"real": n_train if with_real else 0, "synthetic": used if with_synthetic else 0}
+            epochs_per_arm[arm] = recipe_epochs(images.shape[0], epochs)
             bar.set_postfix_str(f"{arm}, seed {seed}")
             classifier = train_classifier(
                 images,
                 labels,
                 num_classes,
                 seed=seed,
-                epochs=epochs,
+                epochs=epochs_per_arm[arm],
                 augment=augment,
                 device=device,
                 monitor=(test_images, test_labels) if record_curves else None,
@@ -292,7 +296,7 @@ def utility_study(
     metric_names = list(per_seed["real"][0])
     result: dict[str, Any] = {
         "seeds": seed_list,
-        "epochs": int(epochs),
+        "epochs": epochs_per_arm,
         "synthetic_ratio": float(synthetic_ratio),
         "synthetic_requested": requested,
         "synthetic_available": int(pool.size),
@@ -302,8 +306,10 @@ def utility_study(
         "metrics": metric_names,
         "notes": notes,
         "recipe": (
-            f"ResNetClassifier trained by medvol.metrics.features.train_classifier for {epochs} epochs per arm and "
-            "seed (AdamW, cosine learning rate, class-weighted cross-entropy, last epoch kept); tested on the held-out "
+            "ResNetClassifier trained by medvol.metrics.features.train_classifier per arm and seed for "
+            + ("10 epochs and at least 500 optimiser steps (epochs per arm in `epochs`)" if epochs is None
+               else f"{epochs} epochs")
+            + " (AdamW, cosine learning rate, class-weighted cross-entropy, last epoch kept); tested on the held-out "
             "real test split; synthetic subset drawn per seed"
         ),
         "arms": {

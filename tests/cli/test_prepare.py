@@ -81,6 +81,21 @@ def test_mednist_class_folders_stratified(shared_data, tmp_path):
 
 
 @pytest.mark.shared_data
+def test_train_fraction_keeps_the_held_out_splits_of_the_full_dataset(shared_data, tmp_path):
+    source = shared_data / "mednist64"
+    assert prepare(source, "--out", tmp_path / "full", "--size", "16,16") == 0
+    assert prepare(source, "--out", tmp_path / "low", "--size", "16,16", "--train-fraction", "0.1") == 0
+    (full, _), (low, report) = load(tmp_path / "full"), load(tmp_path / "low")
+    for name in ("validation", "test"):
+        assert [e["image"] for e in low[name]] == [e["image"] for e in full[name]]
+    assert {e["image"] for e in low["training"]} < {e["image"] for e in full["training"]}
+    assert Counter(e["label_name"] for e in low["training"]) == {c: 30 for c in full["classes"]}
+    assert low["train_fraction"] == 0.1
+    left_out = [r for r in report["files"] if "--train-fraction" in r.get("reason", "")]
+    assert len(left_out) == 1620 and all(r["status"] == "skipped" for r in left_out)
+
+
+@pytest.mark.shared_data
 def test_hippocampus_root_reports_labels_without_image(shared_data, tmp_path):
     assert prepare(shared_data / "hippocampus3d", "--out", tmp_path) == 0
     datalist, report = load(tmp_path)
@@ -176,6 +191,7 @@ def test_csv_with_space_in_id_is_repaired(tmp_path):
     ["ambiguous_csv", "labels.csv: line 2"],
     ["bad_split", "--split: fractions must sum to 1"],
     ["bad_size", "--size: volume mode needs 3 values"],
+    ["bad_fraction", "--train-fraction: must be in (0, 1]"],
     ["no_images", "nothing usable"],
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case, message):
@@ -195,6 +211,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case, message):
         argv += ["--split", "0.6,0.3,0.3"]
     elif case == "bad_size":
         argv += ["--size", "32,32"]
+    elif case == "bad_fraction":
+        argv += ["--train-fraction", "1.5"]
     assert prepare(*argv) == 2
     line = one_error_line(capsys)
     assert message in line

@@ -13,6 +13,7 @@ from medvol.data.splits import (
     split_subjects,
     split_summary,
     subject_strata,
+    subsample_training,
     validate_fractions,
 )
 from medvol.errors import MedvolInputError
@@ -124,3 +125,19 @@ def test_leak_guard_and_summary():
     splits = split_subjects(make_entries({0: 5, 1: 5}, entries_per_subject=2), seed=0)
     summary = split_summary(splits, ["normal", "lesion"])
     assert summary["training"] == {"entries": 12, "subjects": 6, "per_class": {"normal": 6, "lesion": 6}}
+
+
+def test_subsample_training_keeps_a_stratified_share_and_every_class():
+    training = split_subjects(make_entries({0: 100, 1: 40, 2: 3}, entries_per_subject=2), seed=0)["training"]
+    kept, left_out = subsample_training(training, 0.1, seed=0)
+    assert len(kept) + len(left_out) == len(training)
+    assert not {e["subject"] for e in kept} & {e["subject"] for e in left_out}  # whole subjects only
+    per_class = Counter(e["label"] for e in kept)
+    total = Counter(e["label"] for e in training)
+    assert per_class[0] == 2 * round(0.1 * total[0] / 2) and per_class[1] == 2 * round(0.1 * total[1] / 2)
+    assert per_class[2] == 2  # a stratum keeps at least one subject
+    assert subsample_training(training, 0.1, seed=0) == (kept, left_out)
+    assert subsample_training(training, 0.1, seed=1)[0] != kept
+    assert subsample_training(training, 1.0, seed=0) == (training, [])
+    with pytest.raises(MedvolInputError, match="--train-fraction"):
+        subsample_training(training, 0.0)

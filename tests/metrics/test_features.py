@@ -15,6 +15,7 @@ from medvol.metrics.features import (
     build_feature_extractor,
     load_feature_extractor,
     predict_probabilities,
+    recipe_epochs,
     recompute_batch_norm,
     save_checkpoint,
     train_classifier,
@@ -222,3 +223,10 @@ def test_training_runs_on_one_thread_and_restores_the_setting(monkeypatch):
     seen.clear()
     train_classifier(images, labels, 2, epochs=1, channels=SMALL, threads=None)
     assert set(seen) == {2}
+
+
+def test_default_recipe_trains_small_sets_for_at_least_500_steps():
+    assert recipe_epochs(1800) == 10  # 57 steps per epoch: 10 epochs are 570 steps
+    assert recipe_epochs(180) == 84  # 6 steps per epoch
+    assert recipe_epochs(360) == 42  # real + synthetic at ratio 1: as many steps as the real arm
+    assert recipe_epochs(180, epochs=3) == 3  # explicit epochs are honoured
