@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--size",
         type=_ints,
         help="shape the samples are brought to, comma separated (e.g. 64,64,64 or 64,64); how: see --fit. "
+        "With --mode slice and 3 values (e.g. 32,48,32), volumes are brought to that grid as --mode volume would "
+        "and cut into its axial slices (32x48), so 2D and 3D models see the same voxels. "
         "Default: keep the shapes here; training brings them to its image size the same way",
     )
     p.add_argument(

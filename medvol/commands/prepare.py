@@ -41,6 +41,7 @@ PREVIEW_PER_CLASS = {2: 4, 3: 3}
 PREVIEW_UNLABELLED = {2: 16, 3: 6}
 PREVIEW_MIN_TILE = 96  # pixels: smaller samples are enlarged (nearest neighbour) in the picture
 PREVIEW_SIZE = 64  # per axis, when --size is not given (training then fits to the bundle's image size)
+SLICE_AXIS = 2  # slice mode cuts volumes across their last (RAS: axial) axis
 
 
 def resolve_builtin(source: str, mode: str) -> int | None:
@@ -106,6 +107,10 @@ def describe_sizing(preprocessing: dict, spatial_dims: int) -> str:
         steps.append(f"stretched to {target}, not keeping the aspect ratio")
     else:
         steps.append(f"centre-cropped / padded to {target} without scaling (what lies outside is cut off)")
+    if preprocessing.get("volume_size"):
+        steps[-1] = steps[-1].replace(target, "x".join(str(v) for v in preprocessing["volume_size"]))
+        steps.append(f"cut into {target} slices across axis {SLICE_AXIS}")
+        return "each volume: " + ", then ".join(steps)
     kind = "slice" if spatial_dims == 2 else "volume"
     return f"each {kind}: " + ", then ".join(steps)
 
@@ -183,8 +188,15 @@ def run(args) -> int:
                                "--mode slice (or without --mode)")
     mode = "slice" if datalist.source_spatial_dims == 2 else (args.mode or "volume")
     spatial_dims = 3 if mode == "volume" else 2
+    volume_size = None
+    if args.size is not None and len(args.size) == 3 and mode == "slice":
+        if datalist.source_spatial_dims == 2:
+            raise MedvolInputError("--size", f"3 values in slice mode are a volume grid to cut slices from; these are "
+                                             f"2D images: give 2 values, got {args.size}")
+        volume_size, args.size = list(args.size), list(args.size[:SLICE_AXIS] + args.size[SLICE_AXIS + 1:])
     if args.size is not None and len(args.size) != spatial_dims:
-        raise MedvolInputError("--size", f"{mode} mode needs {spatial_dims} values, got {args.size}")
+        raise MedvolInputError("--size", f"{mode} mode needs {spatial_dims} values (slice mode of volumes: or 3, the "
+                                         f"volume grid to cut the slices from), got {args.size}")
     if args.spacing is not None and len(args.spacing) not in {datalist.source_spatial_dims, spatial_dims}:
         dims = datalist.source_spatial_dims
         raise MedvolInputError("--spacing", f"expected {dims} values for these {dims}D images, got {args.spacing}")
@@ -194,6 +206,8 @@ def run(args) -> int:
         "shape_mode": getattr(args, "fit", None) or default_shape_mode(args.spacing),
         "crop_foreground": bool(getattr(args, "crop_foreground", False)),
     }
+    if volume_size is not None:
+        preprocessing["volume_size"] = volume_size
     sizing = describe_sizing(preprocessing, spatial_dims)
 
     official = all(e.get("_split") for e in datalist.entries) and not split_given

@@ -225,11 +225,13 @@ def build_dataset(
     patch_size: Sequence[int] | None = None,
     cache_dir: str | os.PathLike | None = None,
     augment: bool | Mapping = False,
+    volume_size: Sequence[int] | None = None,
 ) -> torch.utils.data.Dataset:
     """A slice-wise or volumetric dataset of one datalist split.
 
     Settings left as None come from the datalist (``mode``, ``preprocessing.size``, ``preprocessing.spacing``,
-    ``preprocessing.shape_mode``, ``preprocessing.crop_foreground``, ``intensity.kind``, ``intensity.window`` (CT),
+    ``preprocessing.shape_mode``, ``preprocessing.crop_foreground``, ``preprocessing.volume_size`` (slice mode),
+    ``intensity.kind``, ``intensity.window`` (CT),
     ``intensity.percentiles`` and ``intensity.output_range``), then from the defaults (volume mode, ``crop_pad``,
     no foreground crop, MR scaling of the 0.5-99.5 percentiles to [-1, 1]). So training, sampling and evaluation
     see the images the way ``medvol prepare`` recorded (and previewed) them.
@@ -257,6 +259,9 @@ def build_dataset(
         cache_dir: folder of the disk cache; None disables caching (then a slice-mode sample recomputes its volume
             whenever a slice of another volume was read in between: give a cache for shuffled training).
         augment: False, True (the classical preset), or keyword arguments for `classical_augmentation`.
+        volume_size: slice mode: bring every volume to this 3D shape as volume mode with ``size=volume_size`` does,
+            then cut the slices (the slices of that volumetric grid); `size` defaults to its in-plane part. Volume
+            files only.
     """
     datalist_dict, base_dir = load_datalist(datalist)
     where = str(base_dir / "datalist.json") if base_dir is not None else "settings"
@@ -266,11 +271,17 @@ def build_dataset(
     except ValueError:
         raise MedvolInputError(where, f"unknown mode {mode or datalist_dict.get('mode')!r} (slice or volume)") from None
     spatial_dims = 2 if mode == DatasetMode.SLICE else 3
+    if volume_size is not None and size is None:  # an explicit grid: its slices, whatever size the datalist has
+        size = [s for axis, s in enumerate(volume_size) if axis != slice_axis]
     size = size if size is not None else preprocessing_defaults.get("size")
     spacing = spacing if spacing is not None else preprocessing_defaults.get("spacing")
     shape_mode = shape_mode or preprocessing_defaults.get("shape_mode") or ShapeMode.CROP_PAD
     if crop_foreground is None:
         crop_foreground = bool(preprocessing_defaults.get("crop_foreground", False))
+    if volume_size is None and mode == DatasetMode.SLICE:
+        volume_size = preprocessing_defaults.get("volume_size")
+    if volume_size is not None and (mode != DatasetMode.SLICE or len(volume_size) != 3):
+        raise MedvolInputError(where, f"volume_size {list(volume_size)}: a 3D shape, for slice mode only")
     intensity = intensity or intensity_defaults.get("kind") or IntensityKind.MR
     if window is None and intensity_defaults.get("kind") == str(IntensityKind.CT):
         window = intensity_defaults.get("window")
@@ -293,15 +304,17 @@ def build_dataset(
             shape_mode=shape_mode,
             slice_axis=slice_axis,
             crop_foreground=crop_foreground,
+            volume_size=volume_size,
         )
         ScaleIntensityWindow(settings.intensity, settings.window, settings.percentiles, settings.output_range)
     except ValueError as err:
         raise MedvolInputError(where, f"bad preprocessing settings: {err}") from None
     items = split_items(datalist_dict, split, base_dir)
-    if mode == DatasetMode.VOLUME:
+    if mode == DatasetMode.VOLUME or volume_size is not None:
         for item in items:
             if is_image_2d(item["image"]):
-                raise MedvolInputError(item["image"], "is a 2D image; volume mode needs 3D volumes (use slice mode)")
+                need = "volume mode needs" if mode == DatasetMode.VOLUME else "slices of a volume_size grid need"
+                raise MedvolInputError(item["image"], f"is a 2D image; {need} 3D volumes")
 
     keys = list(settings.keys)
     cached_part = [*settings.compose().transforms, SelectItemsd(keys=SAMPLE_KEYS)]

@@ -353,7 +353,9 @@ def load_synthetic(
     """The synthetic images of `folder` with exactly the real data's preprocessing (intensity window to [-1, 1]).
 
     Synthetic files are in source units (`medvol sample` maps them back), so they go through the same pipeline as
-    the real files; their shape must already be the real samples' shape (no silent resizing of a mismatch).
+    the real files; their shape must already be the real samples' shape (no silent resizing of a mismatch). In slice
+    mode, volumes whose slices have that shape are cut into slices as the real volumes are (e.g. the samples of a
+    volumetric model, or 2D samples stacked into volumes, judged on slice realism).
 
     Args:
         folder: a `medvol sample` output or a plain folder of images/volumes.
@@ -373,8 +375,13 @@ def load_synthetic(
     cache_dir = Path(cache_dir)
     source, entries, classes, provenance, skipped = _synthetic_entries(folder, cache_dir)
     expected = tuple(real.image_shape)
+    slice_axis = int(real.preprocessing.get("slice_axis", 2))
+    volumes = 0  # slice mode: synthetic volumes are cut into slices like the real ones (each volume scaled as a whole)
     for entry in entries:
         shape = _file_shape(entry["image"])
+        if real.mode == "slice" and len(shape) == 3 and shape[:slice_axis] + shape[slice_axis + 1:] == expected:
+            volumes += 1
+            continue
         if len(shape) != len(expected):
             raise MedvolInputError(entry["listed"], f"is {len(shape)}D {list(shape)} but the real samples are "
                                                     f"{len(expected)}D {list(expected)} ({real.mode} mode)")
@@ -399,19 +406,24 @@ def load_synthetic(
     # the real datalist's intensity settings; spatially the files are final already (same shape, checked above):
     # no resampling and no foreground crop, which would move a generated image a second time
     preprocessing = {**dict(real.document.get("preprocessing") or {}), "size": list(expected), "spacing": None,
-                     "crop_foreground": False}
+                     "crop_foreground": False, "volume_size": None}
     document = {"mode": real.mode, "classes": list(real.classes), "preprocessing": preprocessing,
                 "intensity": dict(real.document.get("intensity") or {}), "training": training}
     options = {**real.options, "size": list(expected), "cache_dir": str(cache_dir)}
     dataset = build_dataset(document, split="training", **options)
-    if len(dataset) != len(entries):  # a 2D image is one sample; anything else means a file held several slices
+    if not volumes and len(dataset) != len(entries):  # a 2D image is one sample, else a file held several slices
         raise MedvolInputError(folder, f"{len(entries)} synthetic files gave {len(dataset)} samples: expected one each")
     indices = _chosen(len(dataset), max_samples, seed)
     images, labels = _stack(dataset, indices, "loading synthetic", progress)
     if tuple(images.shape[2:]) != expected:
         raise MedvolInputError(folder, f"synthetic samples have shape {list(images.shape[2:])} after preprocessing, "
                                        f"the real ones {list(expected)}")
-    paths = [entries[i]["listed"] for i in indices]
+
+    def listed(index: int) -> str:  # ``file[slice k]`` for a slice of a volume
+        position, k = dataset.index[index] if volumes else (index, -1)
+        return entries[position]["listed"] + ("" if k < 0 else f"[slice {k}]")
+
+    paths = [listed(int(i)) for i in indices]
     return SyntheticData(folder, source, ImageSet(images, labels, paths), provenance, skipped)
 
 

@@ -108,6 +108,11 @@ class PreprocessingSettings:
         slice_axis: for ``spatial_dims=2`` and volume files: the axis slices are cut across (kept whole when
             fitting the volume to the 2D `size`).
         crop_foreground: crop each image to the bounding box of its foreground (the body) before fitting.
+        volume_size: for ``spatial_dims=2`` and volume files: first bring each volume to this 3D shape exactly as
+            ``spatial_dims=3, size=volume_size`` would (spacing, foreground crop and `shape_mode` over all three
+            axes), so the samples are the slices of that volumetric grid (a slice-wise model then trains on the
+            slices of the volumes a volumetric model trains on); `size` is the in-plane shape, fitted again only
+            where it differs. None: volumes are fitted in-plane and keep their length along `slice_axis`.
     """
 
     spatial_dims: int
@@ -121,6 +126,7 @@ class PreprocessingSettings:
     slice_axis: int = 2
     crop_foreground: bool = False
     keys: tuple[str, ...] = field(default=("image",))
+    volume_size: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3):
@@ -133,6 +139,12 @@ class PreprocessingSettings:
             raise ValueError(f"spacing {list(self.spacing)} must be {self.spatial_dims} (or 3) positive values")
         if not 0 <= self.slice_axis <= 2:
             raise ValueError(f"slice_axis must be 0, 1 or 2, got {self.slice_axis}")
+        if self.volume_size is not None:
+            if self.spatial_dims != 2 or len(self.volume_size) != 3:
+                raise ValueError(f"volume_size {list(self.volume_size)} is a 3D shape for slices (spatial_dims 2)")
+            if self.spacing is not None and len(self.spacing) != 3:
+                raise ValueError(f"spacing {list(self.spacing)} must have 3 values with a volume_size")
+            object.__setattr__(self, "volume_size", tuple(int(s) for s in self.volume_size))
         # canonical plain types, so equal settings hash equally whatever sequence types they came in
         object.__setattr__(self, "size", None if self.size is None else tuple(int(s) for s in self.size))
         object.__setattr__(self, "spacing", None if self.spacing is None else tuple(float(s) for s in self.spacing))
@@ -150,8 +162,11 @@ class PreprocessingSettings:
 
     def cache_key(self) -> str:
         """A short hex digest of the settings, the pipeline version and the medvol/MONAI versions."""
+        settings = self.to_dict()
+        if settings["volume_size"] is None:  # the keys of caches written before volume_size existed stay valid
+            del settings["volume_size"]
         payload = {
-            "settings": self.to_dict(),
+            "settings": settings,
             "pipeline": PIPELINE_VERSION,
             "medvol": medvol.__version__,
             "monai": monai.__version__,
@@ -177,12 +192,17 @@ class PreprocessingSettings:
         load.register(PILReader(converter=to_greyscale))
         transforms = [load, UprightPicturesd(keys), OrientToRASd(keys)]
         slice_axis = self.slice_axis if self.spatial_dims == 2 else None
+        grid = self.volume_size is not None  # the volumetric pipeline first: no axis is kept whole
         if self.spacing is not None:
-            transforms.append(ResampleToSpacingd(keys, self.spacing, slice_axis=slice_axis))
+            transforms.append(ResampleToSpacingd(keys, self.spacing, slice_axis=None if grid else slice_axis))
         transforms.append(ScaleIntensityWindowd(keys, self.intensity, self.window, self.percentiles, self.output_range))
         if self.crop_foreground:
-            transforms.append(CropForegroundd(keys, slice_axis=slice_axis, in_plane_rank=self.spatial_dims))
-        if self.size is not None:
+            transforms.append(CropForegroundd(keys, slice_axis=None if grid else slice_axis,
+                                              in_plane_rank=3 if grid else self.spatial_dims))
+        if grid:
+            transforms.append(FitToShaped(keys, self.volume_size, self.shape_mode))
+        in_plane = None if not grid else tuple(s for axis, s in enumerate(self.volume_size) if axis != self.slice_axis)
+        if self.size is not None and self.size != in_plane:
             transforms.append(FitToShaped(keys, self.size, self.shape_mode, slice_axis=slice_axis))
         transforms += [EnsureTyped(keys, dtype=torch.float32, track_meta=True), CacheSafeMetad(keys)]
         return Compose(transforms)
@@ -200,6 +220,7 @@ def preprocessing(
     slice_axis: int = 2,
     crop_foreground: bool = False,
     keys: KeysCollection = ("image",),
+    volume_size: Sequence[int] | None = None,
 ) -> Compose:
     """The preprocessing `Compose` for file paths under `keys` (see `PreprocessingSettings` for the arguments)."""
     keys = (keys,) if isinstance(keys, str) else tuple(keys)
@@ -215,4 +236,5 @@ def preprocessing(
         slice_axis=slice_axis,
         crop_foreground=crop_foreground,
         keys=keys,
+        volume_size=None if volume_size is None else tuple(volume_size),
     ).compose()

@@ -446,6 +446,39 @@ def test_preview_shows_training_samples_as_the_model_sees_them(tmp_path, capsys,
     assert report["preview"]["rows"] == ["normal", "lesion"]
 
 
+@pytest.mark.shared_data
+def test_slice_mode_on_a_volume_grid_cuts_the_volumes_of_volume_mode(shared_data, tmp_path, capsys):
+    """--mode slice --size X,Y,Z: the slices of the volumes --mode volume --size X,Y,Z gives (same split), where
+    fitting each slice in-plane would scale volumes whose depth decides the fit differently."""
+    import shutil
+
+    from medvol.data.datasets import build_dataset
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for path in sorted((shared_data / "hippocampus3d" / "images").glob("*.nii.gz"))[:6]:
+        shutil.copy(path, source)
+    assert prepare(source, "--out", tmp_path / "volume", "--size", "16,24,16") == 0
+    assert prepare(source, "--out", tmp_path / "grid", "--mode", "slice", "--size", "16,24,16") == 0
+    assert "then cut into 16x24 slices across axis 2" in capsys.readouterr().out
+    (volume, _), (grid, report) = load(tmp_path / "volume"), load(tmp_path / "grid")
+    assert grid["mode"] == "slice" and grid["preprocessing"]["size"] == [16, 24]
+    assert grid["preprocessing"]["volume_size"] == [16, 24, 16]
+    assert split_subjects(grid) == split_subjects(volume)
+    assert "16x24x16" in report["preprocessing"]["description"]
+    volumes, slices = build_dataset(tmp_path / "volume"), build_dataset(tmp_path / "grid")
+    assert len(slices) == 16 * len(volumes)
+    for v in range(len(volumes)):
+        stacked = np.stack([np.asarray(slices[16 * v + k]["image"]) for k in range(16)], axis=-1)
+        np.testing.assert_array_equal(stacked, np.asarray(volumes[v]["image"]))
+
+
+def test_a_volume_grid_for_2d_images_exits_2(tmp_path, capsys):
+    assert prepare("builtin:phantoms2d", "--out", tmp_path, "--mode", "slice", "--size", "16,16,16") == 2
+    assert "--size: 3 values in slice mode are a volume grid to cut slices from; these are 2D images" in \
+        one_error_line(capsys)
+
+
 def test_conditional_training_refuses_images_kept_without_a_label(tmp_path, capsys):
     source = write_pngs(tmp_path / "src", [f"img{i}" for i in range(6)], size=(16, 16))
     labels = tmp_path / "labels.csv"

@@ -291,3 +291,29 @@ def test_shuffled_slices_read_each_volume_once_when_the_volumes_fit(cache_bytes,
         assert pass_reads == expected_reads  # 6 volumes of 512 bytes stay decoded
     else:
         assert pass_reads > 30  # only the last volume kept: nearly one read per shuffled slice
+
+
+def test_slices_of_a_volume_grid_are_the_slices_of_volume_mode(datalist_dir):
+    """volume_size: slice mode fits each volume as volume mode does (here z, 8 x 2 mm, decides the fit's scale), so
+    the slices equal those of the volume-mode samples; fitting in-plane only would scale them differently."""
+    volumes = build_dataset(datalist_dir, mode="volume", size=(8, 8, 8), shape_mode="fit")
+    grid = build_dataset(datalist_dir, mode="slice", volume_size=(8, 8, 8), shape_mode="fit")
+    in_plane = build_dataset(datalist_dir, mode="slice", size=(8, 8), shape_mode="fit")
+    assert len(grid) == 4 * 8 and grid.preprocessing.size == (8, 8) and grid.preprocessing.volume_size == (8, 8, 8)
+    for v in range(4):
+        stacked = torch.stack([grid[v * 8 + k]["image"].as_tensor() for k in range(8)], dim=-1)
+        torch.testing.assert_close(stacked, volumes[v]["image"].as_tensor())
+    assert not torch.equal(in_plane[4]["image"].as_tensor(), grid[4]["image"].as_tensor())
+    assert grid.preprocessing.cache_key() != in_plane.preprocessing.cache_key()
+
+
+def test_volume_grid_comes_from_the_datalist_and_refuses_2d_images_and_volume_mode(datalist_dir, tmp_path):
+    document = json.loads((datalist_dir / "datalist.json").read_text())
+    document.update(mode="slice", preprocessing={"size": [8, 8], "volume_size": [8, 8, 8], "shape_mode": "fit"})
+    (datalist_dir / "datalist.json").write_text(json.dumps(document))
+    assert build_dataset(datalist_dir).preprocessing.volume_size == (8, 8, 8)
+    with pytest.raises(MedvolInputError, match="slice mode only"):
+        build_dataset(datalist_dir, mode="volume", volume_size=(8, 8, 8))
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "flat.png")
+    with pytest.raises(MedvolInputError, match="flat.png: is a 2D image; slices of a volume_size grid need 3D volumes"):
+        build_dataset({"mode": "slice", "training": [{"image": str(tmp_path / "flat.png")}]}, volume_size=(8, 8, 8))

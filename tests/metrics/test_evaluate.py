@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from medvol.cli import main
+from medvol.errors import MedvolInputError
 from medvol.data.phantoms import CLASSES, make_phantom_batch
 from medvol.metrics.evaluate import HELDOUT_SPLIT, evaluate, load_real, load_synthetic
 from medvol.metrics.utility import ARMS
@@ -128,3 +129,27 @@ def test_bundle_evaluate_config_runs_the_same_evaluation(prepared, synthetic, tm
     report = (run_dir / "evaluation" / "report.html").read_text(encoding="utf-8")
     check_self_contained_valid_html(report)
     assert "generator/loss over iterations" in report
+
+
+def test_slice_mode_cuts_synthetic_volumes_like_the_real_ones(tmp_path):
+    """A slice-mode datalist of volumes (on a 16^3 grid) and synthetic *volumes*: each is scaled as a whole and cut
+    into slices as the real volumes are, so the real training volumes written as samples give the real slices."""
+    from medvol.data.datasets import build_dataset
+
+    data = tmp_path / "data"
+    assert main(["prepare", "builtin:phantoms3d", "--out", str(data), "--mode", "slice", "--size", "16,16,16"]) == 0
+    real = load_real(data, tmp_path / "cache", progress=False)
+    train = real.splits["training"]
+    assert real.mode == "slice" and list(train.images.shape[1:]) == [1, SIZE, SIZE] and len(train) == 24 * SIZE
+    volumes = build_dataset(data, mode="volume", size=(SIZE,) * 3)
+    arrays = np.stack([(np.asarray(volumes[i]["image"]) + 1.0) * 500.0 for i in range(3)])
+    folder = write_synthetic(tmp_path / "volumes", arrays, [None] * 3, classes=[])
+    synthetic = load_synthetic(folder, real, tmp_path / "cache", progress=False)
+    assert len(synthetic.images) == 3 * SIZE
+    assert synthetic.images.paths[SIZE + 2] == str(folder / "synthetic_0001.nii.gz") + "[slice 2]"
+    # up to the MR percentile window taken again of an already windowed volume (its 99.5th percentile interpolates
+    # just below the clipped top): 0.006 at most here
+    torch.testing.assert_close(synthetic.images.images, train.images[: 3 * SIZE], rtol=0, atol=1e-2)
+    other = write_synthetic(tmp_path / "other", arrays[:, :, :8], [None] * 3, classes=[])
+    with pytest.raises(MedvolInputError, match=r"is 3D \[8, 16, 16\] but the real samples are 2D \[16, 16\]"):
+        load_synthetic(other, real, tmp_path / "cache", progress=False)
