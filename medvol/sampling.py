@@ -40,6 +40,7 @@ __all__ = [
     "write_samples",
     "relative_provenance",
     "sample_run",
+    "stack_slice_samples",
 ]
 
 logger = logging.getLogger(__name__)
@@ -443,3 +444,74 @@ def sample_run(
     document = write_samples(arrays, labels, record, out_dir, fmt, provenance)
     logger.info("wrote %d synthetic %s samples to %s", len(labels), fmt, out_dir)
     return document
+
+
+def stack_slice_samples(sample_dir: str | os.PathLike, out_dir: str | os.PathLike, depth: int, axis: int = 2) -> dict:
+    """Volumes of `depth` samples each from the `medvol sample` output of a slice-wise (2D) run, for judging a 2D
+    model on volumes (3D metrics, slice coherence) and cutting the volumes again where a slice datalist needs them.
+
+    Samples ``k * depth`` to ``(k + 1) * depth - 1`` in the order of the folder's datalist (within one class for
+    conditional runs) become volume k, sample i its slice i along `axis`. `medvol sample` draws every sample from its
+    own latent vector, so the slices of a volume are independent draws: a slice-wise generator has no notion of a
+    volume, and stacking adds none. Geometry: the samples' 4x4 affine (in-plane axes, then the slice normal of the
+    training volumes), its columns moved so the normal runs along `axis`. Intensities are copied as written (source
+    units); files, sidecars and ``datalist.json`` are written by `write_samples`.
+
+    Args:
+        sample_dir: a `medvol sample` NIfTI output of a 2D run (files and ``datalist.json``).
+        out_dir: output folder for the volumes and their ``datalist.json``.
+        depth: slices per volume (e.g. the volumetric grid's length along `axis`).
+        axis: spatial axis the slices are stacked along (2: axial slices of RAS volumes).
+
+    Returns:
+        the written datalist document (``provenance.stacked`` says from where, how deep and along which axis).
+
+    Raises:
+        MedvolInputError: not a 2D NIfTI `medvol sample` output, a class whose count is not a multiple of `depth`.
+    """
+    import nibabel as nib
+
+    from medvol.io.datalist import read_datalist
+
+    folder = Path(sample_dir).expanduser().resolve()
+    listed = folder / "datalist.json"
+    if not listed.is_file():
+        raise MedvolInputError(folder, "not a `medvol sample` output (no datalist.json)")
+    document = read_datalist(listed)
+    if int(document.get("spatial_dims") or 0) != 2 or document.get("format", "nifti") != "nifti":
+        raise MedvolInputError(listed, "stacking needs the NIfTI samples of a 2D (slice-wise) run")
+    if depth < 2 or axis not in (0, 1, 2):
+        raise MedvolInputError(folder, f"depth must be at least 2 and axis 0, 1 or 2, got depth {depth}, axis {axis}")
+    by_label: dict = {}
+    for entry in document["training"]:
+        by_label.setdefault(entry.get("label"), []).append(folder / entry["image"])
+    for label, files in by_label.items():
+        if len(files) % depth:
+            which = "" if label is None else f" of class {label}"
+            raise MedvolInputError(folder, f"{len(files)} samples{which} are not a multiple of depth {depth}")
+    arrays, labels, affine = [], [], None
+    for label, files in by_label.items():
+        for start in range(0, len(files), depth):
+            images = [nib.load(str(f)) for f in files[start : start + depth]]
+            slices = [np.asarray(image.dataobj, dtype=np.float32).reshape(image.shape[:2]) for image in images]
+            arrays.append(np.stack(slices, axis=axis)[None])
+            labels.append(label)
+            affine = images[0].affine if affine is None else affine
+    columns = [0, 1, 2]
+    columns.insert(axis, columns.pop(2))  # the slice normal (third column) to `axis`, the in-plane axes around it
+    volume_affine = np.asarray(affine, dtype=float).copy()
+    volume_affine[:, :3] = np.asarray(affine, dtype=float)[:, columns]
+    provenance = dict(document.get("provenance") or {})
+    run = str(provenance.get("run", folder.name))
+    record = {"spatial_dims": 3, "reference_affine": volume_affine.tolist(), "classes": document.get("classes") or [],
+              "intensity_source": document.get("intensity") or {},
+              "modality": MODALITY_BY_INTENSITY.get(str((document.get("intensity") or {}).get("kind")), "OT")}
+    provenance.update({
+        "run": run,  # the run's name; the checkpoint as a path inside it, so relative_provenance keeps it as it was
+        "checkpoint": None if provenance.get("checkpoint") is None else str(Path(run) / str(provenance["checkpoint"])),
+        "stacked": {"from": folder.name, "depth": int(depth), "axis": int(axis), "latents": "independent per slice"},
+    })
+    written = write_samples(np.stack(arrays), labels, record, out_dir, "nifti", provenance)
+    logger.info("stacked %d samples of %s into %d volumes of depth %d in %s", len(document["training"]), folder,
+                len(arrays), depth, out_dir)
+    return written

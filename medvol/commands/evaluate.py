@@ -29,6 +29,13 @@ def _summary_lines(metrics: dict) -> list[str]:
         f"mode collapse: {'YES' if metrics['mode_collapse'] else 'no'}",
         f"possible copies: {len(metrics['privacy']['flagged'])} ({fmt(metrics['privacy']['flagged_fraction'])})",
     ]
+    coherence = metrics.get("slice_coherence")
+    if coherence:
+        def ncc(name):
+            axes = coherence["sets"][name]["axes"]
+            return "/".join(fmt(axes[a]["ncc"]["mean"]) for a in sorted(axes))
+
+        lines.append(f"adjacent-slice correlation (axes 0/1/2): synthetic {ncc('synthetic')} vs real {ncc('real')}")
     recognised = metrics.get("recognisability") or {}
     if recognised.get("overall") is not None:
         lines.append(f"recognisability {fmt(recognised['overall'])}")

@@ -5,12 +5,14 @@
 - `fidelity`: FID, KID and MMD with bootstrap intervals next to the real-vs-real baseline, precision/recall and
   density/coverage;
 - `diversity`: pairwise MS-SSIM and voxel distance per class, the `mode_collapse` flag;
+- `coherence`: adjacent-slice similarity along each axis of volumes (does a stack of slices hang together?);
 - `privacy`: nearest training neighbour of every synthetic sample, flagged against held-out real images;
 - `utility`: classifiers trained on real / augmented / synthetic / mixed data with paired seeds, recognisability, the
   realness filter;
 - `evaluate`: `medvol evaluate` (loading with the training preprocessing, metrics.json, report.html).
 """
 
+from medvol.metrics.coherence import adjacent_slice_similarity, coherence_report, slice_coherence
 from medvol.metrics.diversity import diversity_report, mean_pairwise_distance, pairwise_ms_ssim
 from medvol.metrics.evaluate import ImageSet, RealData, SyntheticData, evaluate, load_real, load_synthetic, run_datalist
 from medvol.metrics.features import FeatureExtractor, build_feature_extractor, load_feature_extractor, train_classifier
@@ -39,6 +41,9 @@ __all__ = [
     "pairwise_ms_ssim",
     "mean_pairwise_distance",
     "diversity_report",
+    "adjacent_slice_similarity",
+    "slice_coherence",
+    "coherence_report",
     "nearest_neighbour_privacy",
     "nearest_training_neighbours",
     "ARMS",

@@ -353,9 +353,9 @@ def load_synthetic(
     """The synthetic images of `folder` with exactly the real data's preprocessing (intensity window to [-1, 1]).
 
     Synthetic files are in source units (`medvol sample` maps them back), so they go through the same pipeline as
-    the real files; their shape must already be the real samples' shape (no silent resizing of a mismatch). In slice
-    mode, volumes whose slices have that shape are cut into slices as the real volumes are (e.g. the samples of a
-    volumetric model, or 2D samples stacked into volumes, judged on slice realism).
+    the real files; their shape must already be the real samples' shape (no silent resizing of a mismatch). Where
+    the real slices are cut from volumes, synthetic volumes whose slices have that shape are cut the same way (e.g.
+    a volumetric model's samples, or 2D samples stacked into volumes, judged on slice realism).
 
     Args:
         folder: a `medvol sample` output or a plain folder of images/volumes.
@@ -376,10 +376,12 @@ def load_synthetic(
     source, entries, classes, provenance, skipped = _synthetic_entries(folder, cache_dir)
     expected = tuple(real.image_shape)
     slice_axis = int(real.preprocessing.get("slice_axis", 2))
-    volumes = 0  # slice mode: synthetic volumes are cut into slices like the real ones (each volume scaled as a whole)
+    # slices cut from real volumes: synthetic volumes are cut into slices the same way (each scaled as a whole)
+    cut = real.mode == "slice" and int(real.document.get("source_spatial_dims") or 3) == 3
+    volumes = 0
     for entry in entries:
         shape = _file_shape(entry["image"])
-        if real.mode == "slice" and len(shape) == 3 and shape[:slice_axis] + shape[slice_axis + 1:] == expected:
+        if cut and len(shape) == 3 and shape[:slice_axis] + shape[slice_axis + 1:] == expected:
             volumes += 1
             continue
         if len(shape) != len(expected):
@@ -549,6 +551,13 @@ def _methods(real: RealData, extractor, fidelity_counts: Mapping, n_synthetic: i
                            "fraction labelled as the class it was generated for, per class and overall "
                            f"(real_test: the same classifier on {heldout}, for scale).",
     }
+    if real.spatial_dims == 3:
+        methods["slice_coherence"] = (
+            "Per axis (0 sagittal, 1 coronal, 2 axial slices), the normalised cross-correlation and SSIM of every slice "
+            "with the next one, averaged per volume (pairs with a constant slice, e.g. padding, left out), then mean "
+            f"and sd over the volumes of the real training split, {heldout} and the synthetic set; `difference`: "
+            "each set's mean minus the training split's. Closer to real is better: stacks of independent 2D samples "
+            "fall short across their stacking axis, blurry volumes exceed real.")
     if utility_requested:
         methods["utility"] = (
             f"One classifier recipe trained per arm (real, real+augmentation, synthetic, real+synthetic, "
@@ -618,7 +627,7 @@ def evaluate(
         MedvolInputError: bad input (see `load_real`, `load_synthetic`; too few samples; unlabelled data with
             `utility`; a bad option).
     """
-    from medvol.metrics import diversity, features, fidelity, privacy
+    from medvol.metrics import coherence, diversity, features, fidelity, privacy
     from medvol.metrics import utility as utility_module
 
     timer = _Timer()
@@ -676,6 +685,10 @@ def evaluate(
         diverse = diversity.diversity_report(synth.images, synth.labels, train.images, train.labels, list(real.classes))
         metrics.update({key: diverse[key] for key in ("ms_ssim_synthetic", "ms_ssim_real", "mode_collapse")})
         metrics["diversity"] = {k: v for k, v in diverse.items() if k not in ("ms_ssim_synthetic", "ms_ssim_real", "mode_collapse")}
+    if real.spatial_dims == 3:
+        with timer.stage("coherence"):
+            metrics["slice_coherence"] = coherence.coherence_report(
+                {"real": train.images, HELDOUT_SPLIT: heldout.images, "synthetic": synth.images})
     with timer.stage("privacy"):
         metrics["privacy"] = privacy.nearest_neighbour_privacy(
             train.images, train_f, heldout.images, heldout_f, synth.images, synth_f, synth.paths)

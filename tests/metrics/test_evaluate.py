@@ -153,3 +153,23 @@ def test_slice_mode_cuts_synthetic_volumes_like_the_real_ones(tmp_path):
     other = write_synthetic(tmp_path / "other", arrays[:, :, :8], [None] * 3, classes=[])
     with pytest.raises(MedvolInputError, match=r"is 3D \[8, 16, 16\] but the real samples are 2D \[16, 16\]"):
         load_synthetic(other, real, tmp_path / "cache", progress=False)
+
+
+def test_volumes_get_their_slice_coherence_next_to_real_and_heldout(prepared, synthetic, tmp_path):
+    data = tmp_path / "data"
+    assert main(["prepare", "builtin:phantoms3d", "--out", str(data), "--size", "16,16,16"]) == 0
+    images, labels = make_phantom_batch(16, 3, (SIZE,) * 3, seed=5)
+    folder = write_synthetic(tmp_path / "volumes", images, labels)
+    metrics = evaluate(data, folder, tmp_path / "eval", classifier_epochs=1, device="cpu", progress=False,
+                       report=False)
+    coherence = metrics["slice_coherence"]
+    assert set(coherence["sets"]) == {"real", HELDOUT_SPLIT, "synthetic"} and coherence["reference"] == "real"
+    assert coherence["sets"]["synthetic"]["n"] == 16 and coherence["sets"][HELDOUT_SPLIT]["n"] == 8
+    for axis in "012":
+        for name in coherence["sets"]:
+            assert -1.0 <= coherence["sets"][name]["axes"][axis]["ncc"]["mean"] <= 1.0
+        assert set(coherence["difference"]["synthetic"][axis]) == {"ncc", "ssim"}
+    assert metrics["methods"]["slice_coherence"] and "coherence" in metrics["timing"]
+    flat = evaluate(prepared, synthetic, tmp_path / "flat", classifier_epochs=1, device="cpu", progress=False,
+                    report=False)
+    assert "slice_coherence" not in flat and "slice_coherence" not in flat["methods"]
