@@ -7,6 +7,7 @@ multi-GPU config trained by 2 gloo processes under torchrun."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -19,10 +20,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigWorkflow, ckpt_export, verify_net_in_out
 
 from medvol.bundles import BUNDLES_DIR, FAMILIES, load_workflow, resolve_bundle, torchrun_command
-from medvol.bundles.inference import export_network, latent_input_size
+from medvol.bundles.inference import export_network, exported_network_name, latent_input_size
 from medvol.errors import MedvolInputError
 from medvol.networks.factory import build, sized_options
 from medvol.sampling import load_networks, load_run_record
@@ -120,8 +121,54 @@ def test_bundle_layout_and_metadata(family):
     options = sized_options(family, 2, 64, {}, width=None, dataset_size=500)
     networks = build(family, 2, 64, num_classes=2 if family in CONDITIONAL else 0, **options)
     latent_size = (networks.get("generator") or networks["autoencoder"]).latent_size
-    assert list(data_format["inputs"]) == ["latent"]
-    assert data_format["inputs"]["latent"]["num_channels"] == latent_size + (family in CONDITIONAL)
+    # under the key MONAI's verify_net_in_out / ckpt_export read (inputs#image), typed as noise
+    assert list(data_format["inputs"]) == ["image"] and data_format["inputs"]["image"]["type"] == "noise"
+    assert data_format["inputs"]["image"]["num_channels"] == latent_size + (family in CONDITIONAL)
+    assert data_format["inputs"]["image"]["spatial_shape"] == [] and data_format["inputs"]["image"]["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fresh_bundle_network_def_verifies_and_exports(family, tmp_path, monkeypatch):
+    """What the model zoo's CI runs on a bundle without a run: `verify_net_in_out network_def` and `ckpt_export` with
+    no argument beyond the files, in process (the functions `python -m monai.bundle` calls), from a copied bundle
+    folder: network_def is then the bundle's default network, which compiles with torch.jit.script."""
+    bundle = tmp_path / family
+    shutil.copytree(resolve_bundle(family), bundle)
+    monkeypatch.chdir(bundle)
+    files = {"meta_file": "configs/metadata.json", "config_file": "configs/inference.yaml"}
+    verify_net_in_out("network_def", device="cpu", **files)
+
+    network = export_network(bundle / "runs" / family, bundle)  # no run there: the default network
+    assert network.source == str(bundle / "configs" / "train.yaml")
+    (bundle / "models").mkdir()
+    torch.save(network.state_dict(), bundle / "models" / "model.pt")
+    with torchscript_allowed():
+        ckpt_export("network_def", filepath="G.ts", ckpt_file="models/model.pt", **files)
+    exported = load_torchscript(bundle / "G.ts")
+    latent = torch.randn(2, latent_input_size(network), generator=torch.Generator().manual_seed(0))
+    if family in CONDITIONAL:
+        latent[:, -1] = torch.tensor([0.0, 1.0])
+    with torch.no_grad():
+        assert torch.equal(exported(latent), network(latent))
+
+    # weights of another architecture: one error naming where the network came from and what to pass
+    other = sized_options(family, 2, SIZE, TINY_NETWORKS[family], width=4)
+    tiny = build(family, 2, SIZE, num_classes=2 if family in CONDITIONAL else 0, **other)
+    with pytest.raises(MedvolInputError, match="train.yaml: the weights do not fit .* pass --run_dir RUN"):
+        network.load_state_dict(tiny[exported_network_name(family)].state_dict())
+
+
+@contextlib.contextmanager
+def torchscript_allowed():
+    """torch deprecates TorchScript (script, save, load), the format of MONAI's ckpt_export."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
+def load_torchscript(path: Path) -> torch.jit.ScriptModule:
+    with torchscript_allowed():
+        return torch.jit.load(str(path))
 
 
 WIRING_MARKER = "# ---- wiring:"
@@ -198,22 +245,22 @@ def test_train_then_sample_config(family, spatial_dims, prepared, tmp_path, monk
 
 
 def assert_export_generates_as_sampling(run_dir: Path, family: str) -> None:
-    """RUN/models/model.pt loads unchanged into the inference config's `network_def`, which, traced as
-    `ckpt_export` traces it, draws the images of the network sampling uses."""
-    model = run_dir / "models" / "model.pt"
-    network = export_network(run_dir)
-    network.load_state_dict(torch.load(model, weights_only=True))
+    """RUN/models/model.pt, exported by `ckpt_export` (in process) through the inference config's `network_def` with
+    `run_dir` pointing at the run, gives as TorchScript the images of the network sampling uses."""
+    model, exported = run_dir / "models" / "model.pt", run_dir.parent / "G.ts"
+    with torchscript_allowed():
+        ckpt_export("network_def", filepath=str(exported), ckpt_file=str(model), run_dir=str(run_dir),
+                    config_file=str(resolve_bundle(family) / "configs" / "inference.yaml"),
+                    meta_file=str(resolve_bundle(family) / "configs" / "metadata.json"))
+    scripted = load_torchscript(exported)
     reference = next(iter(load_networks(load_run_record(run_dir), model).values()))
-    z = torch.randn(3, network.latent_size, generator=torch.Generator().manual_seed(0))
+    z = torch.randn(3, reference.latent_size, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([1, 0, 1])
     latent = torch.cat([z, labels[:, None].float()], dim=1) if family in CONDITIONAL else z
-    assert latent.shape[1] == latent_input_size(network)
+    assert latent.shape[1] == latent_input_size(export_network(run_dir))
     with torch.no_grad():
         expected = reference.decode(z) if family in ("cae", "vae") else reference(z, labels if family in CONDITIONAL else None)
-        with warnings.catch_warnings():  # torch deprecates tracing; MONAI's ckpt_export --use_trace still uses it
-            warnings.simplefilter("ignore", DeprecationWarning)
-            traced = torch.jit.trace(network, latent)
-        assert torch.allclose(traced(latent), expected, atol=1e-6)
+        assert torch.equal(scripted(latent), expected)
 
 
 def test_nested_overrides_apply(prepared):
@@ -261,45 +308,58 @@ def test_monai_bundle_command_line_trains_from_the_repository_root(prepared, tmp
     assert json.loads((run_dir / "run.json").read_text())["spatial_dims"] == 3
 
 
+# the commands of docs/bundles.md and the bundles' docs/README.md, word for word but for the number of samples (RUN:
+# the bundle's default run folder)
+SAMPLE_COMMAND = "python -m monai.bundle run --config_file configs/inference.yaml --run_dir RUN --n 2 --output_dir OUT"
+EXPORT_COMMAND = (
+    "python -m monai.bundle ckpt_export network_def --filepath G.ts --ckpt_file RUN/models/model.pt"
+    " --config_file configs/inference.yaml --meta_file configs/metadata.json"
+)
+VERIFY_COMMAND = (
+    "python -m monai.bundle verify_net_in_out network_def --meta_file configs/metadata.json"
+    " --config_file configs/inference.yaml"
+)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ("cgan", "vae"))
 def test_bundle_copied_alone_trains_samples_exports_and_verifies(family, prepared, tmp_path):
-    """The model-zoo way: a bundle folder copied elsewhere, `python -m monai.bundle` run from that folder."""
+    """The model-zoo way: a bundle folder copied elsewhere, `python -m monai.bundle` run from that folder: train into
+    the default run folder (narrow networks at the default latent size, which metadata.json states), then the
+    documented sample, export and verify commands as written; the TorchScript generator gives the checkpointed
+    generator's images. (Every family's export and verification run in process in the tests above.)"""
     bundle = tmp_path / "copied" / family
     shutil.copytree(resolve_bundle(family), bundle)
-    run_dir, out_dir, exported = tmp_path / "run", tmp_path / "synthetic", tmp_path / "G.ts"
+    run_dir, out_dir = bundle / "runs" / family, tmp_path / "synthetic"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
-    def monai_bundle(*args: str, **overrides) -> None:
-        command = [sys.executable, "-m", "monai.bundle", *args]
-        for key, value in overrides.items():
-            command += [f"--{key}", value if isinstance(value, str) else repr(value)]
+    def run(command: list[str]) -> str:
         result = subprocess.run(command, cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout + result.stderr
 
-    overrides = {**tiny_overrides(family, 2, prepared[2], run_dir), "evaluate_every": 0}
-    monai_bundle("run", "--bundle_root", str(bundle), "--config_file", str(bundle / "configs" / "train.yaml"), **overrides)
+    def documented(command: str) -> str:
+        words = command.replace("RUN", f"runs/{family}").replace("OUT", str(out_dir)).split()
+        return run([sys.executable, *words[1:]])
+
+    network = {key: value for key, value in TINY_NETWORKS[family].items() if key != "latent_size"}
+    overrides = {**tiny_overrides(family, 2, prepared[2], run_dir), "network": network, "evaluate_every": 0}
+    overrides.pop("output_dir")  # the default, runs/<family>
+    command = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(bundle), "--config_file",
+               str(bundle / "configs" / "train.yaml")]
+    run(command + [word for key, value in overrides.items() for word in (f"--{key}", repr(value))])
     assert (run_dir / "models" / "model.pt").is_file()
     record = json.loads((run_dir / "run.json").read_text())
     assert record["bundle"] == str(bundle) and record["model"]["iteration"] == 2
 
-    monai_bundle("run", "--config_file", "configs/inference.yaml", run_dir=str(run_dir), n=2, output_dir=str(out_dir),
-                 device="cpu")
+    documented(SAMPLE_COMMAND)
     assert len(json.loads((out_dir / "datalist.json").read_text())["training"]) == 2 * (2 if family in CONDITIONAL else 1)
+    assert "exported to file: G.ts" in documented(EXPORT_COMMAND)
+    assert "data shape of network is verified with no error" in documented(VERIFY_COMMAND)
 
-    latent_width = 8 + (family in CONDITIONAL)  # TINY_NETWORKS' latent size, plus the class index
-    monai_bundle("ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file", str(run_dir / "models" / "model.pt"),
-                 "--config_file", "configs/inference.yaml", "--meta_file", "configs/metadata.json",
-                 run_dir=str(run_dir), use_trace=True, input_shape=[1, latent_width])
-    monai_bundle("verify_net_in_out", "network_def", "--config_file", "configs/inference.yaml", "--meta_file",
-                 "configs/metadata.json", run_dir=str(run_dir), device="cpu",
-                 **{"_meta_#network_data_format#inputs#image": {"num_channels": latent_width, "spatial_shape": [], "dtype": "float32"}})
-
-    with warnings.catch_warnings():  # torch deprecates TorchScript, the format of MONAI's ckpt_export
-        warnings.simplefilter("ignore", DeprecationWarning)
-        scripted = torch.jit.load(str(exported))
+    scripted = load_torchscript(bundle / "G.ts")
     reference = next(iter(load_networks(load_run_record(run_dir), run_dir / "models" / "model.pt").values()))
-    z = torch.randn(2, 8, generator=torch.Generator().manual_seed(1))
+    z = torch.randn(2, reference.latent_size, generator=torch.Generator().manual_seed(1))
     labels = torch.tensor([0, 1])
     with torch.no_grad():
         if family in CONDITIONAL:
@@ -307,7 +367,7 @@ def test_bundle_copied_alone_trains_samples_exports_and_verifies(family, prepare
         else:
             images, expected = scripted(z), reference.decode(z)
     assert images.shape == (2, 1, SIZE, SIZE)
-    assert torch.allclose(images, expected, atol=1e-6)
+    assert torch.equal(images, expected)
 
 
 def test_torchrun_command_passes_nested_ids_and_the_bundle_root():
