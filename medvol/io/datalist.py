@@ -44,6 +44,8 @@ class Datalist:
         messages: dataset-level warnings (for example a labels CSV replacing class folders).
         labels_csv: the CSV the class labels came from, if any.
         labels: how the labels were read (CSV columns, header, counts, the unlabelled policy), for report.json.
+        intensity_kind: how intensities are to be scaled when the source says it (``minmax`` for the 0-255 arrays
+            of a MedMNIST .npz); None: from the modality (`medvol.commands.prepare.intensity_hint`).
     """
 
     entries: list[dict]
@@ -55,6 +57,7 @@ class Datalist:
     messages: list[str] = field(default_factory=list)
     labels_csv: str | None = None
     labels: dict = field(default_factory=dict)
+    intensity_kind: str | None = None
 
     def record(self, path: str | Path, status: str, reason: str = "", subject: str | None = None) -> None:
         """Set the outcome of `path`; a warning or skip keeps the reason recorded earlier for the same file."""
@@ -102,6 +105,26 @@ class Datalist:
             if name is not None:
                 entry["label_name"] = name
                 entry["label"] = classes.index(name)
+
+    def name_classes(self, names: Sequence[str]) -> None:
+        """Name integer class labels: class ``"k"`` becomes ``names[k]`` (``medvol prepare --class-names``, for
+        sources whose labels are numbers, such as a MedMNIST .npz).
+
+        Raises:
+            MedvolInputError: a class that is not an integer below ``len(names)``, or repeated names.
+        """
+        names = [str(n).strip() for n in names]
+        if len(set(names)) != len(names) or not all(names):
+            raise MedvolInputError("--class-names", f"names must be distinct and non-empty, got {names}")
+        if not self.classes:
+            raise MedvolInputError("--class-names", f"{self.source} has no class labels to name")
+        if not all(c.isdigit() and int(c) < len(names) for c in self.classes):
+            raise MedvolInputError("--class-names", f"names the integer labels 0..{len(names) - 1}, but the classes "
+                                   f"of {self.source} are {self.classes}")
+        self.classes = [names[int(c)] for c in self.classes]
+        for entry in self.entries:
+            if entry.get("label") is not None:
+                entry["label_name"] = self.classes[entry["label"]]
 
     def summary(self) -> dict:
         """Counts of records per status, entries, subjects and entries per class."""

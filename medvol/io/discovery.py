@@ -7,6 +7,7 @@
   repeat in different sub-folders the id is the relative path without suffix;
 - a Decathlon ``dataset.json`` (`datalist_from_decathlon_json`): images with their segmentations;
 - a Decathlon layout without json, ``images/`` + ``labels/`` (`datalist_from_image_label_folders`): paired by name;
+- a MedMNIST-style ``.npz`` (`medvol.io.npz.datalist_from_npz`): every image written out as NIfTI, official split;
 - a DICOM tree: every volume (a series, or one echo / time point / orientation of it) is converted once to NIfTI
   under ``images_dir``; subject id from PatientID. Volumes with irregular geometry (missing slices, uneven spacing,
   gantry tilt, duplicate positions, slices not parallel) are skipped with the reason unless their kinds are
@@ -41,6 +42,7 @@ from medvol.io.files import (
 from medvol.io.images import check_image_2d
 from medvol.io.labels import LABELS_FILE, apply_labels_csv
 from medvol.io.nifti import check_nifti, nifti_spatial_dims
+from medvol.io.npz import datalist_from_npz, is_npz
 from medvol.io.report import SKIPPED, USED, WARNING, FileRecord
 
 _BIDS_SUBJECT = re.compile(r"^(sub-[A-Za-z0-9]+)(?:_|$)")
@@ -468,9 +470,14 @@ def build_datalist(source: str | Path, images_dir: str | Path | None = None, lab
         raise MedvolInputError(source, "does not exist")
     found_csv = None
     if source.is_file():
-        if source.suffix.lower() != ".json":
-            raise MedvolInputError(source, "SOURCE must be a folder or a Decathlon dataset.json")
-        datalist = datalist_from_decathlon_json(source)
+        if is_npz(source):
+            if images_dir is None:
+                raise MedvolInputError(source, "an .npz archive is written out as NIfTI files: it needs an output folder")
+            datalist = datalist_from_npz(source, images_dir)
+        elif source.suffix.lower() != ".json":
+            raise MedvolInputError(source, "SOURCE must be a folder, a Decathlon dataset.json or a MedMNIST-style .npz")
+        else:
+            datalist = datalist_from_decathlon_json(source)
     elif (source / "dataset.json").is_file():
         datalist = datalist_from_decathlon_json(source / "dataset.json")
         for path in list_files(source):
