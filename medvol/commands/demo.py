@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from medvol.engines.threads import intra_op_threads
 from medvol.errors import MedvolInputError
 
 logger = logging.getLogger(__name__)
@@ -79,18 +80,6 @@ def synthetic_montage(synthetic_dir: Path, path: Path) -> Path:
     images = (images - low) / max(high - low, 1e-8) * 2.0 - 1.0
     Image.fromarray(sample_montage(images)).save(path)
     return path
-
-
-def intra_op_threads(default: int) -> int:
-    """Torch threads for the demo's small networks: `default` on an idle machine, one when the CPUs are already busy
-    (1-minute load average at or above the core count). On a shared 2-core machine, two threads that wait for each
-    other at every operation made a cGAN step 20-30x slower than one thread (2.99 s against 0.15-0.2 s per iteration,
-    docs/results.md), and the time cap then stopped both runs after about 80 iterations."""
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return default
-    return 1 if load >= (os.cpu_count() or 1) else default
 
 
 def run_demo(out: str | Path, minutes: float = 8.0, only: str | None = None) -> dict[str, Any]:

@@ -327,7 +327,12 @@ def train(
             raise RuntimeError(f"distributed training failed (exit code {code}): {' '.join(command)}")
         return {"iterations": iteration, "checkpoint": checkpoint, "seconds": time.perf_counter() - started,
                 "resumed_from": None}
-    with bundles.input_errors_unwrapped():
+    import torch
+
+    from medvol.engines.threads import training_threads
+
+    device = overrides.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    with bundles.input_errors_unwrapped(), training_threads(device) as threads:
         config_workflow.initialize()
         trainer = config_workflow.parser.get_parsed_content("train#trainer")
         _quiet_statistics()
@@ -338,6 +343,7 @@ def train(
         finally:
             config_workflow.finalize()
     return {
+        "threads": threads,
         "iterations": int(trainer.state.iteration),
         "checkpoint": trainer.last_checkpoint,
         "seconds": time.perf_counter() - started,
