@@ -89,7 +89,7 @@ def prepared_data(data: str | Path, run_dir: Path, spatial_dims: int | None, see
             labels=None,
             size=None,
             spacing=None,
-            split=[0.6, 0.2, 0.2],
+            split=None,  # the default fractions, or the official split of a source that has one (.npz)
             seed=seed,
         )
     )

@@ -32,8 +32,8 @@ def test_output_and_feature_shapes(spatial_dims, size, num_classes, channels, st
     assert torch.allclose(model.head(features), logits)
 
 
-@pytest.mark.parametrize("size, expected", [((16, 16), 1), ((31, 64), 1), ((32, 32), 2), ((64, 64), 2),
-                                            ((16, 16, 16), 1), ((32, 32, 32), 2), ((64, 64, 16), 1)])
+@pytest.mark.parametrize("size, expected", [((16, 16), 1), ((17, 64), 2), ((31, 64), 2), ((32, 32), 2), ((64, 64), 2),
+                                            ((16, 16, 16), 1), ((28, 28, 28), 2), ((32, 32, 32), 2), ((64, 64, 16), 1)])
 def test_stem_stride_rule_keeps_two_voxels_per_axis(size, expected):
     channels = (16, 32, 64)
     stride = stem_stride_for(size, channels)
