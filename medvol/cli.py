@@ -229,14 +229,22 @@ def build_parser() -> argparse.ArgumentParser:
         "precision/recall, density/coverage, MS-SSIM diversity and a mode_collapse flag, nearest-neighbour privacy "
         "(possible copies of training images), recognisability by a real-trained classifier and, with --utility, "
         "classifiers trained on real / real+augmentation / synthetic / real+synthetic / real+augmentation+synthetic "
-        "(paired seeds, tested on the real test split). Writes OUT/metrics.json and a self-contained OUT/report.html.",
+        "(paired seeds, tested on the real test split). Writes OUT/metrics.json and a self-contained OUT/report.html. "
+        "With --reconstruct RUN instead of --synthetic: how well an autoencoder run reconstructs the held-out images.",
     )
     p.add_argument("--real", required=True, help="datalist.json written by `medvol prepare` (needs training and test splits)")
     p.add_argument(
         "--synthetic",
-        required=True,
         help="a `medvol sample` output (labels from its datalist.json) or a folder of images/volumes (unlabelled, "
         "or one sub-folder per class)",
+    )
+    p.add_argument(
+        "--reconstruct",
+        metavar="RUN",
+        help="instead of --synthetic: a trained cae or vae run; reconstructs the held-out (test) images of --real with "
+        "it and writes PSNR, SSIM and MAE per image (mean and sd), its parameters (OUT/metrics.json) and inputs next "
+        "to reconstructions (OUT/reconstruction.png, tri-planar for volumes). A 2D run trained on slices reconstructs "
+        "the same volumes slice by slice, scored on the re-stacked volumes, so 2D and 3D runs compare",
     )
     p.add_argument("--out", required=True, help="output folder (metrics.json, report.html, caches reused by reruns)")
     p.add_argument("--utility", action="store_true", help="run the utility study (classifiers per arm and seed)")

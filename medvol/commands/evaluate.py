@@ -1,5 +1,6 @@
 """`medvol evaluate --real DATALIST --synthetic DIR --out OUT [--utility] [--seeds N] ...`: is the synthetic data
-faithful, diverse, private and useful?
+faithful, diverse, private and useful? `medvol evaluate --real DATALIST --reconstruct RUN --out OUT`: how well does an
+autoencoder run reconstruct the held-out images (`medvol.metrics.reconstruction`)?
 
 Writes ``OUT/metrics.json`` (fidelity with real-vs-real baselines, diversity and ``mode_collapse``, ``privacy``,
 ``recognisability``, with ``--utility`` the utility study, with ``--filter`` the realness filtering) and the
@@ -49,10 +50,51 @@ def _summary_lines(metrics: dict) -> list[str]:
     return lines
 
 
+def _reconstruction_lines(metrics: dict) -> list[str]:
+    def entry(name: str, digits: int) -> str:
+        summary = metrics[name]
+        if summary["mean"] is None:
+            return f"{name.upper()} n/a"
+        sd = "" if summary["sd"] is None else f" ± {summary['sd']:.{digits}f}"
+        return f"{name.upper()} {summary['mean']:.{digits}f}{sd}"
+
+    inputs = metrics["inputs"]
+    return [
+        f"{metrics['run']['family']} ({metrics['run']['spatial_dims']}D, {metrics['parameters_total']:,} parameters) "
+        f"on {inputs['n']} {inputs['split']} images: {inputs['images']}",
+        f"{entry('psnr', 2)} dB, {entry('ssim', 3)}, {entry('mae', 4)} (data range 1)",
+    ]
+
+
+def _reconstruction(args: argparse.Namespace) -> int:
+    """`medvol evaluate --real DATALIST --reconstruct RUN --out OUT`: the autoencoder's reconstructions."""
+    from medvol.errors import MedvolInputError
+    from medvol.metrics.evaluate import METRICS_FILE
+    from medvol.metrics.reconstruction import MONTAGE_FILE, evaluate_reconstruction
+
+    for option, given in (("--synthetic", args.synthetic), ("--utility", args.utility), ("--filter", args.filter),
+                          ("--features", args.features), ("--run", args.run)):
+        if given:
+            raise MedvolInputError(option, "does not apply to --reconstruct (an autoencoder's reconstructions)")
+    metrics = evaluate_reconstruction(args.real, args.reconstruct, args.out, device=args.device,
+                                      max_samples=args.max_samples, seed=args.seed)
+    out = Path(args.out).expanduser().resolve()
+    for line in _reconstruction_lines(metrics):
+        print(line)
+    print(f"wrote {out / METRICS_FILE} and {out / MONTAGE_FILE} ({metrics['timing']['total']:.0f} s)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """`medvol evaluate` (see the module docstring)."""
+    from medvol.errors import MedvolInputError
     from medvol.metrics.evaluate import METRICS_FILE, REPORT_FILE, evaluate
 
+    if getattr(args, "reconstruct", None):
+        return _reconstruction(args)
+    if not args.synthetic:
+        raise MedvolInputError("--synthetic", "is required: the synthetic folder to evaluate (or --reconstruct RUN "
+                                              "for an autoencoder's reconstructions of the held-out images)")
     metrics = evaluate(
         args.real,
         args.synthetic,
