@@ -11,9 +11,9 @@ range with a data range of 1.
 - A 3D run reconstructs each volume at its training size.
 - A 2D run on volumes (trained slice-wise) reconstructs *the same volumes* slice by slice across its slice axis and
   the metrics are computed on the re-stacked volumes, so 2D and 3D runs on one datalist are scored on the same
-  voxels. The volumes are those of the datalist's prepared 3D size when it has one (their in-plane size must be the
-  run's; prepared with ``--fit crop_pad``, with or without ``--spacing``, their slices are exactly the slices the
-  run trained on), else each volume with the run's in-plane preprocessing and its own depth.
+  voxels. The volumes are those of the datalist's 3D grid when it has one (``medvol prepare --size X,Y,Z`` in volume
+  mode, or in slice mode, where the slices a 2D run trains on are exactly the slices of that grid; the in-plane size
+  must be the run's), else each volume with the run's in-plane preprocessing and its own depth.
 - A 2D run on 2D images reconstructs each image.
 
 SSIM is MONAI's `SSIMMetric` (Gaussian window of 11 voxels, sigma 1.5, k1 0.01, k2 0.03: Wang et al. 2004) in the
@@ -157,6 +157,7 @@ def heldout_images(
     slice_axis = int(options.get("slice_axis", 2))
     source_dims = int(document.get("source_spatial_dims") or (3 if document.get("mode") == "volume" else 2))
     prepared = [int(s) for s in (document.get("preprocessing") or {}).get("size") or []]
+    grid = [int(s) for s in (document.get("preprocessing") or {}).get("volume_size") or []]
     common = {"split": split, "output_range": output_range, "cache_dir": None if cache_dir is None else str(cache_dir)}
     if source_dims == 2:
         if run_dims == 3:
@@ -166,14 +167,18 @@ def heldout_images(
     elif run_dims == 3:
         dataset = build_dataset(path, mode="volume", size=size, **common)
         how = f"volumes at {size}"
-    elif len(prepared) == 3:
-        in_plane = [s for axis, s in enumerate(prepared) if axis != slice_axis]
+    elif len(prepared) == 3 or grid:
+        grid = prepared if len(prepared) == 3 else grid
+        in_plane = [s for axis, s in enumerate(grid) if axis != slice_axis]
         if in_plane != size:
             raise MedvolInputError(
-                path, f"its volumes are prepared at {prepared}, whose slices across axis {slice_axis} are {in_plane}; "
+                path, f"its volumes are prepared at {grid}, whose slices across axis {slice_axis} are {in_plane}; "
                       f"the 2D run trained on slices of {size}: prepare the volumes with that in-plane size")
-        dataset = build_dataset(path, mode="volume", size=prepared, **common)
-        how = f"volumes at {prepared}, reconstructed slice by slice across axis {slice_axis} and re-stacked"
+        if len(prepared) == 3:
+            dataset = build_dataset(path, mode="volume", size=grid, **common)
+        else:  # a slice datalist on a volume grid (prepare --mode slice --size X,Y,Z): the grid's volumes
+            dataset = build_dataset(path, mode="slice", volume_size=grid, slice_axis=slice_axis, **common).volumes
+        how = f"volumes at {grid}, reconstructed slice by slice across axis {slice_axis} and re-stacked"
     else:
         dataset = build_dataset(path, mode="slice", size=size, slice_axis=slice_axis, **common).volumes
         how = (f"volumes with slices of {size} across axis {slice_axis} and their own depth, reconstructed slice by "

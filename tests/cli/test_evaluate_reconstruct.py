@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from medvol.cli import main
+from medvol.data.phantoms import write_phantom_dataset
 
 TINY = ["--network", "channels=[8,16]", "--network", "latent_size=8", "--iterations", "3", "--evaluate-every", "0",
         "--device", "cpu", "--precision", "fp32"]
@@ -18,14 +19,16 @@ TINY = ["--network", "channels=[8,16]", "--network", "latent_size=8", "--iterati
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("reconstruct")
-    prepared = root / "data"
-    assert main(["prepare", "phantoms", "--mode", "volume", "--size", "16,16,12", "--fit", "crop_pad",
-                 "--out", str(prepared)]) == 0
-    folders = {"data": prepared}
+    raw = write_phantom_dataset(root / "raw", spatial_dims=3, size=(16, 16, 12), n_per_class=12, seed=3)
+    prepared, slices = root / "data", root / "slices"  # volumes, and the slices of the same grid for the 2D runs
+    for out, mode in ((prepared, "volume"), (slices, "slice")):
+        assert main(["prepare", str(raw), "--mode", mode, "--size", "16,16,12", "--fit", "crop_pad", "--out", str(out)]) == 0
+    folders = {"data": prepared, "slices": slices}
     for name, extra in (("cae3d", []), ("cae2d", ["--spatial-dims", "2"]), ("vae3d", []),
                         ("cae2d_small", ["--spatial-dims", "2", "--image-size", "8,8"])):
         bundle = "vae" if name.startswith("vae") else "cae"
-        assert main(["train", "--bundle", bundle, "--data", str(prepared), "--out", str(root / name), *TINY, *extra]) == 0
+        data = slices if "2d" in name else prepared
+        assert main(["train", "--bundle", bundle, "--data", str(data), "--out", str(root / name), *TINY, *extra]) == 0
         folders[name] = root / name
     assert main(["train", "--bundle", "dcgan", "--data", str(prepared), "--out", str(root / "dcgan"), "--iterations", "1",
                  "--evaluate-every", "0", "--device", "cpu", "--width", "4", "--precision", "fp32"]) == 0
@@ -56,6 +59,13 @@ def test_2d_and_3d_runs_are_scored_on_the_same_volumes(runs, tmp_path, capsys):
     assert documents["cae2d"]["run"]["spatial_dims"] == 2 and documents["cae3d"]["run"]["spatial_dims"] == 3
     same_files = [[entry["path"] for entry in documents[name]["per_image"]] for name in documents]
     assert same_files[0] == same_files[1] == same_files[2]
+    # the slice datalist of the same grid as --real: the same volumes, the same numbers
+    assert main(["evaluate", "--real", str(runs["slices"]), "--reconstruct", str(runs["cae2d"]), "--out",
+                 str(tmp_path / "on_slices"), "--device", "cpu"]) == 0
+    on_slices = json.loads((tmp_path / "on_slices" / "metrics.json").read_text())
+    assert on_slices["inputs"]["images"] == documents["cae2d"]["inputs"]["images"]
+    for key in ("psnr", "ssim", "mae"):
+        assert on_slices[key]["values"] == pytest.approx(documents["cae2d"][key]["values"], abs=1e-5)
 
 
 BAD_INPUTS = {
