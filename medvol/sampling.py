@@ -282,17 +282,22 @@ def generate(
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
-def to_source_units(images: torch.Tensor, record: Mapping) -> np.ndarray:
+def to_source_units(images: torch.Tensor, record: Mapping, snap: bool = True) -> np.ndarray:
     """Images in the networks' output range mapped back to the source intensities (HU for CT) with the run's
-    intensity record; values are clipped to the output range first, so they land within the source window."""
-    from medvol.transforms.intensity import invert_intensity
+    intensity record; values are clipped to the output range first, so they land within the source window. When the
+    training images were masks (``intensity_source.levels`` of the run, e.g. 0 / 255 recorded by `medvol prepare`),
+    every voxel is snapped to the nearest level unless `snap` is False: the generator's continuous output would
+    otherwise carry a low-level speckle that no training image has."""
+    from medvol.transforms.intensity import invert_intensity, snap_to_levels
 
     mapping = record.get("intensity")
     array = images.detach().cpu().numpy().astype(np.float32)
     if not mapping:
         return array
     low, high = (float(v) for v in mapping["output_range"])
-    return np.asarray(invert_intensity(np.clip(array, low, high), mapping), dtype=np.float32)
+    array = np.asarray(invert_intensity(np.clip(array, low, high), mapping), dtype=np.float32)
+    levels = (record.get("intensity_source") or {}).get("levels")
+    return snap_to_levels(array, levels) if snap and levels else array
 
 
 def _label_name(record: Mapping, label: int | None) -> str | None:

@@ -65,12 +65,13 @@ def write_builtin_phantoms(out_dir: Path, spatial_dims: int, size: list[int] | N
     return write_phantom_dataset(target, spatial_dims, phantom_size, PHANTOMS_PER_CLASS, seed=PHANTOM_DATA_SEED)
 
 
-def intensity_hint(spatial_dims_of_source: int, modality: str | None, kind: str | None = None) -> dict:
-    """How the transforms should normalise intensities: the `kind` the source asks for (min-max for the 0-255 arrays
-    of a MedMNIST .npz: MR percentiles would blank binary masks with less than 0.5% foreground), else CT window, MR
-    percentiles, or min-max for 2D pictures."""
-    if kind:
-        return {"kind": kind, "modality": modality}
+def intensity_hint(spatial_dims_of_source: int, modality: str | None, source: dict | None = None) -> dict:
+    """How the transforms should normalise intensities: what the `source` says (`Datalist.intensity`: min-max for
+    the 0-255 arrays of a MedMNIST .npz, as MR percentiles would blank binary masks with less than 0.5% foreground,
+    and the ``levels`` of binary masks), else CT window, MR percentiles, or min-max for 2D pictures."""
+    source = dict(source or {})
+    if source.get("kind"):
+        return {"modality": modality, **source}
     if spatial_dims_of_source == 2:
         return {"kind": "minmax", "modality": modality}
     if modality and modality.upper() == "CT":
@@ -240,7 +241,7 @@ def run(args) -> int:
         **({"official_split": True} if official else {}),
         **({"train_fraction": train_fraction} if train_fraction is not None else {}),
         preprocessing=preprocessing,
-        intensity=intensity_hint(datalist.source_spatial_dims, datalist.modality, datalist.intensity_kind),
+        intensity=intensity_hint(datalist.source_spatial_dims, datalist.modality, datalist.intensity),
         labels_csv=datalist.labels_csv,
         **({"synthetic": True} if all(e.get("synthetic") for e in datalist.entries) else {}),
     )

@@ -44,8 +44,9 @@ class Datalist:
         messages: dataset-level warnings (for example a labels CSV replacing class folders).
         labels_csv: the CSV the class labels came from, if any.
         labels: how the labels were read (CSV columns, header, counts, the unlabelled policy), for report.json.
-        intensity_kind: how intensities are to be scaled when the source says it (``minmax`` for the 0-255 arrays
-            of a MedMNIST .npz); None: from the modality (`medvol.commands.prepare.intensity_hint`).
+        intensity: what the source says about its intensities (`medvol.commands.prepare.intensity_hint` completes
+            it): ``kind`` (``minmax`` for the 0-255 arrays of a MedMNIST .npz; absent: from the modality) and
+            ``levels`` (the only values of binary masks, e.g. ``[0, 255]``: sampling snaps generated voxels to them).
     """
 
     entries: list[dict]
@@ -57,7 +58,7 @@ class Datalist:
     messages: list[str] = field(default_factory=list)
     labels_csv: str | None = None
     labels: dict = field(default_factory=dict)
-    intensity_kind: str | None = None
+    intensity: dict = field(default_factory=dict)
 
     def record(self, path: str | Path, status: str, reason: str = "", subject: str | None = None) -> None:
         """Set the outcome of `path`; a warning or skip keeps the reason recorded earlier for the same file."""

@@ -7,7 +7,9 @@ whose entries remember their official split (private key ``_split``, which `medv
 
 Array layouts: ``[N, X, Y, Z]`` volumes, ``[N, H, W]`` greyscale images, ``[N, H, W, 3]`` RGB images (read as
 greyscale with ITU-R 601 weights, like RGB files). Labels: ``[N]`` or ``[N, 1]`` non-negative integers; the class
-names are the numbers (``medvol prepare --class-names`` names them: the archives carry no names).
+names are the numbers (``medvol prepare --class-names`` names them: the archives carry no names). Intensities are
+min-max scaled; when every image holds the same two values (binary masks) they are recorded as the intensity
+``levels``, and generated images are snapped to them (`medvol.sampling.to_source_units`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from medvol.io.report import USED, WARNING
 NPZ_SPLITS = {"train": "training", "val": "validation", "test": "test"}
 NPZ_KEYS = tuple(f"{prefix}_{kind}" for prefix in NPZ_SPLITS for kind in ("images", "labels"))
 IDENTITY_AFFINE = np.eye(4)
+MAX_LEVELS = 2  # images holding exactly this many distinct values are masks: their levels are recorded
 
 
 def is_npz(path: str | os.PathLike) -> bool:
@@ -101,7 +104,7 @@ def datalist_from_npz(path: str | os.PathLike, images_dir: str | os.PathLike) ->
 
     path = Path(path).expanduser().resolve()
     archive = _load(path)
-    arrays, dims = {}, set()
+    arrays, dims, values = {}, set(), set()
     for prefix in NPZ_SPLITS:  # everything is checked before anything is written
         images = _read(archive, path, f"{prefix}_images")
         labels = _labels(archive, path, prefix, len(images))
@@ -111,6 +114,8 @@ def datalist_from_npz(path: str | os.PathLike, images_dir: str | os.PathLike) ->
         if np.issubdtype(images.dtype, np.inexact) and not np.all(np.isfinite(images)):
             raise MedvolInputError(path, f"{prefix}_images holds NaN or infinite values")
         arrays[prefix] = (images, labels)
+        if len(values) <= MAX_LEVELS:
+            values.update(np.unique(images).tolist())
     if len(dims) > 1:
         raise MedvolInputError(path, "the splits mix 2D images and 3D volumes")
     spatial_dims = dims.pop()
@@ -136,7 +141,9 @@ def datalist_from_npz(path: str | os.PathLike, images_dir: str | os.PathLike) ->
                                      "_split": NPZ_SPLITS[prefix], "_record_paths": [record]})
             names.append(str(int(label)))
     datalist.assign_classes(names)
-    datalist.intensity_kind = "minmax"
+    datalist.intensity = {"kind": "minmax"}
+    if len(values) == MAX_LEVELS:  # binary masks (AdrenalMNIST3D: 0 / 255)
+        datalist.intensity["levels"] = sorted(float(v) for v in values)
     shown = " / ".join(f"{prefix} {len(images)}" for prefix, (images, _) in arrays.items())
     sizes = ", ".join("x".join(str(s) for s in shape) for shape in sorted(shapes))
     datalist.records[str(path)].reason = (f"MedMNIST-style archive: {shown} images of {sizes}, written as NIfTI to "

@@ -168,3 +168,18 @@ def invert_intensity(image: torch.Tensor | np.ndarray, record: Mapping) -> torch
     lo, hi = (float(v) for v in record["window"])
     out_lo, out_hi = (float(v) for v in record["output_range"])
     return (image - out_lo) * ((hi - lo) / (out_hi - out_lo)) + lo
+
+
+def snap_to_levels(image: np.ndarray, levels: Sequence[float]) -> np.ndarray:
+    """Every value replaced by the nearest of `levels` (ties go to the higher level): generated images of a dataset
+    whose images hold only these values, such as binary masks (0 / 255), become masks again.
+
+    Args:
+        image: values in source units.
+        levels: the distinct values of the source images (at least one).
+    """
+    levels = np.sort(np.asarray(levels, dtype=np.float32))
+    if levels.size == 0:
+        raise ValueError("levels must list at least one value")
+    middles = (levels[1:] + levels[:-1]) / 2
+    return levels[np.digitize(np.asarray(image, dtype=np.float32), middles)]

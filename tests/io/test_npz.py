@@ -50,6 +50,7 @@ def test_official_split_labels_names_and_files(tmp_path):
     assert [len(datalist[s]) for s in SPLITS] == [10, 3, 5]
     assert datalist["official_split"] is True and datalist["classes"] == ["normal", "hyperplasia"]
     assert datalist["intensity"]["kind"] == "minmax"  # MR percentiles would blank masks with < 0.5% foreground
+    assert datalist["intensity"]["levels"] == [0.0, 255.0]  # binary masks: samples are snapped to these
     assert datalist["source_spatial_dims"] == 3 and datalist["mode"] == "volume"
     archive = np.load(source)
     for split, prefix in zip(SPLITS, ("train", "val", "test")):
@@ -76,9 +77,11 @@ def test_without_names_and_with_a_new_split(tmp_path):
 
 
 def test_2d_archive(tmp_path):
-    source = write_npz(tmp_path / "tiny2d.npz", shape=(6, 9))
+    grey = np.random.default_rng(1).integers(0, 256, size=(10, 6, 9), dtype=np.uint8)
+    source = write_npz(tmp_path / "tiny2d.npz", shape=(6, 9), train_images=grey)
     datalist = datalist_from_npz(source, tmp_path / "images")
     assert datalist.source_spatial_dims == 2
+    assert datalist.intensity == {"kind": "minmax"}  # greyscale pictures, not masks: no levels
     first = np.load(source)["train_images"][0]
     written = np.asarray(nib.load(datalist.entries[0]["image"]).dataobj)
     assert written.shape == (9, 6, 1) and np.array_equal(written[..., 0], first.T)  # [x, y, 1] like a radiograph

@@ -13,6 +13,7 @@ from medvol.transforms.intensity import (
     ScaleIntensityWindowd,
     intensity_record,
     invert_intensity,
+    snap_to_levels,
     source_window,
 )
 
@@ -114,3 +115,26 @@ def test_invalid_settings_raise(params):
 def test_source_window_ignores_non_finite_values():
     image = np.array([np.nan, 0.0, 1.0, 2.0, np.inf], dtype=np.float32)
     assert source_window(image, "minmax") == (0.0, 2.0)
+
+
+@pytest.mark.parametrize("levels, image, expected", [
+    [[0, 255], [-3.0, 0.0, 127.4, 127.5, 200.0, 300.0], [0, 0, 0, 255, 255, 255]],  # a tie goes up
+    [[2, 0, 1], [-1.0, 0.49, 0.6, 1.2, 1.6, 9.0], [0, 0, 1, 1, 2, 2]],  # label maps, levels in any order
+    [[5], [0.0, 99.0], [5, 5]],
+])
+def test_snap_to_levels(levels, image, expected):
+    snapped = snap_to_levels(np.asarray(image), levels)
+    assert snapped.dtype == np.float32 and snapped.tolist() == expected
+
+
+def test_snapped_generator_output_is_a_mask_in_source_units():
+    from medvol.sampling import to_source_units
+
+    record = {"intensity": {"kind": "minmax", "window": [0.0, 255.0], "output_range": [-1.0, 1.0]},
+              "intensity_source": {"kind": "minmax", "levels": [0.0, 255.0]}}
+    images = torch.tensor([[[-1.2, -0.9, -0.01, 0.2, 0.95]]])
+    assert to_source_units(images, record).tolist() == [[[0.0, 0.0, 0.0, 255.0, 255.0]]]
+    raw = to_source_units(images, record, snap=False)
+    assert np.allclose(raw, [[[0.0, 12.75, 126.225, 153.0, 248.625]]])
+    del record["intensity_source"]["levels"]  # no levels (MR, CT, pictures): the continuous values
+    assert np.allclose(to_source_units(images, record), raw)
