@@ -58,9 +58,10 @@ def _reconstruction_lines(metrics: dict) -> list[str]:
         sd = "" if summary["sd"] is None else f" ± {summary['sd']:.{digits}f}"
         return f"{name.upper()} {summary['mean']:.{digits}f}{sd}"
 
-    inputs = metrics["inputs"]
+    inputs, run = metrics["inputs"], metrics["run"]
+    trained = "" if run.get("training_seconds") is None else f", trained {run['training_seconds']:.0f} s"
     return [
-        f"{metrics['run']['family']} ({metrics['run']['spatial_dims']}D, {metrics['parameters_total']:,} parameters) "
+        f"{run['family']} ({run['spatial_dims']}D, {metrics['parameters_total']:,} parameters{trained}) "
         f"on {inputs['n']} {inputs['split']} images: {inputs['images']}",
         f"{entry('psnr', 2)} dB, {entry('ssim', 3)}, {entry('mae', 4)} (data range 1)",
     ]

@@ -43,6 +43,7 @@ __all__ = [
     "reconstruct",
     "reconstruction_metrics",
     "reconstruction_montage",
+    "training_seconds",
 ]
 
 logger = logging.getLogger(__name__)
@@ -261,6 +262,19 @@ def reconstruction_montage(
     return np.kron(picture, np.ones((zoom, zoom), dtype=np.uint8)) if zoom > 1 else picture
 
 
+def training_seconds(run_dir: str | os.PathLike) -> tuple[int, float | None]:
+    """Iterations logged in the run's TensorBoard ``time/seconds_per_step`` and their sum (None without curves):
+    the training time without start-up, evaluation and checkpoint writing."""
+    from medvol.report.html import read_scalar_curves
+
+    try:
+        steps, seconds = read_scalar_curves(run_dir).get("time/seconds_per_step", ([], []))
+    except Exception as err:  # a damaged or missing event file must not cost the reconstruction numbers
+        logger.warning("%s: no training time from its TensorBoard curves (%s)", run_dir, err)
+        return 0, None
+    return len(steps), (float(sum(seconds)) if steps else None)
+
+
 def evaluate_reconstruction(
     datalist: str | os.PathLike,
     run_dir: str | os.PathLike,
@@ -284,8 +298,8 @@ def evaluate_reconstruction(
         seed: seed of that subset.
 
     Returns:
-        the metrics document (see `reconstruction_metrics`; plus ``per_image``, ``parameters``, ``run``,
-        ``inputs``, ``timing``).
+        the metrics document (see `reconstruction_metrics`; plus ``per_image``, ``parameters``, ``run`` (with the
+        training time from its TensorBoard curves), ``inputs``, ``timing``).
 
     Raises:
         MedvolInputError: not an autoencoder run, an unusable datalist (see `heldout_images`), a missing checkpoint.
@@ -320,12 +334,13 @@ def evaluate_reconstruction(
     outputs = [(output - low) / (high - low) for output in outputs]
     metrics = reconstruction_metrics(inputs, outputs, data_range=1.0)
     parameters = dict(record.get("parameters") or {})
+    steps, seconds = training_seconds(run_dir)
     provenance = relative_provenance({"run": str(run_dir), "checkpoint": str(checkpoint_path)})
     document = {
         "evaluation": "reconstruction",
         "run": {**provenance, "family": record["family"], "spatial_dims": int(record["spatial_dims"]),
                 "image_size": record["image_size"], "training_samples": record.get("training_samples"),
-                "iterations": record.get("iterations")},
+                "iterations": record.get("iterations"), "logged_iterations": steps, "training_seconds": seconds},
         "parameters": parameters,
         "parameters_total": int(sum(parameters.values())),
         "inputs": {"datalist": str(datalist_file(datalist).resolve()), "split": split, "n": len(images),

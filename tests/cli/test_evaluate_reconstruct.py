@@ -51,6 +51,7 @@ def test_2d_and_3d_runs_are_scored_on_the_same_volumes(runs, tmp_path, capsys):
         assert document["inputs"]["n"] == len(test_split) == len(document["ssim"]["values"])
         for key in ("psnr", "ssim", "mae"):
             assert document[key]["mean"] is not None and document[key]["sd"] is not None
+        assert document["run"]["logged_iterations"] == 3 and document["run"]["training_seconds"] > 0
         assert document["parameters_total"] == sum(json.loads((runs[name] / "run.json").read_text())["parameters"].values())
         with Image.open(out / "reconstruction.png") as picture:
             assert picture.mode == "L" and picture.width > picture.height / 2  # rows of 3 input + 3 reconstruction views
