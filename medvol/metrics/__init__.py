@@ -9,6 +9,7 @@
 - `privacy`: nearest training neighbour of every synthetic sample, flagged against held-out real images;
 - `utility`: classifiers trained on real / augmented / synthetic / mixed data with paired seeds, recognisability, the
   realness filter;
+- `reconstruction`: PSNR / SSIM / MAE of an autoencoder run on the held-out images (`medvol evaluate --reconstruct`);
 - `evaluate`: `medvol evaluate` (loading with the training preprocessing, metrics.json, report.html).
 """
 
@@ -25,6 +26,7 @@ from medvol.metrics.fidelity import (
     precision_recall_density_coverage,
 )
 from medvol.metrics.privacy import nearest_neighbour_privacy, nearest_training_neighbours
+from medvol.metrics.reconstruction import evaluate_reconstruction, reconstruction_metrics
 from medvol.metrics.utility import ARMS, realness_filter, recognisability, utility_study
 
 __all__ = [
@@ -46,6 +48,8 @@ __all__ = [
     "coherence_report",
     "nearest_neighbour_privacy",
     "nearest_training_neighbours",
+    "evaluate_reconstruction",
+    "reconstruction_metrics",
     "ARMS",
     "utility_study",
     "recognisability",
