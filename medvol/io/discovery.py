@@ -472,7 +472,8 @@ def build_datalist(source: str | Path, images_dir: str | Path | None = None, lab
     if source.is_file():
         if is_npz(source):
             if images_dir is None:
-                raise MedvolInputError(source, "an .npz archive is written out as NIfTI files: it needs an output folder")
+                raise MedvolInputError(source, "an .npz archive is written out as NIfTI files: it needs an output "
+                                       "folder")
             datalist = datalist_from_npz(source, images_dir)
         elif source.suffix.lower() != ".json":
             raise MedvolInputError(source, "SOURCE must be a folder, a Decathlon dataset.json or a MedMNIST-style .npz")
