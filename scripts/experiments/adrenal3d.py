@@ -53,9 +53,9 @@ BUNDLE_CHOICE = (
 # because it is why the snapping exists.
 PRE_FIX = """### Before the samples were snapped to 0 / 255
 
-The first run of this profile wrote the generator's continuous output (same training, same checkpoint, same
-sampling seed). 28-33% of the voxels of every sample lay between 10% and 90% of the range: a low-level speckle around
-the gland that no training mask has. Against that run, snapping changed:
+The first run of this profile wrote the generator's continuous output (same settings and seeds; this run trained its
+generator anew, so the two generators need not be bit-identical). 28-33% of the voxels of every sample lay between
+10% and 90% of the range: a low-level speckle around the gland that no training mask has. The two runs compare:
 
 | | continuous samples (first run) | this run |
 |---|---|---|
