@@ -132,3 +132,17 @@ def test_adrenalmnist3d(shared_data, tmp_path):
     image = nib.load(datalist["test"][0]["image"])
     assert image.shape == (28, 28, 28) and set(np.unique(np.asarray(image.dataobj))) == {0, 255}
     assert (out / "preview.png").is_file()
+
+
+def test_train_on_the_archive_keeps_the_split_and_samples_masks(tmp_path):
+    source = write_npz(tmp_path / "tiny.npz", shape=(16, 16, 16), counts={"train": 12, "val": 4, "test": 4})
+    run = tmp_path / "run"
+    argv = ["--bundle", "cgan", "--data", source, "--out", run, "--spatial-dims", "3", "--iterations", "1",
+            "--evaluate-every", "0", "--device", "cpu", "--batch-size", "4"]
+    assert main(["train", *map(str, argv)]) == 0  # prepared on the fly into RUN/data
+    datalist = json.loads((run / "data" / "datalist.json").read_text())
+    assert datalist["official_split"] is True and [len(datalist[s]) for s in SPLITS] == [12, 4, 4]
+    assert json.loads((run / "run.json").read_text())["intensity_source"]["levels"] == [0.0, 255.0]
+    assert main(["sample", str(run), "--n", "2", "--out", str(tmp_path / "samples")]) == 0
+    for path in sorted((tmp_path / "samples").glob("*.nii.gz")):  # snapped to the masks' two values
+        assert set(np.unique(np.asarray(nib.load(path).dataobj))) <= {0.0, 255.0}
