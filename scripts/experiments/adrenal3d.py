@@ -37,14 +37,13 @@ PROFILES = {
 }
 
 # Measured while choosing the bundle (not rerun by this script): `medvol train --spatial-dims 3` on the 28^3 data,
-# batch 16, bf16 autocast, the 2-core machine shared with other runs.
+# batch 16, bf16 autocast, 1 torch thread (medvol's choice on a busy CPU), the 2-core machine shared with other runs.
 BUNDLE_CHOICE = (
     "`cgan` (DCGAN pair with label embedding and projection critic, 2.26 M generator parameters at 28^3). "
-    "Measured before choosing, 28^3, batch 16 on this 2-core CPU: `cgan` 1.2-2.3 s/iteration (20 iterations, "
-    "2 torch threads, load average 3-5) and 0.37 s/iteration (400 iterations, 1 thread as medvol chooses on a busy "
-    "machine, load 5); `acwgan_gp` (residual generator, 5.75 M parameters, 5 critic steps with gradient penalty "
-    "per iteration) 57 s/iteration (10 iterations, load 5-7; fp32 54 s/iteration, load 9). At that rate even 100 "
-    "acwgan_gp iterations take 1.5 hours, so only the cgan fits the 60-minute CPU budget."
+    "Measured before choosing, 28^3, batch 16, one torch thread on this 2-core CPU at load average 3.3: `cgan` "
+    "0.23 s/iteration (40 iterations), `acwgan_gp` (residual generator, 5.75 M parameters, 5 critic steps with "
+    "gradient penalty per iteration) 9.7 s/iteration (4 iterations), 42 times slower: 1500 acwgan_gp iterations "
+    "would take 4 hours, so only the cgan fits the 60-minute CPU budget."
 )
 
 
