@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Experiment, fmt, load_json, mean_sd, parser  # noqa: E402
+from common import Experiment, finished_run, fmt, load_json, mean_sd, parser, signed_interval  # noqa: E402
 
 NAME = "adrenal3d"
 CLASSES = ("normal", "hyperplasia")
@@ -87,15 +87,7 @@ def utility_rows(utility: dict) -> tuple[str, str]:
         entry = utility["paired_difference"].get(arm)
         if entry is None:
             continue
-        cells = []
-        for metric in METRICS:
-            value = entry.get(metric) or {}
-            interval = value.get("ci95")
-            text = "n/a" if value.get("mean") is None else f"{value['mean']:+.3f}"
-            if interval:
-                text += f" [{interval[0]:+.3f}, {interval[1]:+.3f}]"
-            cells.append(text)
-        differences.append(f"| {arm} | " + " | ".join(cells) + " |")
+        differences.append(f"| {arm} | " + " | ".join(signed_interval(entry.get(m)) for m in METRICS) + " |")
     return "\n".join(rows), "\n".join(differences)
 
 
@@ -116,8 +108,8 @@ def montages(exp: Experiment, datalist: Path, samples: Path, work: Path, size: i
     from medvol.metrics.evaluate import load_real, load_synthetic
     from medvol.report.figures import save_png, triplanar_views
 
-    real = load_real(datalist, cache_dir=work / "montage-cache", max_samples=400, seed=0, progress=False)
-    synthetic = load_synthetic(samples, real, cache_dir=work / "montage-cache", max_samples=400, seed=0,
+    real = load_real(datalist, cache_dir=work / "montage-cache", max_samples=120, seed=0, progress=False)
+    synthetic = load_synthetic(samples, real, cache_dir=work / "montage-cache", max_samples=120, seed=0,
                                progress=False).images
     zoom, line, grey = MONTAGE_ZOOM.get(size, 1), 2, 128
     written = []
@@ -162,7 +154,7 @@ def main() -> None:
              "--iterations", settings["iterations"], "--seed", 0, "--device", exp.device]
     if exp.profile != "gpu":
         train += ["--evaluate-every", 0]  # the FID evaluations during training cost more than they tell here
-    exp.medvol(*train)
+    exp.medvol(*train, skip_if=finished_run(run, settings["iterations"]))
     latest = run / "checkpoints" / "latest.json"
     best = latest.is_file() and bool(load_json(latest).get("best"))  # an FID evaluation during training chose one
     exp.medvol("sample", run, "--n", settings["per_class"], "--out", samples, "--seed", 0,
