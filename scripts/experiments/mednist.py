@@ -24,7 +24,7 @@ FAMILIES = ("cgan", "acwgan_gp")
 REGIMES = {"full": None, "low": 0.1}  # share of the training split; None: all of it
 PROFILES = {
     # 2 CPU cores: 32^2 and short runs (an acwgan_gp iteration runs 5 critic steps with a gradient penalty)
-    "cpu": {"size": 32, "iterations": {"cgan": 2000, "acwgan_gp": 400}, "per_class": 100, "seeds": 3},
+    "cpu": {"size": 32, "iterations": {"cgan": 6000, "acwgan_gp": 400}, "per_class": 100, "seeds": 3},
     "gpu": {"size": 64, "iterations": {"cgan": 10000, "acwgan_gp": 6000}, "per_class": 300, "seeds": 5},
     "smoke": {"size": 16, "iterations": {"cgan": 6, "acwgan_gp": 3}, "per_class": 10, "seeds": 1,
               "evaluate": ["--classifier-epochs", "1", "--max-samples", "120"]},
