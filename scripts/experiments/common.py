@@ -142,6 +142,20 @@ class Experiment:
         print(f"[{self.name}]   {seconds:.0f} s", flush=True)
         return seconds
 
+    def evaluate(self, real: Path, synthetic: Path, out: Path, *options: Any) -> dict[str, Any]:
+        """`medvol evaluate --real REAL/datalist.json --synthetic SYNTHETIC --out OUT --device D OPTIONS` (skipped when
+        OUT/metrics.json exists); returns the metrics.
+
+        Args:
+            real: the prepared folder of the real data.
+            synthetic: the samples folder.
+            out: the evaluation folder.
+            options: further `medvol evaluate` arguments.
+        """
+        self.medvol("evaluate", "--real", Path(real) / "datalist.json", "--synthetic", synthetic, "--out", out,
+                    "--device", self.device, *options, skip_if=Path(out) / "metrics.json")
+        return load_json(Path(out) / "metrics.json")
+
     def figure_path(self, name: str) -> Path:
         return self.docs / name
 

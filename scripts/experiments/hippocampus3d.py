@@ -161,15 +161,12 @@ def triplanar_montage(sets: dict[str, Any], out: Path) -> Path:
 
 
 def evaluate(exp: Experiment, volumes: Path, samples: Path, name: str, features: Path | None) -> dict:
-    out = work_folder(exp) / name
-    arguments = ["evaluate", "--real", volumes / "datalist.json", "--synthetic", samples, "--out", out,
-                 "--device", exp.device]
+    options = []
     if PROFILES[exp.profile]["epochs"]:
-        arguments += ["--classifier-epochs", PROFILES[exp.profile]["epochs"]]
+        options += ["--classifier-epochs", PROFILES[exp.profile]["epochs"]]
     if features is not None:
-        arguments += ["--features", features]
-    exp.medvol(*arguments, skip_if=out / "metrics.json")
-    return load_json(out / "metrics.json")
+        options += ["--features", features]
+    return exp.evaluate(volumes, samples, work_folder(exp) / name, *options)
 
 
 def gan_summary(metrics: dict) -> dict:

@@ -90,10 +90,8 @@ def main() -> None:
                                        skip_if=finished_run(run, settings["iterations"][family]))
             exp.medvol("sample", run, "--n", settings["per_class"], "--out", samples,
                        skip_if=samples / "datalist.json")
-            exp.medvol("evaluate", "--real", data[regime] / "datalist.json", "--synthetic", samples,
-                       "--out", evaluation, "--utility", "--seeds", settings["seeds"], "--run", run,
-                       "--device", exp.device, *settings.get("evaluate", []), skip_if=evaluation / "metrics.json")
-            metrics = load_json(evaluation / "metrics.json")
+            metrics = exp.evaluate(data[regime], samples, evaluation, "--utility", "--seeds", settings["seeds"],
+                                   "--run", run, *settings.get("evaluate", []))
             run_record = load_json(run / "run.json")
             montage(evaluation, data[regime] / "datalist.json", samples, exp.figure_path(f"montage_{key}.png"))
             results["runs"][key] = {

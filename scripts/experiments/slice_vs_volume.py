@@ -79,17 +79,14 @@ def partial_time(run: Path, iterations: int) -> float:
 
 def evaluate(exp: Experiment, real: Path, synthetic: Path, name: str, settings: dict, features: Path | None,
              max_samples: int | None) -> dict:
-    out = exp.out / name
-    arguments = ["evaluate", "--real", real / "datalist.json", "--synthetic", synthetic, "--out", out,
-                 "--device", exp.device]
+    options = []
     if max_samples:
-        arguments += ["--max-samples", max_samples]
+        options += ["--max-samples", max_samples]
     if settings["epochs"]:
-        arguments += ["--classifier-epochs", settings["epochs"]]
+        options += ["--classifier-epochs", settings["epochs"]]
     if features is not None:
-        arguments += ["--features", features]
-    exp.medvol(*arguments, skip_if=out / "metrics.json")
-    return load_json(out / "metrics.json")
+        options += ["--features", features]
+    return exp.evaluate(real, synthetic, exp.out / name, *options)
 
 
 def fidelity(metrics: dict) -> dict:
