@@ -207,6 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="network option of the bundle (repeatable; a dotted key reaches one network), e.g. latent_size=64, "
         "minibatch_std=true, critic.channels=[32,64,128]",
     )
+    p.add_argument(
+        "--objective",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="objective option of the bundle (repeatable), e.g. critic_steps=3, penalty_weight=5, lr=2e-4, "
+        "auxiliary_weight=0.5, mode_seeking_weight=0.5",
+    )
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="classical augmentation (rotation, zoom, shift, shear; no flips) of the training images, drawn anew every "
+        "time an image is read; helps generators trained on few images",
+    )
 
     p = sub.add_parser("sample", help="generate synthetic NIfTI or DICOM files from a trained run")
     p.add_argument("run", help="run folder written by `medvol train`")

@@ -147,6 +147,8 @@ def training_overrides(args: argparse.Namespace, data_dir: Path, run_dir: Path) 
         overrides["batch_size"] = int(args.batch_size)
     if args.device is not None:
         overrides["device"] = args.device
+    if getattr(args, "augment", False):
+        overrides["augment"] = True
     width = getattr(args, "width", None)
     if width is not None:
         if width < 1:
@@ -155,25 +157,71 @@ def training_overrides(args: argparse.Namespace, data_dir: Path, run_dir: Path) 
     return overrides
 
 
-def network_overrides(pairs: list[str], network: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The bundle's ``network`` settings with `medvol train --network KEY=VALUE` pairs applied (values read as YAML;
-    ``critic.minibatch_std=true`` sets a key of one network).
+def key_value_overrides(
+    pairs: list[str], base: Mapping[str, Any] | None, option: str = "--network", example: str = "minibatch_std=true"
+) -> dict[str, Any]:
+    """A bundle's settings group (``network``, ``objective``) with `medvol train OPTION KEY=VALUE` pairs applied
+    (values read as YAML; a dotted key such as ``critic.minibatch_std=true`` sets a key of one sub-group).
+
+    Args:
+        pairs: the ``KEY=VALUE`` texts.
+        base: the bundle's settings of that group.
+        option: the command-line option, for messages.
+        example: a valid pair, for messages.
 
     Raises:
         MedvolInputError: a pair without ``=`` or with an empty key.
     """
-    merged = {key: dict(value) if isinstance(value, Mapping) else value for key, value in (network or {}).items()}
+    merged = {key: dict(value) if isinstance(value, Mapping) else value for key, value in (base or {}).items()}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         path = [part.strip() for part in key.split(".")]
         if not sep or not all(path):
-            raise MedvolInputError("--network", f"expected KEY=VALUE (e.g. minibatch_std=true), got {pair!r}")
+            raise MedvolInputError(option, f"expected KEY=VALUE (e.g. {example}), got {pair!r}")
         target = merged
         for part in path[:-1]:
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
-                raise MedvolInputError("--network", f"{part!r} is not a group of options in {pair!r}")
-        target[path[-1]] = yaml.safe_load(text) if text.strip() else None
+                raise MedvolInputError(option, f"{part!r} is not a group of options in {pair!r}")
+        target[path[-1]] = _yaml_value(text)
+    return merged
+
+
+def _yaml_value(text: str) -> Any:
+    """A command-line value read as YAML, where `1e-4` (a string to YAML 1.1) is the number a user means."""
+    if not text.strip():
+        return None
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def network_overrides(pairs: list[str], network: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The bundle's ``network`` settings with `medvol train --network KEY=VALUE` pairs applied."""
+    return key_value_overrides(pairs, network, "--network", "minibatch_std=true")
+
+
+def objective_overrides(pairs: list[str], objective: Mapping[str, Any] | None, family: str) -> dict[str, Any]:
+    """The bundle's ``objective`` settings with `medvol train --objective KEY=VALUE` pairs applied, checked by building
+    the family's objective once.
+
+    Raises:
+        MedvolInputError: a malformed pair, or a key or value the family's objective does not take.
+    """
+    import torch
+
+    from medvol.objectives import build_objective, build_optimizer
+
+    merged = key_value_overrides(pairs, objective, "--objective", "critic_steps=3")
+    try:
+        _, settings = build_objective(family, **dict(merged))
+        build_optimizer([torch.nn.Parameter(torch.zeros(1))], settings["optimizer"])
+    except (TypeError, ValueError) as err:
+        raise MedvolInputError("--objective", f"{family} does not take {', '.join(pairs)}: {err}") from None
     return merged
 
 
@@ -367,10 +415,15 @@ def run(args: argparse.Namespace) -> int:
         raise MedvolInputError(run_dir, "--out exists and is not a folder")
     data_dir = prepared_data(args.data, run_dir, args.spatial_dims, args.seed)
     overrides = training_overrides(args, data_dir, run_dir)
-    if getattr(args, "network", None):
+    if getattr(args, "network", None) or getattr(args, "objective", None):
         bundle_config = yaml.safe_load((bundle_dir / "configs" / "train.yaml").read_text()) or {}
-        network = bundle_config.get("network")
-        overrides["network"] = network_overrides(args.network, network if isinstance(network, Mapping) else None)
+        groups = {key: value if isinstance(value, Mapping) else None
+                  for key, value in ((k, bundle_config.get(k)) for k in ("network", "objective"))}
+        if getattr(args, "network", None):
+            overrides["network"] = network_overrides(args.network, groups["network"])
+        if getattr(args, "objective", None):
+            overrides["objective"] = objective_overrides(args.objective, groups["objective"],
+                                                         str(bundle_config.get("family", bundle_dir.name)))
     summary = train(bundle_dir, overrides, run_dir, nproc=args.nproc)
     resumed = f" (resumed from {summary['resumed_from']})" if summary.get("resumed_from") else ""
     plan_path = run_dir / "plan.json"

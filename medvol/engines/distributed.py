@@ -3,6 +3,7 @@ files to rank 0 (the other ranks resume from its checkpoints), leave the group."
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from collections.abc import Mapping
@@ -26,6 +27,9 @@ __all__ = [
     "follow_rank_zero",
     "finish_distributed",
 ]
+
+logger = logging.getLogger(__name__)
+TEARDOWN_TIMEOUT_S = 120  # how long a finished rank waits for the others before leaving the process group
 
 
 def world_size() -> int:
@@ -115,6 +119,18 @@ def follow_rank_zero(trainer: Any) -> bool:
 
 
 def finish_distributed(distributed: bool) -> None:
-    """Destroy the process group of a distributed run."""
+    """Destroy the process group of a distributed run once every rank has reached this point.
+
+    Without the barrier a rank that finishes first closes its connections while another still checkpoints or exports;
+    with gloo that rank then occasionally aborts at exit ("terminate called without an active exception").
+    """
     if distributed and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if dist.get_backend() == "gloo":  # bounded: a rank that died mid-run must not hang the others here
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=TEARDOWN_TIMEOUT_S))
+            else:
+                dist.barrier()
+        except RuntimeError as err:
+            logger.warning("not every process reached the end of training: %s", str(err).splitlines()[0])
+        finally:
+            dist.destroy_process_group()

@@ -51,6 +51,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 HELDOUT_SPLIT = "test"
+UTILITY_CACHE = "utility"  # DATA/cache/utility: results of the utility arms without synthetic data
 # precision/recall and density/coverage take k = 5 nearest neighbours inside each set: k + 1 samples at least
 MIN_SAMPLES = 6
 NEAREST_K = 5
@@ -705,12 +706,14 @@ def evaluate(
         metrics["recognisability"] = recognised
     keep_mask = scores = None
     epochs = {} if classifier_epochs is None else {"epochs": int(classifier_epochs)}
+    # the real-only arms are kept beside the prepared data, for the next generator evaluated against it
+    real_arms = utility_module.RealArmCache(Path(real.datalist).parent / "cache" / UTILITY_CACHE)
     if utility:
         with timer.stage("utility"):
             metrics["utility"] = utility_module.utility_study(
                 train.images, train.labels, heldout.images, heldout.labels, synth.images, synth.labels,
                 list(real.classes), seeds=seeds, synthetic_ratio=synthetic_ratio, device=device, progress=progress,
-                **epochs)
+                cache=real_arms, **epochs)
     if filter_synthetic:
         with timer.stage("filtering"):
             keep_mask, scores = utility_module.realness_filter(train.images, synth.images, seed=seed, device=device,
@@ -719,7 +722,7 @@ def evaluate(
             after = utility_module.utility_study(
                 train.images, train.labels, heldout.images, heldout.labels, synth.images, synth.labels,
                 list(real.classes), seeds=seeds, synthetic_ratio=synthetic_ratio, filter_mask=keep_mask,
-                device=device, progress=progress, **epochs)
+                device=device, progress=progress, cache=real_arms, **epochs)
             metrics["filtering"] = {
                 "kept": int(keep_mask.sum()),
                 "dropped_fraction": float(1.0 - keep_mask.mean()),

@@ -7,7 +7,12 @@ size, the same sample order; the differences between arms are therefore paired b
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +29,10 @@ from medvol.metrics.features import (
     train_classifier,
 )
 
+logger = logging.getLogger(__name__)
+
 ARMS = ("real", "real+augmentation", "synthetic", "real+synthetic", "real+augmentation+synthetic")
+REAL_ONLY_ARMS = ("real", "real+augmentation")  # their classifiers do not depend on the synthetic set: cacheable
 DEFAULT_FILTER_FOLDS = 3
 DEFAULT_FILTER_EPOCHS = 3
 
@@ -132,6 +140,62 @@ def _seed_list(seeds: int | Sequence[int]) -> list[int]:
     return seeds
 
 
+def _recipe_fingerprint() -> str:
+    """A digest of the code that trains and scores the utility classifiers: a cached result is reused only with it."""
+    from medvol.metrics import features
+
+    digest = hashlib.sha256(torch.__version__.encode())
+    for module_file in (features.__file__, __file__):
+        digest.update(Path(module_file).read_bytes())
+    return digest.hexdigest()
+
+
+def _data_fingerprint(*arrays: Any) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        value = array.detach().cpu().contiguous().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+        digest.update(str((value.dtype, value.shape)).encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
+
+
+class RealArmCache:
+    """Results of the utility classifiers that see no synthetic data (`REAL_ONLY_ARMS`), kept on disk so that
+    evaluating a second generator against the same real data does not train them again.
+
+    A result is keyed by the real training and test images and labels, the arm, seed, epochs, device type and a digest
+    of the classifier recipe's code; one JSON file per result. A folder that cannot be written leaves the cache off.
+
+    Args:
+        folder: the cache folder (e.g. ``DATA/cache/utility`` beside the prepared datalist).
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self._recipe = _recipe_fingerprint()
+        self.hits = 0
+
+    def key(self, data: str, arm: str, seed: int, epochs: int, device: Any, record_curves: bool) -> str:
+        device_type = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        text = json.dumps([self._recipe, data, arm, int(seed), int(epochs), device_type, bool(record_curves)])
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def load(self, key: str) -> dict | None:
+        try:
+            return json.loads((self.folder / f"{key}.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def save(self, key: str, entry: dict) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            temporary = self.folder / f".{key}.{os.getpid()}.tmp"
+            temporary.write_text(json.dumps(entry))
+            os.replace(temporary, self.folder / f"{key}.json")
+        except (OSError, TypeError, ValueError) as err:
+            logger.debug("utility cache %s not written: %s", self.folder, err)
+
+
 def utility_study(
     train_images: torch.Tensor,
     train_labels: Any,
@@ -148,6 +212,7 @@ def utility_study(
     progress: bool = True,
     record_curves: bool = False,
     arms: Sequence[str] = ARMS,
+    cache: RealArmCache | None = None,
 ) -> dict[str, Any]:
     """Train the same classifier recipe on five training sets and test each on the same held-out real test split.
 
@@ -177,6 +242,7 @@ def utility_study(
         record_curves: also record each training's per-epoch test accuracy in `curves` (for plots; no epoch is
             chosen from it).
         arms: the arms to run (default: all five; `real` is always run, as the reference).
+        cache: reuse (and store) the results of the arms without synthetic data; `notes` says which were reused.
 
     Returns:
         dict with `seeds`, `epochs`, `synthetic_ratio`, `counts` {arm: {real, synthetic}}, `synthetic_requested`,
@@ -251,6 +317,8 @@ def utility_study(
     curves: dict[str, list[list[float]]] = {arm: [] for arm in arms}
     counts: dict[str, dict[str, int]] = {}
     epochs_per_arm: dict[str, int] = {}
+    reused: list[str] = []
+    data_key = None
     bar = tqdm(total=len(arms) * len(seed_list), desc="utility", unit="classifier", disable=not progress)
     for seed in seed_list:
         rng = np.random.default_rng(seed)
@@ -272,6 +340,20 @@ def utility_study(
             counts[arm] = {"real": n_train if with_real else 0, "synthetic": used if with_synthetic else 0}
             epochs_per_arm[arm] = recipe_epochs(images.shape[0], epochs)
             bar.set_postfix_str(f"{arm}, seed {seed}")
+            key = None
+            if cache is not None and arm in REAL_ONLY_ARMS:
+                if data_key is None:
+                    data_key = _data_fingerprint(train_images, train_labels, test_images, test_labels)
+                key = cache.key(data_key, arm, seed, epochs_per_arm[arm], device, record_curves)
+                entry = cache.load(key)
+                if entry is not None:
+                    per_seed[arm].append(entry["metrics"])
+                    confusions[arm].append(np.asarray(entry["confusion"], dtype=np.int64))
+                    if record_curves:
+                        curves[arm].append(entry["curve"])
+                    reused.append(f"{arm} (seed {seed})")
+                    bar.update()
+                    continue
             classifier = train_classifier(
                 images,
                 labels,
@@ -288,10 +370,18 @@ def utility_study(
             metrics, confusion = classification_metrics(test_labels, probabilities, classes)
             per_seed[arm].append(metrics)
             confusions[arm].append(confusion)
+            curve = [h["monitor_accuracy"] for h in classifier.history] if record_curves else None
             if record_curves:
-                curves[arm].append([h["monitor_accuracy"] for h in classifier.history])
+                curves[arm].append(curve)
+            if key is not None:
+                cache.save(key, {"metrics": metrics, "confusion": confusion.tolist(), "curve": curve})
             bar.update()
     bar.close()
+    if reused:
+        notes.append(
+            f"reused from {cache.folder} (same real images, labels, recipe and seeds; delete the folder to retrain): "
+            + ", ".join(reused)
+        )
 
     metric_names = list(per_seed["real"][0])
     result: dict[str, Any] = {

@@ -212,10 +212,13 @@ def test_width_and_network_options_size_the_networks_and_run_json_records_them(t
     run_dir = tmp_path / "run"
     argv = ["train", "--bundle", "cgan", "--data", str(raw), "--out", str(run_dir), "--iterations", "1", "--device", "cpu",
             "--precision", "fp32", "--evaluate-every", "0", "--image-size", "16,16", "--width", "4", "--network", "minibatch_std=true",
-            "--network", "latent_size=8", "--network", "critic.channels=[4, 4]"]
+            "--network", "latent_size=8", "--network", "critic.channels=[4, 4]",
+            "--objective", "mode_seeking_weight=0.5", "--objective", "lr=1e-4", "--augment"]
     assert main(argv) == 0
     record = json.loads((run_dir / "run.json").read_text())
     assert record["width"] == 4
+    assert record["objective"] == {"mode_seeking_weight": 0.5, "lr": 1e-4}
+    assert record["optimization"]["optimizer"]["lr"] == 1e-4 and record["dataset_options"]["augment"] is True
     # 16^2 gives 2 stride-2 stages: the generator's widths follow --width, the critic's --network
     assert record["network"] == {"minibatch_std": True, "latent_size": 8, "generator": {"channels": [8, 4]},
                                  "critic": {"channels": [4, 4]}}
@@ -227,7 +230,13 @@ def test_width_and_network_options_size_the_networks_and_run_json_records_them(t
     assert len(list((tmp_path / "samples").glob("*.nii.gz"))) == 2
 
 
-@pytest.mark.parametrize("argv,problem", [(["--width", "0"], "--width"), (["--network", "latent_size"], "KEY=VALUE")])
+@pytest.mark.parametrize("argv,problem", [
+    (["--width", "0"], "--width"),
+    (["--network", "latent_size"], "KEY=VALUE"),
+    (["--objective", "critic_steps"], "KEY=VALUE"),
+    (["--objective", "penalty_weight=5"], "cgan does not take penalty_weight=5"),
+    (["--objective", "lr=fast"], "cgan does not take lr=fast"),
+])
 def test_bad_width_or_network_option_is_one_line(argv, problem, tmp_path, capsys):
     raw = write_phantom_dataset(tmp_path / "raw", spatial_dims=2, size=(16, 16), n_per_class=2, seed=3)
     assert main(["train", "--bundle", "cgan", "--data", str(raw), "--out", str(tmp_path / "run"), *argv]) == 2

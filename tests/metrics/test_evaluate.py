@@ -102,6 +102,10 @@ def test_evaluation_writes_every_key_with_counts_utility_filtering_and_report(pr
     filtering = metrics["filtering"]
     assert filtering["kept"] + len(filtering["dropped"]) == 12 and set(filtering["dropped"]) <= set(synthetic_files)
     assert set(filtering["utility_after"]["arms"]) == set(ARMS)
+    # the classifiers without synthetic data are kept beside the prepared data and not trained twice
+    assert len(list((prepared.parent / "cache" / "utility").glob("*.json"))) == 4
+    assert any("reused from" in note for note in filtering["utility_after"]["notes"])
+    assert filtering["utility_after"]["arms"]["real"] == utility["arms"]["real"]
     for key in ("fid", "precision", "privacy", "recognisability", "utility", "filtering", "mode_collapse"):
         assert metrics["methods"][key], key
     assert {"load", "features", "fidelity", "privacy", "utility", "filtering", "total"} <= set(metrics["timing"])

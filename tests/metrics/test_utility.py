@@ -10,8 +10,10 @@ import torch
 
 from medvol.errors import MedvolInputError
 from medvol.metrics.features import train_classifier
+from medvol.metrics import utility as utility_module
 from medvol.metrics.utility import (
     ARMS,
+    RealArmCache,
     classification_metrics,
     paired_difference,
     realness_filter,
@@ -144,6 +146,57 @@ def test_utility_study_with_too_few_synthetic_samples_and_a_filter():
     assert result["arms"]["real"]["accuracy"]["sd"] is None
     assert result["paired_difference"]["synthetic"]["accuracy"]["ci95"] is None
     assert {"sensitivity", "specificity", "auc"} <= set(result["metrics"])
+
+
+def test_real_only_arms_are_reused_from_the_cache_and_only_for_the_same_real_data(tmp_path, monkeypatch):
+    train_images, train_labels = bars(12, seed=0)
+    test_images, test_labels = bars(8, seed=1)
+    synthetic_a, synthetic_labels = bars(12, seed=2)
+    synthetic_b, _ = bars(12, seed=3)
+    trained = []
+    original = utility_module.train_classifier
+
+    def counting(*args, description=None, **kwargs):
+        trained.append(description)
+        return original(*args, description=description, **kwargs)
+
+    monkeypatch.setattr(utility_module, "train_classifier", counting)
+    options = {"seeds": 2, "epochs": 1, "progress": False, "record_curves": True}
+    first = utility_study(train_images, train_labels, test_images, test_labels, synthetic_a, synthetic_labels,
+                          ["h", "v"], cache=RealArmCache(tmp_path / "cache"), **options)
+    assert len(trained) == 10 and first["notes"] == []
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 4  # 2 real-only arms x 2 seeds
+
+    trained.clear()
+    second = utility_study(train_images, train_labels, test_images, test_labels, synthetic_b, synthetic_labels,
+                           ["h", "v"], cache=RealArmCache(tmp_path / "cache"), **options)
+    assert sorted(trained) == sorted(f"{arm} (seed {seed})" for arm in ARMS[2:] for seed in (0, 1))
+    for arm in ("real", "real+augmentation"):
+        assert second["arms"][arm] == first["arms"][arm]
+        assert second["confusion_per_seed"][arm] == first["confusion_per_seed"][arm]
+        assert second["curves"][arm] == first["curves"][arm]
+    assert "reused from" in second["notes"][0] and "real+augmentation (seed 1)" in second["notes"][0]
+    # the paired differences still pair the cached real arm with this synthetic set's arms, seed by seed
+    mixed = np.array(second["arms"]["real+synthetic"]["accuracy"]["values"])
+    assert second["paired_difference"]["real+synthetic"]["accuracy"]["values"] == pytest.approx(
+        (mixed - np.array(first["arms"]["real"]["accuracy"]["values"])).tolist())
+
+    trained.clear()  # other real training images (one label changed): nothing is reused
+    changed = train_labels.copy()
+    changed[0] = 1 - changed[0]
+    utility_study(train_images, changed, test_images, test_labels, synthetic_b, synthetic_labels, ["h", "v"],
+                  cache=RealArmCache(tmp_path / "cache"), **options)
+    assert len(trained) == 10
+
+
+def test_an_unwritable_cache_folder_leaves_the_study_working(tmp_path):
+    train_images, train_labels = bars(8, seed=0)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = utility_study(train_images, train_labels, train_images, train_labels, train_images, train_labels,
+                           ["h", "v"], seeds=1, epochs=1, progress=False, arms=["real"],
+                           cache=RealArmCache(blocker / "cache"))
+    assert result["arms"]["real"]["accuracy"]["values"] and result["notes"] == []
 
 
 def test_utility_study_rejects_bad_input():
