@@ -173,7 +173,6 @@ class RealArmCache:
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
         self._recipe = _recipe_fingerprint()
-        self.hits = 0
 
     def key(self, data: str, arm: str, seed: int, epochs: int, device: Any, record_curves: bool) -> str:
         device_type = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -343,7 +342,8 @@ def utility_study(
             key = None
             if cache is not None and arm in REAL_ONLY_ARMS:
                 if data_key is None:
-                    data_key = _data_fingerprint(train_images, train_labels, test_images, test_labels)
+                    data_key = _data_fingerprint(train_images, train_labels, test_images, test_labels,
+                                                 np.asarray(classes))
                 key = cache.key(data_key, arm, seed, epochs_per_arm[arm], device, record_curves)
                 entry = cache.load(key)
                 if entry is not None:
