@@ -352,8 +352,18 @@ def _utility_tables(utility: Mapping, classes: Sequence[str] = ()) -> str:
         return "<p>No arms.</p>"
     metric_names = [m for m in next(iter(arms.values())) if isinstance(next(iter(arms.values()))[m], Mapping)]
     rows = [[_e(arm)] + [_mean_sd(arms[arm].get(m) or {}) for m in metric_names] for arm in arms]
-    parts = [f"<p>Seeds: {_e(utility.get('seeds'))}. Every arm tested on the same held-out real test split.</p>",
-             "<h3>Mean ± sd over seeds</h3>", _table(["arm", *map(_e, metric_names)], rows)]
+    parts = [f"<p>Seeds: {_e(utility.get('seeds'))}. Every arm tested on the same held-out real test split.</p>"]
+    counts = utility.get("counts") or {}
+    if counts:
+        parts.append("<p>Training images per arm: " + "; ".join(
+            f"{_e(arm)} {int(c.get('real', 0))} real + {int(c.get('synthetic', 0))} synthetic"
+            for arm, c in counts.items()) + ".</p>")
+    if utility.get("recipe"):
+        parts.append(f"<p>{_e(utility['recipe'])}.</p>")
+    notes = utility.get("notes") or []
+    if notes:  # e.g. fewer synthetic samples than the ratio asks for, classifiers reused from the cache
+        parts.append("<p>Notes:</p><ul>" + "".join(f"<li>{_e(note)}</li>" for note in notes) + "</ul>")
+    parts += ["<h3>Mean ± sd over seeds</h3>", _table(["arm", *map(_e, metric_names)], rows)]
     rows = [[_e(arm)] + [", ".join(_number(v) for v in (arms[arm].get(m) or {}).get("values") or []) for m in metric_names]
             for arm in arms]
     parts += ["<h3>Values per seed (in seed order)</h3>", _table(["arm", *map(_e, metric_names)], rows)]

@@ -119,7 +119,11 @@ def fake_metrics(classes, n_synthetic, flagged_paths, with_utility: bool) -> dic
                 for arm in ("real", "real+augmentation", "synthetic", "real+synthetic", "real+augmentation+synthetic")}
         metrics["utility"] = {"seeds": [0, 1, 2], "arms": arms,
                               "paired_difference": {a: {"accuracy": {"mean": 0.01, "ci95": [-0.02, 0.04]}} for a in arms if a != "real"},
-                              "confusion": {a: [[[3, 1], [1, 3]]] * 3 for a in arms}}
+                              "confusion": {a: [[[3, 1], [1, 3]]] * 3 for a in arms},
+                              "counts": {a: {"real": 0 if a == "synthetic" else 24, "synthetic": 8 if "synthetic" in a else 0}
+                                         for a in arms},
+                              "recipe": "ResNetClassifier <recipe>",
+                              "notes": ["synthetic_ratio 1.0 asks for 24 synthetic samples but only 8 are available"]}
         metrics["filtering"] = {"kept": 9, "dropped_fraction": 0.1, "dropped": ["/synthetic/x.nii.gz"],
                                 "utility_before": metrics["utility"], "utility_after": metrics["utility"]}
     return metrics
@@ -166,6 +170,8 @@ def test_report_is_valid_self_contained_html_with_every_section(tmp_path, size, 
     assert "<between>" not in text and "&lt;between&gt;" in text, "text is not escaped"
     if with_utility:
         assert "0.7 ± 0.05" in text and "0.65, 0.7, 0.75" in text and "0.01 [-0.02, 0.04]" in text
+        assert "real+synthetic 24 real + 8 synthetic" in text and "&lt;recipe&gt;" in text
+        assert "only 8 are available" in text
         assert "evaluation/fid" in text and "time/seconds_per_step" in text  # drawn / listed as not drawn
     else:
         assert "Not requested" in text and "No run given" in text
