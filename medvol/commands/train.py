@@ -220,7 +220,7 @@ def objective_overrides(pairs: list[str], objective: Mapping[str, Any] | None, f
     try:
         _, settings = build_objective(family, **dict(merged))
         build_optimizer([torch.nn.Parameter(torch.zeros(1))], settings["optimizer"])
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, ArithmeticError, LookupError) as err:
         raise MedvolInputError("--objective", f"{family} does not take {', '.join(pairs)}: {err}") from None
     return merged
 
@@ -250,6 +250,19 @@ def check_resumable(run_dir: Path, workflow) -> None:
         if key in previous and previous[key] != current[key]:
             raise MedvolInputError(
                 run_dir, f"holds a run with {key}={previous[key]}, not {current[key]}: use another --out to start a new run"
+            )
+    if not (run_dir / "checkpoints" / "latest.json").is_file():
+        return
+    # the optimiser state in the checkpoint carries the old settings; a resumed run must train as it started
+    settings = {"objective": (previous.get("objective"), dict(parser.get_parsed_content("objective") or {})),
+                "augment": ((previous.get("dataset_options") or {}).get("augment"),
+                            bool(parser.get_parsed_content("augment")))}
+    for key, (before, now) in settings.items():
+        if before is not None and json.loads(json.dumps(before)) != json.loads(json.dumps(now)):
+            option = "--objective" if key == "objective" else "--augment"
+            raise MedvolInputError(
+                run_dir, f"was trained with {key} {before}, not {now}: resume it with the same {option} settings, or "
+                "use another --out to start a new run"
             )
 
 

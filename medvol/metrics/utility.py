@@ -141,12 +141,18 @@ def _seed_list(seeds: int | Sequence[int]) -> list[int]:
 
 
 def _recipe_fingerprint() -> str:
-    """A digest of the code that trains and scores the utility classifiers: a cached result is reused only with it."""
-    from medvol.metrics import features
+    """A digest of the code that trains and scores the utility classifiers (recipe, network, augmentation) and of the
+    torch and MONAI versions: a cached result is reused only with the same."""
+    import monai
 
-    digest = hashlib.sha256(torch.__version__.encode())
-    for module_file in (features.__file__, __file__):
-        digest.update(Path(module_file).read_bytes())
+    from medvol.metrics import features
+    from medvol.networks import blocks, classifiers
+    from medvol.transforms import augment
+
+    digest = hashlib.sha256(f"{torch.__version__} {monai.__version__}".encode())
+    for module in (features, classifiers, blocks, augment):
+        digest.update(Path(module.__file__).read_bytes())
+    digest.update(Path(__file__).read_bytes())
     return digest.hexdigest()
 
 
@@ -180,17 +186,24 @@ class RealArmCache:
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def load(self, key: str) -> dict | None:
+        """The cached entry (`metrics`, `confusion`, `curve`), or None when absent or unreadable."""
         try:
-            return json.loads((self.folder / f"{key}.json").read_text())
+            entry = json.loads((self.folder / f"{key}.json").read_text())
         except (OSError, ValueError):
             return None
+        if not isinstance(entry, dict) or not isinstance(entry.get("metrics"), dict) or "confusion" not in entry:
+            return None
+        return entry
 
     def save(self, key: str, entry: dict) -> None:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             temporary = self.folder / f".{key}.{os.getpid()}.tmp"
-            temporary.write_text(json.dumps(entry))
-            os.replace(temporary, self.folder / f"{key}.json")
+            try:
+                temporary.write_text(json.dumps(entry))
+                os.replace(temporary, self.folder / f"{key}.json")
+            finally:
+                temporary.unlink(missing_ok=True)
         except (OSError, TypeError, ValueError) as err:
             logger.debug("utility cache %s not written: %s", self.folder, err)
 

@@ -61,7 +61,10 @@ def build_objective(family: str, **overrides: Any) -> tuple[AdversarialObjective
     if "critic_steps" in settings_overrides:
         if not isinstance(objective, AdversarialObjective):
             raise ValueError(f"{family} is an autoencoder family: critic_steps does not apply")
-        objective.critic_steps = int(settings_overrides["critic_steps"])
+        steps = settings_overrides["critic_steps"]
+        if isinstance(steps, bool) or not isinstance(steps, (int, float)) or steps != int(steps) or steps < 1:
+            raise ValueError(f"critic_steps must be a whole number of at least 1, got {steps!r}")
+        objective.critic_steps = int(steps)
         settings["critic_steps"] = objective.critic_steps
     optimizer_override = dict(settings_overrides.get("optimizer") or {})
     if optimizer_override.get("name", settings["optimizer"]["name"]) != settings["optimizer"]["name"]:
@@ -69,6 +72,12 @@ def build_objective(family: str, **overrides: Any) -> tuple[AdversarialObjective
         settings["optimizer"] = {"name": optimizer_override["name"], "lr": settings["optimizer"]["lr"]}
     settings["optimizer"].update(optimizer_override)
     settings["optimizer"].update({key: settings_overrides[key] for key in ("lr", "betas") if key in settings_overrides})
+    lr, betas = settings["optimizer"].get("lr"), settings["optimizer"].get("betas")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if betas is not None and (not isinstance(betas, (list, tuple)) or len(betas) != 2
+                              or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
     return objective, settings
 
 

@@ -19,8 +19,11 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -154,7 +157,8 @@ class Experiment:
             options: further `medvol evaluate` arguments.
         """
         self.medvol("evaluate", "--real", Path(real) / "datalist.json", "--synthetic", synthetic, "--out", out,
-                    "--device", self.device, *options, skip_if=Path(out) / "metrics.json")
+                    "--device", self.device, *options,
+                    skip_if=up_to_date(Path(out) / "metrics.json", Path(synthetic) / "datalist.json"))
         return load_json(Path(out) / "metrics.json")
 
     def figure_path(self, name: str) -> Path:
@@ -207,6 +211,40 @@ class Experiment:
         footer = f"\n\n## Commands run\n\n| command | wall time |\n|---|---|\n{commands}\n"
         (self.docs / "README.md").write_text(header + page.strip() + footer)
         print(f"[{self.name}] wrote {self.docs / 'README.md'} ({self.results['wall_seconds'] / 60:.1f} min)")
+
+
+def up_to_date(output: Path, *inputs: Path) -> Path | None:
+    """`output` when it exists and is newer than every existing input (for `Experiment.medvol`'s skip_if: samples
+    of a run trained further since, or an evaluation of samples drawn again, are made anew), else None."""
+    output = Path(output)
+    if not output.exists():
+        return None
+    newest = max((Path(p).stat().st_mtime for p in inputs if Path(p).exists()), default=0.0)
+    return output if output.stat().st_mtime >= newest else None
+
+
+def check_run_options(run: Path, options: Sequence[Any]) -> None:
+    """Exit with one line when the finished run in `run` was trained with other `--objective`, `--augment` or
+    `--precision` options than `options` (a reused run would otherwise be labelled with the profile's settings)."""
+    record = load_json(Path(run) / "run.json")
+    options = [str(o) for o in options]
+    wanted = {pair.split("=", 1)[0]: yaml.safe_load(pair.split("=", 1)[1])
+              for flag, pair in zip(options, options[1:]) if flag == "--objective"}
+    recorded = record.get("objective") or {}
+    problems = [f"objective {key}={recorded.get(key)!r} (profile: {value!r})" for key, value in wanted.items()
+                if recorded.get(key) != value and not (isinstance(value, (int, float)) and recorded.get(key) == value)]
+    problems += [f"objective {key}={value!r} (profile: default)" for key, value in recorded.items() if key not in wanted]
+    augment = bool((record.get("dataset_options") or {}).get("augment"))
+    if augment != ("--augment" in options):
+        problems.append(f"augment {augment} (profile: {'--augment' in options})")
+    if "--precision" in options:
+        precision = options[options.index("--precision") + 1]
+        plan = Path(run) / "plan.json"
+        if plan.is_file() and load_json(plan).get("precision") != precision:
+            problems.append(f"precision {load_json(plan).get('precision')} (profile: {precision})")
+    if problems:
+        sys.exit(f"{run} was trained with other settings than this profile's: {'; '.join(problems)}; delete it to "
+                 "train it again")
 
 
 def finished_run(run: Path, iterations: int) -> Path | None:

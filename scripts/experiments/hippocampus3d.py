@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, Experiment, finished_run, fmt, load_json, parser  # noqa: E402
+from common import ROOT, Experiment, check_run_options, finished_run, fmt, load_json, parser  # noqa: E402
 
 NAME = "hippocampus3d"
 SOURCE = "hippocampus3d"
@@ -93,6 +93,7 @@ def prepare_slices(exp: Experiment, volumes: Path) -> Path:
 def _train(exp: Experiment, bundle: str, data: Path, run: Path, iterations: int, *extra: Any) -> Path:
     exp.medvol("train", "--bundle", bundle, "--data", data, "--out", run, "--iterations", iterations,
                "--evaluate-every", 0, "--device", exp.device, *extra, skip_if=finished_run(run, iterations))
+    check_run_options(run, extra)
     return run
 
 
@@ -253,7 +254,9 @@ def main() -> None:
         exp.figure_path("montage_real_dcgan_wgan_gp.png"))
     results = {
         "settings": settings,
-        "critic_steps": critic_steps(exp, "wgan_gp"),
+        # what the run itself recorded (a reused run may predate the profile); older runs: the profile's setting
+        "critic_steps": (load_json(runs["wgan_gp"] / "run.json").get("optimization") or {}).get("critic_steps")
+        or critic_steps(exp, "wgan_gp"),
         "grid": load_json(volumes / "datalist.json")["preprocessing"],
         "splits": {s: len(load_json(volumes / "datalist.json")[s]) for s in ("training", "validation", "test")},
         "budget": "GANs: about the same wall time (iterations chosen from the measured seconds per iteration); the "

@@ -18,7 +18,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Experiment, finished_run, fmt, load_json, mean_sd, parser, signed_interval  # noqa: E402
+from common import (  # noqa: E402
+    Experiment,
+    check_run_options,
+    finished_run,
+    fmt,
+    load_json,
+    mean_sd,
+    parser,
+    signed_interval,
+    up_to_date,
+)
 
 NAME = "mednist"
 FAMILIES = ("cgan", "acwgan_gp")
@@ -99,8 +109,9 @@ def main() -> None:
                                        "--iterations", settings["iterations"][family], "--evaluate-every", 0,
                                        "--device", exp.device, *options,
                                        skip_if=finished_run(run, settings["iterations"][family]))
+            check_run_options(run, options)
             exp.medvol("sample", run, "--n", settings["per_class"], "--out", samples,
-                       skip_if=samples / "datalist.json")
+                       skip_if=up_to_date(samples / "datalist.json", run / "checkpoints" / "latest.json"))
             metrics = exp.evaluate(data[regime], samples, evaluation, "--utility", "--seeds", settings["seeds"],
                                    "--run", run, *settings.get("evaluate", []))
             run_record = load_json(run / "run.json")
@@ -183,8 +194,10 @@ def page(results: dict, settings: dict, exp: Experiment) -> tuple[dict, str]:
     lines += ["", "## Utility: classifiers tested on the 600 held-out real images", "",
               f"Accuracy, mean ± sd over {settings['seeds']} paired seeds (the same seed gives every arm the same "
               "initial weights); every arm trains 10 epochs and at least 500 optimiser steps, so the 180-image arms "
-              "converge too. Synthetic ratio 1 (as many synthetic samples as real ones; the full regime has 600 samples for "
-              "1800 real images, so its mixed arms use all 600, a ratio of 1/3).", "",
+              "converge too. Synthetic ratio 1 (as many synthetic samples as real ones, or all samples when there are "
+              "fewer: " + "; ".join(f"{run['family']}, {run['regime']}: {counts['real']} real + {counts['synthetic']} "
+                                    "synthetic" for run in runs.values()
+                                    for counts in [run["utility"]["counts"]["real+synthetic"]]) + ").", "",
               "| run | " + " | ".join(ARMS) + " | real+synthetic - real (paired, 95% CI) |",
               "|---|" + "---|" * (len(ARMS) + 1)]
     targets = {}

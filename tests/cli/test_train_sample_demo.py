@@ -236,9 +236,27 @@ def test_width_and_network_options_size_the_networks_and_run_json_records_them(t
     (["--objective", "critic_steps"], "KEY=VALUE"),
     (["--objective", "penalty_weight=5"], "cgan does not take penalty_weight=5"),
     (["--objective", "lr=fast"], "cgan does not take lr=fast"),
+    (["--objective", "critic_steps=0"], "critic_steps must be a whole number of at least 1"),
+    (["--objective", "betas=[0.5]"], "betas must be two numbers"),
 ])
 def test_bad_width_or_network_option_is_one_line(argv, problem, tmp_path, capsys):
     raw = write_phantom_dataset(tmp_path / "raw", spatial_dims=2, size=(16, 16), n_per_class=2, seed=3)
     assert main(["train", "--bundle", "cgan", "--data", str(raw), "--out", str(tmp_path / "run"), *argv]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and problem in error[0], error
+
+
+def test_a_run_resumes_only_with_the_objective_and_augmentation_it_started_with(tmp_path, capsys):
+    raw = write_phantom_dataset(tmp_path / "raw", spatial_dims=2, size=(16, 16), n_per_class=4, seed=3)
+    run_dir = tmp_path / "run"
+    base = ["train", "--bundle", "cgan", "--data", str(raw), "--out", str(run_dir), "--device", "cpu", "--precision",
+            "fp32", "--evaluate-every", "0", "--image-size", "16,16", "--width", "4"]
+    assert main([*base, "--iterations", "1", "--objective", "mode_seeking_weight=0.5"]) == 0
+    capsys.readouterr()
+    for changed, problem in ((["--objective", "mode_seeking_weight=0.5", "--augment"], "augment False, not True"),
+                             ([], "objective {'mode_seeking_weight': 0.5}, not {}")):
+        assert main([*base, "--iterations", "2", *changed]) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and problem in error[0], error
+    assert main([*base, "--iterations", "2", "--objective", "mode_seeking_weight=0.5"]) == 0
+    assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["iteration"] == 2
