@@ -430,12 +430,12 @@ def run(args: argparse.Namespace) -> int:
     overrides = training_overrides(args, data_dir, run_dir)
     if getattr(args, "network", None) or getattr(args, "objective", None):
         bundle_config = yaml.safe_load((bundle_dir / "configs" / "train.yaml").read_text()) or {}
-        groups = {key: value if isinstance(value, Mapping) else None
-                  for key, value in ((k, bundle_config.get(k)) for k in ("network", "objective"))}
+        network, objective = (bundle_config.get(key) for key in ("network", "objective"))
         if getattr(args, "network", None):
-            overrides["network"] = network_overrides(args.network, groups["network"])
+            overrides["network"] = network_overrides(args.network, network if isinstance(network, Mapping) else None)
         if getattr(args, "objective", None):
-            overrides["objective"] = objective_overrides(args.objective, groups["objective"],
+            overrides["objective"] = objective_overrides(args.objective,
+                                                         objective if isinstance(objective, Mapping) else None,
                                                          str(bundle_config.get("family", bundle_dir.name)))
     summary = train(bundle_dir, overrides, run_dir, nproc=args.nproc)
     resumed = f" (resumed from {summary['resumed_from']})" if summary.get("resumed_from") else ""

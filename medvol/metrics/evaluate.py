@@ -706,9 +706,9 @@ def evaluate(
         metrics["recognisability"] = recognised
     keep_mask = scores = None
     epochs = {} if classifier_epochs is None else {"epochs": int(classifier_epochs)}
-    # the real-only arms are kept beside the prepared data, for the next generator evaluated against it
-    real_arms = utility_module.RealArmCache(Path(real.datalist).parent / "cache" / UTILITY_CACHE)
     if utility:
+        # the real-only arms are kept beside the prepared data, for the next generator evaluated against it
+        real_arms = utility_module.RealArmCache(Path(real.datalist).parent / "cache" / UTILITY_CACHE)
         with timer.stage("utility"):
             metrics["utility"] = utility_module.utility_study(
                 train.images, train.labels, heldout.images, heldout.labels, synth.images, synth.labels,

@@ -352,42 +352,38 @@ def utility_study(
             counts[arm] = {"real": n_train if with_real else 0, "synthetic": used if with_synthetic else 0}
             epochs_per_arm[arm] = recipe_epochs(images.shape[0], epochs)
             bar.set_postfix_str(f"{arm}, seed {seed}")
-            key = None
+            key = entry = None
             if cache is not None and arm in REAL_ONLY_ARMS:
                 if data_key is None:
                     data_key = _data_fingerprint(train_images, train_labels, test_images, test_labels,
                                                  np.asarray(classes))
                 key = cache.key(data_key, arm, seed, epochs_per_arm[arm], device, record_curves)
                 entry = cache.load(key)
-                if entry is not None:
-                    per_seed[arm].append(entry["metrics"])
-                    confusions[arm].append(np.asarray(entry["confusion"], dtype=np.int64))
-                    if record_curves:
-                        curves[arm].append(entry["curve"])
-                    reused.append(f"{arm} (seed {seed})")
-                    bar.update()
-                    continue
-            classifier = train_classifier(
-                images,
-                labels,
-                num_classes,
-                seed=seed,
-                epochs=epochs_per_arm[arm],
-                augment=augment,
-                device=device,
-                monitor=(test_images, test_labels) if record_curves else None,
-                progress=progress,
-                description=f"{arm} (seed {seed})",
-            )
-            probabilities = predict_probabilities(classifier, test_images)
-            metrics, confusion = classification_metrics(test_labels, probabilities, classes)
-            per_seed[arm].append(metrics)
-            confusions[arm].append(confusion)
-            curve = [h["monitor_accuracy"] for h in classifier.history] if record_curves else None
+            if entry is not None:
+                reused.append(f"{arm} (seed {seed})")
+            else:
+                classifier = train_classifier(
+                    images,
+                    labels,
+                    num_classes,
+                    seed=seed,
+                    epochs=epochs_per_arm[arm],
+                    augment=augment,
+                    device=device,
+                    monitor=(test_images, test_labels) if record_curves else None,
+                    progress=progress,
+                    description=f"{arm} (seed {seed})",
+                )
+                probabilities = predict_probabilities(classifier, test_images)
+                metrics, confusion = classification_metrics(test_labels, probabilities, classes)
+                curve = [h["monitor_accuracy"] for h in classifier.history] if record_curves else None
+                entry = {"metrics": metrics, "confusion": confusion.tolist(), "curve": curve}
+                if key is not None:
+                    cache.save(key, entry)
+            per_seed[arm].append(entry["metrics"])
+            confusions[arm].append(np.asarray(entry["confusion"], dtype=np.int64))
             if record_curves:
-                curves[arm].append(curve)
-            if key is not None:
-                cache.save(key, {"metrics": metrics, "confusion": confusion.tolist(), "curve": curve})
+                curves[arm].append(entry["curve"])
             bar.update()
     bar.close()
     if reused:

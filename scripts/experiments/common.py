@@ -23,8 +23,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 PROFILES = ("cpu", "gpu", "smoke")
@@ -226,14 +224,14 @@ def up_to_date(output: Path, *inputs: Path) -> Path | None:
 def check_run_options(run: Path, options: Sequence[Any]) -> None:
     """Exit with one line when the finished run in `run` was trained with other `--objective`, `--augment` or
     `--precision` options than `options` (a reused run would otherwise be labelled with the profile's settings)."""
+    from medvol.commands.train import key_value_overrides  # how `medvol train --objective` reads the pairs
+
     record = load_json(Path(run) / "run.json")
     options = [str(o) for o in options]
-    wanted = {pair.split("=", 1)[0]: yaml.safe_load(pair.split("=", 1)[1])
-              for flag, pair in zip(options, options[1:]) if flag == "--objective"}
+    wanted = key_value_overrides([pair for flag, pair in zip(options, options[1:]) if flag == "--objective"], None,
+                                 "--objective")
     recorded = record.get("objective") or {}
-    problems = [f"objective {key}={recorded.get(key)!r} (profile: {value!r})" for key, value in wanted.items()
-                if recorded.get(key) != value and not (isinstance(value, (int, float)) and recorded.get(key) == value)]
-    problems += [f"objective {key}={value!r} (profile: default)" for key, value in recorded.items() if key not in wanted]
+    problems = [f"objective {recorded} (profile: {wanted})"] if recorded != wanted else []
     augment = bool((record.get("dataset_options") or {}).get("augment"))
     if augment != ("--augment" in options):
         problems.append(f"augment {augment} (profile: {'--augment' in options})")

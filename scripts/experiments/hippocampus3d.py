@@ -97,27 +97,13 @@ def _train(exp: Experiment, bundle: str, data: Path, run: Path, iterations: int,
     return run
 
 
-def gan_options(exp: Experiment, family: str) -> list[str]:
-    """The profile's extra `medvol train` options of a GAN family (also used by slice_vs_volume's 2D WGAN-GP)."""
-    return list(PROFILES[exp.profile].get("gan_options", {}).get(family, []))
-
-
-def critic_steps(exp: Experiment, family: str) -> int:
-    """Critic steps per generator step of `family` in this profile (the objective's default unless overridden)."""
-    from medvol.objectives import build_objective
-
-    options = gan_options(exp, family)
-    overrides = dict(pair.split("=", 1) for flag, pair in zip(options, options[1:]) if flag == "--objective")
-    return int(overrides.get("critic_steps", build_objective(family)[1]["critic_steps"]))
-
-
 def train_gan(exp: Experiment, family: str, prepared: Path, iterations: int | None = None) -> Path:
-    """Train `family` ('dcgan' or 'wgan_gp') in 3D on `prepared` with the profile's iterations (or `iterations`) and
-    options; returns the run folder. A finished run is reused; a run with fewer iterations resumes."""
+    """Train `family` ('dcgan' or 'wgan_gp') in 3D on `prepared` with the profile's iterations (or `iterations`);
+    returns the run folder. A finished run is reused; a run with fewer iterations resumes."""
     if family not in ("dcgan", "wgan_gp"):
         raise ValueError(f"family must be dcgan or wgan_gp, got {family!r}")
     count = int(iterations or PROFILES[exp.profile][family])
-    return _train(exp, family, Path(prepared), work_folder(exp) / f"run_{family}", count, *gan_options(exp, family))
+    return _train(exp, family, Path(prepared), work_folder(exp) / f"run_{family}", count)
 
 
 def training_facts(run: Path) -> dict[str, Any]:
@@ -202,6 +188,8 @@ def gan_summary(metrics: dict) -> dict:
 
 
 def main() -> None:
+    from medvol.objectives import build_objective
+
     args = parser(NAME, __doc__.splitlines()[0]).parse_args()
     exp = Experiment(NAME, args)
     settings = PROFILES[exp.profile]
@@ -254,9 +242,9 @@ def main() -> None:
         exp.figure_path("montage_real_dcgan_wgan_gp.png"))
     results = {
         "settings": settings,
-        # what the run itself recorded (a reused run may predate the profile); older runs: the profile's setting
+        # what the run recorded; runs from before run.json had `optimization` trained with the objective's default
         "critic_steps": (load_json(runs["wgan_gp"] / "run.json").get("optimization") or {}).get("critic_steps")
-        or critic_steps(exp, "wgan_gp"),
+        or build_objective("wgan_gp")[1]["critic_steps"],
         "grid": load_json(volumes / "datalist.json")["preprocessing"],
         "splits": {s: len(load_json(volumes / "datalist.json")[s]) for s in ("training", "validation", "test")},
         "budget": "GANs: about the same wall time (iterations chosen from the measured seconds per iteration); the "

@@ -33,20 +33,17 @@ from common import (  # noqa: E402
 NAME = "mednist"
 FAMILIES = ("cgan", "acwgan_gp")
 REGIMES = {"full": None, "low": 0.1}  # share of the training split; None: all of it
-PROFILES = {
-    # 2 CPU cores (measured idle on the 2-core Xeon): 32^2; cgan 0.055 s/iteration; acwgan_gp in fp32 (0.87 s per
-    # iteration against 1.16 in bf16 at these widths) with 2 critic steps (0.43 s/iteration) and in the full regime
-    # only: the budget buys it 2400 iterations there (600, or 400 with 5 critic steps, left it collapsed)
-    "cpu": {"size": 32, "iterations": {"cgan": 6000, "acwgan_gp": 2400}, "per_class": 100, "seeds": 3,
-            "regimes": {"cgan": ("full", "low"), "acwgan_gp": ("full",)},
+# 2 CPU cores (measured idle on the 2-core Xeon, docs/results.md): 32^2; cgan 0.032 s/iteration; acwgan_gp in fp32
+# (0.88 s per iteration against 1.17 in bf16 at these widths) with 2 critic steps (0.39 s/iteration) and in the full
+# regime only: the budget buys it 2400 iterations there (600, or 400 with 5 critic steps, left it collapsed)
+CPU_PLAN = {"regimes": {"cgan": ("full", "low"), "acwgan_gp": ("full",)},
             "train_options": {"acwgan_gp": ["--precision", "fp32", "--objective", "critic_steps=2"],
-                              "cgan_low": ["--augment"], "acwgan_gp_low": ["--augment"]}},
+                              "cgan_low": ["--augment"]}}
+PROFILES = {
+    "cpu": {"size": 32, "iterations": {"cgan": 6000, "acwgan_gp": 2400}, "per_class": 100, "seeds": 3, **CPU_PLAN},
     "gpu": {"size": 64, "iterations": {"cgan": 10000, "acwgan_gp": 6000}, "per_class": 300, "seeds": 5,
             "train_options": {"cgan_low": ["--augment"], "acwgan_gp_low": ["--augment"]}},
-    "smoke": {"size": 16, "iterations": {"cgan": 6, "acwgan_gp": 3}, "per_class": 10, "seeds": 1,
-              "regimes": {"cgan": ("full", "low"), "acwgan_gp": ("full",)},
-              "train_options": {"acwgan_gp": ["--precision", "fp32", "--objective", "critic_steps=2"],
-                                "cgan_low": ["--augment"], "acwgan_gp_low": ["--augment"]},
+    "smoke": {"size": 16, "iterations": {"cgan": 6, "acwgan_gp": 3}, "per_class": 10, "seeds": 1, **CPU_PLAN,
               "evaluate": ["--classifier-epochs", "1", "--max-samples", "120"]},
 }
 ARMS = ("real", "real+augmentation", "synthetic", "real+synthetic", "real+augmentation+synthetic")

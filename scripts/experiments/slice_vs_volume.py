@@ -28,14 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Experiment, finished_run, fmt, load_json, parser  # noqa: E402
-from hippocampus3d import (  # noqa: E402
-    gan_options,
-    prepare_slices,
-    prepare_volumes,
-    train_gan,
-    training_facts,
-    triplanar_montage,
-)
+from hippocampus3d import prepare_slices, prepare_volumes, train_gan, training_facts, triplanar_montage  # noqa: E402
 
 NAME = "slice_vs_volume"
 # V synthetic volumes per model (the test split has 52); evaluations subsample each real split and synthetic set to
@@ -56,7 +49,7 @@ FEATURES = Path("features") / "feature_extractor.pt"  # where medvol evaluate ca
 def train_2d(exp: Experiment, slices: Path, run: Path, iterations: int, batch: int) -> float:
     return exp.medvol("train", "--bundle", "wgan_gp", "--spatial-dims", 2, "--data", slices, "--out", run,
                       "--iterations", iterations, "--batch-size", batch, "--evaluate-every", 0, "--device", exp.device,
-                      *gan_options(exp, "wgan_gp"), skip_if=finished_run(run, iterations))
+                      skip_if=finished_run(run, iterations))
 
 
 def same_time_iterations(exp: Experiment, run: Path, seconds_3d: float, done: int, cap: int) -> dict:
