@@ -619,7 +619,10 @@ def evaluate(
         filter_synthetic: drop the synthetic samples a real-vs-synthetic classifier separates most confidently and
             report the utility before and after (implies `utility`).
         device: ``cpu`` or ``cuda`` (default: CUDA when available).
-        max_samples: at most this many samples per real split and of the synthetic set (seeded subsets).
+        max_samples: at most this many samples per real split and of the synthetic set (seeded subsets) in the
+            feature extractor, fidelity, diversity, recognisability and the privacy queries; the privacy reference
+            (nearest training image) is always the whole training split, and the utility study and realness filter
+            always use every sample.
         seed: seed of every random choice (subsets, feature extractor, bootstrap, pairs).
         progress: progress bars on the long parts.
         report: write ``report.html`` too.
@@ -652,11 +655,17 @@ def evaluate(
                 provenance_run = None
             if provenance_run:
                 size_hint = Path(provenance_run)
-        real = load_real(real_datalist, cache_dir, max_samples, seed, progress=progress,
+        # every sample is loaded: --max-samples subsets only the distribution metrics; the privacy reference is the
+        # whole training split and the utility arms train on the real images the generator saw
+        real = load_real(real_datalist, cache_dir, None, seed, progress=progress,
                          size=_run_image_size(run_path or size_hint, _datalist_dims(real_datalist)))
-        synthetic = load_synthetic(synthetic_folder, real, cache_dir, max_samples, seed, progress)
+        synthetic = load_synthetic(synthetic_folder, real, cache_dir, None, seed, progress)
     _check_counts(real, synthetic)
-    train, heldout, synth = real.splits["training"], real.splits[HELDOUT_SPLIT], synthetic.images
+    all_train, all_heldout, all_synth = real.splits["training"], real.splits[HELDOUT_SPLIT], synthetic.images
+    synth_index = _chosen(len(all_synth), max_samples, seed)
+    train_index = _chosen(len(all_train), max_samples, seed)
+    train, heldout, synth = (all_train.subset(train_index), all_heldout.subset(_chosen(len(all_heldout), max_samples, seed)),
+                             all_synth.subset(synth_index))
     labelled = train.labelled and heldout.labelled and bool(real.classes)
     num_classes = len(real.classes) if labelled else 0
     if utility and not (labelled and synth.labelled):
@@ -669,7 +678,9 @@ def evaluate(
             train.images, train.labels, num_classes, out / "features", seed=seed, epochs=classifier_epochs,
             features_path=features_path, device=device, progress=progress)
     with timer.stage("features"):
-        train_f, heldout_f, synth_f = (np.asarray(extractor(s.images), dtype=np.float64) for s in (train, heldout, synth))
+        all_train_f = np.asarray(extractor(all_train.images), dtype=np.float64)
+        train_f = all_train_f[train_index]
+        heldout_f, synth_f = (np.asarray(extractor(s.images), dtype=np.float64) for s in (heldout, synth))
 
     metrics: dict = {}
     with timer.stage("fidelity"):
@@ -692,7 +703,7 @@ def evaluate(
                 {"real": train.images, HELDOUT_SPLIT: heldout.images, "synthetic": synth.images})
     with timer.stage("privacy"):
         metrics["privacy"] = privacy.nearest_neighbour_privacy(
-            train.images, train_f, heldout.images, heldout_f, synth.images, synth_f, synth.paths)
+            all_train.images, all_train_f, heldout.images, heldout_f, synth.images, synth_f, synth.paths)
     with timer.stage("recognisability"):
         if labelled and synth.labelled:
             classifier = _recognisability_classifier(extractor, train, num_classes, seed, classifier_epochs, device)
@@ -711,22 +722,22 @@ def evaluate(
         real_arms = utility_module.RealArmCache(Path(real.datalist).parent / "cache" / UTILITY_CACHE)
         with timer.stage("utility"):
             metrics["utility"] = utility_module.utility_study(
-                train.images, train.labels, heldout.images, heldout.labels, synth.images, synth.labels,
+                all_train.images, all_train.labels, all_heldout.images, all_heldout.labels, all_synth.images, all_synth.labels,
                 list(real.classes), seeds=seeds, synthetic_ratio=synthetic_ratio, device=device, progress=progress,
                 cache=real_arms, **epochs)
     if filter_synthetic:
         with timer.stage("filtering"):
-            keep_mask, scores = utility_module.realness_filter(train.images, synth.images, seed=seed, device=device,
+            keep_mask, scores = utility_module.realness_filter(all_train.images, all_synth.images, seed=seed, device=device,
                                                                progress=progress, **epochs)
             keep_mask = np.asarray(keep_mask, dtype=bool)
             after = utility_module.utility_study(
-                train.images, train.labels, heldout.images, heldout.labels, synth.images, synth.labels,
+                all_train.images, all_train.labels, all_heldout.images, all_heldout.labels, all_synth.images, all_synth.labels,
                 list(real.classes), seeds=seeds, synthetic_ratio=synthetic_ratio, filter_mask=keep_mask,
                 device=device, progress=progress, cache=real_arms, **epochs)
             metrics["filtering"] = {
                 "kept": int(keep_mask.sum()),
                 "dropped_fraction": float(1.0 - keep_mask.mean()),
-                "dropped": [p for p, keep in zip(synth.paths, keep_mask) if not keep],
+                "dropped": [p for p, keep in zip(all_synth.paths, keep_mask) if not keep],
                 "realness_scores": np.asarray(scores, dtype=float).tolist(),
                 "utility_before": metrics["utility"],
                 "utility_after": after,
@@ -748,6 +759,8 @@ def evaluate(
         "counts": {"training": train.counts(real.classes), HELDOUT_SPLIT: heldout.counts(real.classes),
                    "synthetic": synth.counts(real.classes)},
         "max_samples": max_samples,
+        "counts_before_max_samples": {"training": len(all_train), HELDOUT_SPLIT: len(all_heldout),
+                                      "synthetic": len(all_synth)},
         "seed": seed,
         "mode": real.mode,
         "spatial_dims": real.spatial_dims,
@@ -767,7 +780,8 @@ def evaluate(
         with timer.stage("report"):
             write_report(out / REPORT_FILE, metrics, ReportInputs(
                 classes=list(real.classes), train=train, heldout=heldout, synthetic=synth, train_features=train_f,
-                heldout_features=heldout_f, synthetic_features=synth_f, run_dir=run_path, keep_mask=keep_mask,
+                heldout_features=heldout_f, synthetic_features=synth_f, run_dir=run_path,
+                keep_mask=None if keep_mask is None else keep_mask[synth_index],
                 seed=seed))
         metrics["timing"] = _plain(timer.seconds)
     metrics["timing"]["total"] = round(sum(v for k, v in timer.seconds.items()), 3)

@@ -64,7 +64,8 @@ def nearest_neighbour_privacy(
     ``percentile`` % flagged (``expected_fraction``), since that many held-out images pass the threshold too.
 
     Args:
-        train_images: ``[N_train, 1, *size]`` in [-1, 1], the training split.
+        train_images: ``[N_train, 1, *size]`` in [-1, 1], the whole training split (a subset would miss copies of
+            the images left out).
         train_features: ``[N_train, F]``.
         heldout_images: ``[N_heldout, 1, *size]`` real images not used for training (N_heldout >= 2).
         heldout_features: ``[N_heldout, F]``.
@@ -75,7 +76,8 @@ def nearest_neighbour_privacy(
 
     Returns:
         dict with ``flagged_fraction``, ``flagged`` (paths), ``flagged_with_ssim_fraction`` (flagged and SSIM agrees),
-        ``expected_fraction``, ``threshold`` {``feature``, ``ssim``}, ``percentile``, ``nearest`` (per synthetic image:
+        ``expected_fraction``, ``threshold`` {``feature``, ``ssim``}, ``percentile``, ``n_reference`` (training
+        images searched), ``nearest`` (per synthetic image:
         ``path``, ``train_index``, ``feature_distance``, ``ssim``, ``flagged``, ``ssim_agrees``), ``heldout``
         {``n``, ``feature_distance`` and ``ssim`` as ``median``/``p05``/``p95``}.
 
@@ -120,6 +122,7 @@ def nearest_neighbour_privacy(
         "expected_fraction": percentile / 100.0,
         "threshold": {"feature": feature_threshold, "ssim": ssim_threshold},
         "percentile": float(percentile),
+        "n_reference": len(train_features),
         "nearest": nearest,
         "heldout": {"n": len(heldout_distance), "feature_distance": spread(heldout_distance), "ssim": spread(heldout_ssim)},
     }

@@ -177,3 +177,36 @@ def test_volumes_get_their_slice_coherence_next_to_real_and_heldout(prepared, sy
     flat = evaluate(prepared, synthetic, tmp_path / "flat", classifier_epochs=1, device="cpu", progress=False,
                     report=False)
     assert "slice_coherence" not in flat and "slice_coherence" not in flat["methods"]
+
+
+def copy_training_images(real, folder: Path, count: int) -> Path:
+    """The first `count` training images of `real`, copied file by file into a plain folder: a memorising generator."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, path in enumerate(real.splits["training"].paths[:count]):
+        shutil.copy(path, folder / f"copy_{index:02d}.png")
+    return folder
+
+
+@pytest.mark.parametrize("max_samples", [None, 8])
+def test_training_copies_sent_through_evaluate_are_flagged_against_the_whole_training_split(prepared, tmp_path,
+                                                                                             max_samples):
+    """Copies of 12 of the 24 training images: every one is flagged, also when --max-samples keeps only 8 samples
+    per set for the distribution metrics (the nearest-neighbour reference stays the whole training split)."""
+    real = load_real(prepared, tmp_path / "cache", progress=False)
+    folder = copy_training_images(real, tmp_path / "copies", 12)
+    metrics = evaluate(prepared, folder, tmp_path / "eval", classifier_epochs=1, device="cpu", progress=False,
+                       report=False, max_samples=max_samples)
+    privacy = metrics["privacy"]
+    assert privacy["flagged_fraction"] == 1.0, privacy["flagged_fraction"]
+    assert len(privacy["nearest"]) == (12 if max_samples is None else 8)
+    assert privacy["n_reference"] == 24
+    assert all(n["feature_distance"] == 0.0 for n in privacy["nearest"])
+
+
+def test_max_samples_keeps_the_utility_arms_on_every_real_image(prepared, synthetic, tmp_path):
+    metrics = evaluate(prepared, synthetic, tmp_path / "eval", utility=True, seeds=1, classifier_epochs=1,
+                       device="cpu", progress=False, report=False, max_samples=6)
+    counts = metrics["utility"]["counts"]
+    assert counts["real"] == {"real": 24, "synthetic": 0}  # the generator saw all 24, not the 6 of --max-samples
+    assert counts["synthetic"]["synthetic"] == 12
+    assert metrics["inputs"]["counts"]["training"]["total"] == 6  # the distribution metrics' subset
