@@ -132,6 +132,8 @@ class SyntheticData:
         images: the preprocessed images, labels as indices of the real classes.
         provenance: run, checkpoint, seed and family of a `medvol sample` output.
         skipped: files of the folder that are not used, with the reason.
+        preprocessing: how the files were brought to the real samples (``intensity``, and ``fitted``: the files of
+            another shape that went through the real data's spatial preprocessing, with a ``note``).
     """
 
     folder: Path
@@ -139,6 +141,7 @@ class SyntheticData:
     images: ImageSet
     provenance: dict = field(default_factory=dict)
     skipped: list[dict] = field(default_factory=list)
+    preprocessing: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------------- loading
@@ -259,12 +262,14 @@ def load_real(
     return RealData(path, list(document.get("classes") or []), mode, settings.to_dict(), splits, options, document)
 
 
-def _synthetic_entries(folder: Path, cache_dir: Path) -> tuple[str, list[dict], list[str], dict, list[dict]]:
-    """Entries ``{"image", "label_name" (or None)}`` of a synthetic folder, its classes, provenance and skipped files.
+def _synthetic_entries(folder: Path, cache_dir: Path) -> tuple[str, list[dict], list[str], dict, list[dict], dict | None]:
+    """Entries ``{"image", "label_name" (or None)}`` of a synthetic folder, its classes, provenance, skipped files and
+    the intensity mapping the files were written with (``intensity.sample_mapping`` of a `medvol sample` output,
+    else None).
 
     A `medvol sample` output lists its files in ``datalist.json``; DICOM series (folders) are converted to NIfTI
-    under `cache_dir` the way `medvol prepare` converts them. Any other folder is discovered like a `medvol prepare`
-    source (one sub-folder per class gives labels; otherwise unlabelled).
+    under `cache_dir` (stored integers back to the intensities written). Any other folder is discovered like a
+    `medvol prepare` source (one sub-folder per class gives labels; otherwise unlabelled).
     """
     from medvol.io.discovery import datalist_from_files
 
@@ -290,7 +295,8 @@ def _synthetic_entries(folder: Path, cache_dir: Path) -> tuple[str, list[dict], 
             if image.is_dir():  # a DICOM series written by `medvol sample --format dicom`
                 image = _dicom_sample_to_nifti(image, cache_dir / "synthetic_dicom")
             entries.append({"image": str(image), "label_name": None if name is None else str(name), "listed": str(entry["image"])})
-        return "medvol sample", entries, classes, dict(document.get("provenance") or {}), skipped
+        mapping = (document.get("intensity") or {}).get("sample_mapping")
+        return "medvol sample", entries, classes, dict(document.get("provenance") or {}), skipped, mapping
     if not folder.is_dir():
         raise MedvolInputError(folder, "synthetic folder does not exist" if not folder.exists() else "is not a folder")
     discovered = datalist_from_files(folder, images_dir=cache_dir / "synthetic_dicom")
@@ -299,23 +305,30 @@ def _synthetic_entries(folder: Path, cache_dir: Path) -> tuple[str, list[dict], 
         example = f"; e.g. {skipped[0]['path']}: {skipped[0]['reason']}" if skipped else ""
         raise MedvolInputError(folder, f"holds no image or volume{example}")
     entries = [{"image": e["image"], "label_name": e.get("label_name"), "listed": e["image"]} for e in discovered.entries]
-    return "folder", entries, list(discovered.classes), {}, skipped
+    return "folder", entries, list(discovered.classes), {}, skipped, None
 
 
 def _dicom_sample_to_nifti(series_dir: Path, out_dir: Path) -> Path:
-    """One DICOM series folder of a `medvol sample` output as a NIfTI file (rescale applied).
+    """One DICOM series folder of a `medvol sample` output as a NIfTI file in the intensities written: rescale
+    applied (CT), or the Real World Value Mapping (MR, Secondary Capture: stored integers spread over uint16).
 
     Volumes keep the geometry of their headers. A single 2D image is a Secondary Capture without orientation
     (`medvol sample` wrote the array in medvol's ``[x, y]`` order): it is written without reorientation, so it reads
     back exactly as the NIfTI export of the same sample would.
     """
+    import pydicom
+
     from medvol.io.dicom import discover_series, read_series
     from medvol.io.nifti import write_nifti
+    from medvol.io.writers import source_units_mapping
 
     scan = discover_series(series_dir)
     if len(scan.series) != 1:
         raise MedvolInputError(series_dir, f"expected one DICOM series, found {len(scan.series)}")
     voxels, affine = read_series(scan.series[0])
+    mapping = source_units_mapping(pydicom.dcmread(scan.series[0].files[0], stop_before_pixels=True))
+    if mapping is not None:
+        voxels = np.asarray(voxels, dtype=np.float64) * mapping[0] + mapping[1]
     if voxels.ndim == 3 and voxels.shape[2] == 1:
         affine = np.diag([*np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)[:2], 1.0, 1.0])
     target = out_dir / f"{series_dir.name}.nii.gz"
@@ -351,12 +364,17 @@ def load_synthetic(
     seed: int = 0,
     progress: bool = True,
 ) -> SyntheticData:
-    """The synthetic images of `folder` with exactly the real data's preprocessing (intensity window to [-1, 1]).
+    """The synthetic images of `folder` on the real samples' scale, ``[N, 1, *size]`` in [-1, 1].
 
-    Synthetic files are in source units (`medvol sample` maps them back), so they go through the same pipeline as
-    the real files; their shape must already be the real samples' shape (no silent resizing of a mismatch). Where
-    the real slices are cut from volumes, synthetic volumes whose slices have that shape are cut the same way (e.g.
-    a volumetric model's samples, or 2D samples stacked into volumes, judged on slice realism).
+    One intensity path: files of a `medvol sample` output that records its mapping (``intensity.sample_mapping``)
+    are read back with that fixed window, so they are exactly the generator's output (up to file quantisation);
+    other files (another tool's, or older sample folders) get the real data's intensity scaling, which like the
+    real images' is measured on the samples' grid. Files at the real samples' shape are final spatially (no
+    resampling, no foreground crop, which would move a generated image a second time); files of another shape and
+    the same dimensionality go through the real data's recorded spatial preprocessing (spacing, foreground crop,
+    ``shape_mode`` to the real size), as the real files did, and a log line and ``preprocessing["fitted"]`` say so.
+    Where the real slices are cut from volumes, synthetic volumes whose slices have the real shape are cut the same
+    way (e.g. a volumetric model's samples, or 2D samples stacked into volumes, judged on slice realism).
 
     Args:
         folder: a `medvol sample` output or a plain folder of images/volumes.
@@ -367,21 +385,23 @@ def load_synthetic(
         progress: progress bars.
 
     Raises:
-        MedvolInputError: no images, other dimensionality or shape than the real samples, labels the real data
-            lacks, an unreadable file.
+        MedvolInputError: no images, other dimensionality than the real samples, labels the real data lacks, an
+            unreadable file.
     """
-    from medvol.data.datasets import build_dataset
+    from medvol.data.datasets import SliceDataset, build_dataset
 
     folder = Path(folder).expanduser().resolve()
     cache_dir = Path(cache_dir)
-    source, entries, classes, provenance, skipped = _synthetic_entries(folder, cache_dir)
+    source, entries, classes, provenance, skipped, mapping = _synthetic_entries(folder, cache_dir)
     expected = tuple(real.image_shape)
     slice_axis = int(real.preprocessing.get("slice_axis", 2))
     # slices cut from real volumes: synthetic volumes are cut into slices the same way (each scaled as a whole)
     cut = real.mode == "slice" and int(real.document.get("source_spatial_dims") or 3) == 3
     volumes = 0
+    fitted: dict[tuple[int, ...], int] = {}  # shapes of the files brought to the real size, and how many
     for entry in entries:
         shape = _file_shape(entry["image"])
+        entry["fit"] = False
         if cut and len(shape) == 3 and shape[:slice_axis] + shape[slice_axis + 1:] == expected:
             volumes += 1
             continue
@@ -389,8 +409,8 @@ def load_synthetic(
             raise MedvolInputError(entry["listed"], f"is {len(shape)}D {list(shape)} but the real samples are "
                                                     f"{len(expected)}D {list(expected)} ({real.mode} mode)")
         if shape != expected:
-            raise MedvolInputError(entry["listed"], f"has shape {list(shape)} but the real samples have "
-                                                    f"{list(expected)}: sample at the real data's size")
+            entry["fit"] = True
+            fitted[shape] = fitted.get(shape, 0) + 1
     names = [e["label_name"] for e in entries]
     labelled = [n for n in names if n is not None]
     if labelled and len(labelled) != len(names):
@@ -400,34 +420,74 @@ def load_synthetic(
     if unknown:
         have = f"the real classes are {real.classes}" if real.classes else "the real data has no class labels"
         raise MedvolInputError(folder, f"synthetic labels {unknown} are not classes of the real data ({have})")
-    training = []
-    for entry, name in zip(entries, names):
-        item = {"image": entry["image"], "subject": Path(entry["image"]).name}
-        if name is not None:
-            item["label"] = real.classes.index(name)
-        training.append(item)
-    # the real datalist's intensity settings; spatially the files are final already (same shape, checked above):
-    # no resampling and no foreground crop, which would move a generated image a second time
-    preprocessing = {**dict(real.document.get("preprocessing") or {}), "size": list(expected), "spacing": None,
-                     "crop_foreground": False, "volume_size": None}
-    document = {"mode": real.mode, "classes": list(real.classes), "preprocessing": preprocessing,
-                "intensity": dict(real.document.get("intensity") or {}), "training": training}
+    if mapping:
+        intensity = {"kind": "fixed", "window": [float(v) for v in mapping["window"]]}
+        intensity_note = (f"read back with the window the samples were written with ({intensity['window']} onto the "
+                          f"generator's range {list(mapping['output_range'])}): the generator's output")
+    else:
+        intensity = dict(real.document.get("intensity") or {})
+        intensity_note = (f"the real data's {real.preprocessing.get('intensity')} scaling, measured on each image at "
+                          f"the real size as for the real images")
+    recorded = dict(real.document.get("preprocessing") or {})
+    settings = {
+        # final files: only the intensity scaling
+        False: {**recorded, "size": list(expected), "spacing": None, "crop_foreground": False, "volume_size": None},
+        # files of another shape: the real data's spatial preprocessing to the real size (2D files: no volume grid)
+        True: {**recorded, "size": list(expected), "volume_size": None},
+    }
     options = {**real.options, "size": list(expected), "cache_dir": str(cache_dir)}
-    dataset = build_dataset(document, split="training", **options)
-    if not volumes and len(dataset) != len(entries):  # a 2D image is one sample, else a file held several slices
-        raise MedvolInputError(folder, f"{len(entries)} synthetic files gave {len(dataset)} samples: expected one each")
-    indices = _chosen(len(dataset), max_samples, seed)
-    images, labels = _stack(dataset, indices, "loading synthetic", progress)
+    samples: list[tuple] = []  # (dataset, index in it, listed name) in the order of the entries of each group
+    for fit in (False, True):
+        group = [e for e in entries if e["fit"] == fit]
+        if not group:
+            continue
+        training = []
+        for entry in group:
+            item = {"image": entry["image"], "subject": Path(entry["image"]).name}
+            if entry["label_name"] is not None:
+                item["label"] = real.classes.index(entry["label_name"])
+            training.append(item)
+        document = {"mode": real.mode, "classes": list(real.classes), "preprocessing": settings[fit],
+                    "intensity": intensity, "training": training}
+        dataset = build_dataset(document, split="training", **options)
+        if (fit or not volumes) and len(dataset) != len(group):  # a 2D image is one sample, a volume several slices
+            raise MedvolInputError(folder, f"{len(group)} synthetic files gave {len(dataset)} samples: expected one each")
+        for index in range(len(dataset)):
+            position, k = dataset.index[index] if isinstance(dataset, SliceDataset) else (index, -1)
+            samples.append((dataset, index, group[position]["listed"] + ("" if k < 0 else f"[slice {k}]")))
+    indices = _chosen(len(samples), max_samples, seed)
+    images, labels = _stack(_SampleList(samples), indices, "loading synthetic", progress)
     if tuple(images.shape[2:]) != expected:
         raise MedvolInputError(folder, f"synthetic samples have shape {list(images.shape[2:])} after preprocessing, "
                                        f"the real ones {list(expected)}")
+    preprocessing: dict = {"intensity": intensity_note}
+    if fitted:
+        shapes = ", ".join(f"{n} at {'x'.join(map(str, s))}" for s, n in sorted(fitted.items(), key=lambda i: -i[1]))
+        how = recorded.get("shape_mode") or "crop_pad"
+        preprocessing["fitted"] = {
+            "files": sum(fitted.values()), "shapes": {"x".join(map(str, s)): n for s, n in fitted.items()},
+            "note": f"{sum(fitted.values())} synthetic files not at the real size {'x'.join(map(str, expected))} "
+                    f"({shapes}) went through the real data's preprocessing ({how} to that size"
+                    f"{', foreground crop' if recorded.get('crop_foreground') else ''}, "
+                    f"{real.preprocessing.get('intensity')} intensity)",
+        }
+        logger.info("%s", preprocessing["fitted"]["note"])
+    paths = [samples[int(i)][2] for i in indices]
+    return SyntheticData(folder, source, ImageSet(images, labels, paths), provenance, skipped, preprocessing)
 
-    def listed(index: int) -> str:  # ``file[slice k]`` for a slice of a volume
-        position, k = dataset.index[index] if volumes else (index, -1)
-        return entries[position]["listed"] + ("" if k < 0 else f"[slice {k}]")
 
-    paths = [listed(int(i)) for i in indices]
-    return SyntheticData(folder, source, ImageSet(images, labels, paths), provenance, skipped)
+class _SampleList:
+    """Samples of several datasets as one sequence (``(dataset, index, name)`` triples)."""
+
+    def __init__(self, samples: Sequence[tuple]) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        dataset, position, _ = self.samples[index]
+        return dataset[position]
 
 
 # ------------------------------------------------------------------------------------------------------- checks
@@ -483,12 +543,6 @@ def _default_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _heldout_like(heldout: np.ndarray, count: int, seed: int) -> np.ndarray:
-    """The held-out features, subsampled (seeded) to `count` rows when there are more, so that the real-vs-real
-    baseline of the k-NN metrics sees no more samples than the synthetic set."""
-    return heldout[_chosen(len(heldout), count, seed)]
-
-
 def _plain(value):
     """JSON-ready: numpy scalars/arrays and tuples to Python numbers and lists."""
     if isinstance(value, Mapping):
@@ -506,7 +560,7 @@ def _plain(value):
     return value
 
 
-def _methods(real: RealData, extractor, fidelity_counts: Mapping, n_synthetic: int, n_heldout_baseline: int,
+def _methods(real: RealData, extractor, fidelity_counts: Mapping, knn: Mapping,
              utility_requested: bool, filtering: bool, seeds: int, synthetic_ratio: float) -> dict:
     """One sentence per number of metrics.json: how it was computed."""
     heldout = f"the held-out real {HELDOUT_SPLIT} split"
@@ -515,7 +569,9 @@ def _methods(real: RealData, extractor, fidelity_counts: Mapping, n_synthetic: i
     methods = {
         "preprocessing": f"Real and synthetic files went through the same preprocessing as training "
                          f"({real.mode} mode, {real.preprocessing.get('intensity')} intensity scaling to [-1, 1], "
-                         f"size {real.image_shape}); synthetic files had to have that shape already.",
+                         f"size {real.image_shape}), intensities scaled on that grid; synthetic files of another shape went through "
+                         f"the real spatial preprocessing, `medvol sample` files were read back with the window they "
+                         f"were written with (inputs.synthetic_preprocessing).",
         "fid": f"Frechet distance between Gaussians fitted to the {space} of the real training split and of the "
                f"synthetic samples, every set subsampled (seeded) to the same n = {n} (FID grows as n shrinks), with "
                f"a 95% percentile bootstrap interval resampling both sets.",
@@ -526,18 +582,22 @@ def _methods(real: RealData, extractor, fidelity_counts: Mapping, n_synthetic: i
         "kid_real_baseline": f"The same KID between the real training split and {heldout}, n = {n} each.",
         "mmd": f"Maximum mean discrepancy (Gaussian kernel, bandwidth the median pairwise distance of the training "
                f"subsample) between training-split and synthetic features, n = {n} each.",
-        "precision": f"Fraction of the {n_synthetic} synthetic samples inside the real manifold: the union of balls "
-                     f"around each of the {fidelity_counts['n_train']} training-split features with the radius of its "
-                     f"k = {NEAREST_K}-th nearest real neighbour (Euclidean distance in feature space).",
+        "precision": f"Fraction of the synthetic samples inside the real manifold: the union of balls around each of "
+                     f"the {knn['n_reference']} training-split features with the radius of its k = {NEAREST_K}-th "
+                     f"nearest real neighbour (Euclidean distance in feature space). Precision, recall, density and "
+                     f"coverage of the synthetic set and of {heldout} (their real baselines) are computed with the "
+                     f"same number of samples, n = {knn['n']} (`precision_recall_n`; coverage and recall grow with "
+                     f"n): the larger of the two sets is subsampled to n, {max(knn['repeats'].values())} seeded "
+                     f"subsets averaged.",
         "recall": f"Fraction of training-split features inside the synthetic manifold (balls of radius the "
                   f"k = {NEAREST_K}-th nearest synthetic neighbour).",
         "density": f"Mean number of real k = {NEAREST_K} balls that contain each synthetic sample, divided by k "
                    f"(about 1 for samples distributed like the real ones).",
         "coverage": f"Fraction of training-split features whose k = {NEAREST_K} ball contains at least one synthetic sample.",
         "real_baselines": f"`*_real_baseline` of precision/recall/density/coverage: the same numbers against all "
-                          f"{fidelity_counts['n_train']} training features with {n_heldout_baseline} samples of "
-                          f"{heldout} (at most as many as the {n_synthetic} synthetic ones) in place of the synthetic "
-                          f"set; `mmd_real_baseline`: the MMD between the training and held-out subsamples.",
+                          f"{knn['n_reference']} training features with n = {knn['n']} samples of {heldout} in place "
+                          f"of the n = {knn['n']} synthetic ones; `mmd_real_baseline`: the MMD between the training "
+                          f"and held-out subsamples.",
         "ms_ssim_synthetic": "Mean multi-scale SSIM over random pairs of synthetic samples (kernel and scales sized "
                              "for small images, see diversity.settings; per class in diversity.per_class); high "
                              "values mean similar samples (low diversity).",
@@ -686,13 +746,13 @@ def evaluate(
     with timer.stage("fidelity"):
         fid_kid = fidelity.fidelity_with_baseline(train_f, heldout_f, synth_f, seed=seed)
         metrics.update({key: fid_kid[key] for key in ("fid", "kid", "fid_real_baseline", "kid_real_baseline", "mmd")})
-        metrics.update(fidelity.precision_recall_density_coverage(train_f, synth_f, k=NEAREST_K))
-        baseline_f = _heldout_like(heldout_f, len(synth_f), seed)
-        baseline = fidelity.precision_recall_density_coverage(train_f, baseline_f, k=NEAREST_K)
+        knn = fidelity.matched_precision_recall(train_f, heldout_f, synth_f, k=NEAREST_K, seed=seed)
+        metrics.update(knn["synthetic"])
         metrics["mmd_real_baseline"] = fid_kid["mmd_real_baseline"]
         fidelity_counts = {key: fid_kid[key] for key in ("n", "n_train", "n_heldout", "n_synthetic")}
         for key in ("precision", "recall", "density", "coverage"):
-            metrics[f"{key}_real_baseline"] = baseline[key]
+            metrics[f"{key}_real_baseline"] = knn["real_baseline"][key]
+        metrics["precision_recall_n"] = {key: knn[key] for key in ("n", "n_reference", "repeats")}
     with timer.stage("diversity"):
         diverse = diversity.diversity_report(synth.images, synth.labels, train.images, train.labels, list(real.classes))
         metrics.update({key: diverse[key] for key in ("ms_ssim_synthetic", "ms_ssim_real", "mode_collapse")})
@@ -749,6 +809,7 @@ def evaluate(
         "synthetic_source": synthetic.source,
         "synthetic_provenance": synthetic.provenance,
         "synthetic_skipped_files": synthetic.skipped,
+        "synthetic_preprocessing": synthetic.preprocessing,
         "run": None if run_path is None else str(run_path),
         "reference_split": "training",
         "heldout_split": HELDOUT_SPLIT,
@@ -770,7 +831,7 @@ def evaluate(
     }
     metrics["feature_extractor"] = {"kind": extractor.kind, "description": extractor.description,
                                     "dimensions": int(train_f.shape[1])}
-    metrics["methods"] = _methods(real, extractor, fidelity_counts, len(synth_f), len(baseline_f), utility,
+    metrics["methods"] = _methods(real, extractor, fidelity_counts, knn, utility,
                                   filter_synthetic, seeds, synthetic_ratio)
     metrics["timing"] = timer.seconds
     metrics = _plain(metrics)

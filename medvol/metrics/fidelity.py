@@ -20,6 +20,7 @@ __all__ = [
     "fidelity_with_baseline",
     "frechet_distance",
     "kernel_inception_distance",
+    "matched_precision_recall",
     "maximum_mean_discrepancy",
     "median_bandwidth",
     "pairwise_euclidean",
@@ -355,3 +356,44 @@ def precision_recall_density_coverage(real_features, synthetic_features, k: int 
         "coverage": float(inside_real_balls.any(axis=1).mean()),
         "k": int(k),
     }
+
+
+def matched_precision_recall(
+    train_features, heldout_features, synthetic_features, k: int = 5, seed: int = 0, repeats: int = 5
+) -> dict:
+    """`precision_recall_density_coverage` of the synthetic set and of the held-out real set (the real baseline),
+    both against the whole training set and both queried with the same number n of samples.
+
+    Coverage and recall grow with the number of query samples (one Gaussian in 8 dimensions, 400 reference
+    samples: coverage 0.99 with 400 queries, about 0.5 with 60), so numbers at different n are not comparable. n is
+    the size of the smaller of the two query sets; the larger set is subsampled to n (seeded, without replacement)
+    `repeats` times and its numbers averaged.
+
+    Args:
+        train_features: ``[N_train, F]``, the reference (its balls and the recall/coverage denominators).
+        heldout_features: ``[N_heldout, F]`` real images not used for training.
+        synthetic_features: ``[N_synthetic, F]``.
+        k: neighbour count of the balls (each set needs more than k samples).
+        seed: seed of the subsets.
+        repeats: subsets averaged for the larger set.
+
+    Returns:
+        dict with ``synthetic`` and ``real_baseline`` (each ``precision``, ``recall``, ``density``, ``coverage``,
+        ``k``), ``n``, ``n_reference`` and ``repeats`` {``synthetic``, ``real_baseline``} (1 for the smaller set).
+
+    Raises:
+        MedvolInputError: a set with k or fewer samples, or different feature widths.
+    """
+    train = as_feature_array(train_features, "precision/recall, training features")
+    heldout = as_feature_array(heldout_features, "precision/recall, held-out features")
+    synthetic = as_feature_array(synthetic_features, "precision/recall, synthetic features")
+    n = min(len(heldout), len(synthetic))
+    rng = np.random.default_rng(seed)
+    result: dict = {"n": n, "n_reference": len(train), "repeats": {}}
+    for name, query in (("synthetic", synthetic), ("real_baseline", heldout)):
+        draws = [np.arange(n)] if len(query) == n else [rng.choice(len(query), n, replace=False) for _ in range(max(1, repeats))]
+        values = [precision_recall_density_coverage(train, query[index], k=k) for index in draws]
+        result[name] = {key: float(np.mean([v[key] for v in values])) for key in ("precision", "recall", "density", "coverage")}
+        result[name]["k"] = int(k)
+        result["repeats"][name] = len(draws)
+    return result

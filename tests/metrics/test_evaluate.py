@@ -86,6 +86,8 @@ def test_evaluation_writes_every_key_with_counts_utility_filtering_and_report(pr
         low, high = metrics[key]["ci95"]
         assert low <= high and np.isfinite(metrics[key]["value"])
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("precision", "recall", "coverage"))
+    # the k-NN metrics of the 12 synthetic samples and of the 8 held-out ones (their baseline) at one n
+    assert metrics["precision_recall_n"] == {"n": 8, "n_reference": 24, "repeats": {"synthetic": 5, "real_baseline": 1}}
     counts = metrics["inputs"]["counts"]
     assert counts["training"] == {"total": 24, "per_class": {"normal": 12, "lesion": 12}}
     assert counts[HELDOUT_SPLIT]["total"] == 8 and counts["synthetic"] == {"total": 12, "per_class": {"normal": 6, "lesion": 6}}

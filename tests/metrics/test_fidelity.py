@@ -16,6 +16,7 @@ from medvol.metrics.fidelity import (
     fidelity_with_baseline,
     frechet_distance,
     kernel_inception_distance,
+    matched_precision_recall,
     maximum_mean_discrepancy,
     pairwise_euclidean,
     precision_recall_density_coverage,
@@ -97,6 +98,23 @@ def test_precision_recall_density_coverage_hand_computed():
     assert result["coverage"] == 0.5  # the balls of 1 and 2 hold a synthetic sample
     identical = precision_recall_density_coverage(real, real, k=2)
     assert identical["precision"] == identical["recall"] == identical["coverage"] == 1.0
+
+
+def test_synthetic_and_real_baseline_knn_metrics_are_taken_at_one_n():
+    """Coverage grows with the number of query samples (here 0.99 at n=400 against about 0.5 at n=60 for one
+    distribution): the synthetic set and the held-out baseline are both queried with n = the smaller set."""
+    train, heldout, synthetic = gaussian(400, seed=0), gaussian(60, seed=1), gaussian(400, seed=2)
+    result = matched_precision_recall(train, heldout, synthetic, k=5, seed=0)
+    assert result["n"] == 60 and result["n_reference"] == 400
+    unmatched = precision_recall_density_coverage(train, synthetic, k=5)["coverage"]
+    assert unmatched - result["real_baseline"]["coverage"] > 0.2  # what comparing at different n did
+    # one n, one distribution: equal up to the noise of one 60-sample held-out set (density is the noisiest)
+    for key, tolerance in (("precision", 0.1), ("recall", 0.1), ("density", 0.4), ("coverage", 0.15)):
+        assert result["synthetic"][key] == pytest.approx(result["real_baseline"][key], abs=tolerance), key
+    assert result["repeats"] == {"synthetic": 5, "real_baseline": 1}
+    # the held-out set is the larger one: it is subsampled instead
+    swapped = matched_precision_recall(train, synthetic, heldout, k=5, seed=0)
+    assert swapped["n"] == 60 and swapped["repeats"] == {"synthetic": 1, "real_baseline": 5}
 
 
 def test_kid_is_about_zero_for_one_distribution_and_grows_with_distance():
