@@ -14,7 +14,12 @@ from monai.networks.layers.factories import Conv, Norm, Pool
 from monai.utils import ensure_tuple_rep
 from torch import nn
 
+from medvol.networks.conditioning import ConditionalNorm, apply_layers
+
 NORMS = (None, "batch", "instance", "layer")
+#: how a generator doubles its resolution: a transposed convolution, or interpolation then a convolution (no
+#: checkerboard artefacts, Odena et al. 2016)
+UPSAMPLING = ("transposed", "nearest", "linear")
 
 
 def check_spatial_dims(spatial_dims: int) -> int:
@@ -155,7 +160,32 @@ def strided_conv(
     return Conv[Conv.CONVTRANS if transposed else Conv.CONV, spatial_dims](in_channels, out_channels, **options)
 
 
-def norm_layer(norm: str | None, spatial_dims: int, channels: int, momentum: float = 0.1) -> nn.Module:
+def upsampling_conv(
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    stride: Sequence[int],
+    mode: str = "transposed",
+    bias: bool = True,
+) -> nn.Module:
+    """A layer that multiplies each axis by its `stride` (1 or 2): a transposed convolution (`mode="transposed"`), or
+    nearest / (bi/tri)linear interpolation followed by a size-keeping convolution (`"nearest"`, `"linear"`)."""
+    if mode == "transposed":
+        return strided_conv(spatial_dims, in_channels, out_channels, kernel_size, stride, True, bias=bias)
+    if mode not in UPSAMPLING:
+        raise ValueError(f"upsampling must be one of {UPSAMPLING}, got {mode!r}")
+    interpolation = "nearest" if mode == "nearest" else ("bilinear" if spatial_dims == 2 else "trilinear")
+    corners = None if mode == "nearest" else False
+    return nn.Sequential(
+        nn.Upsample(scale_factor=tuple(float(s) for s in stride), mode=interpolation, align_corners=corners),
+        strided_conv(spatial_dims, in_channels, out_channels, kernel_size, (1,) * len(stride), bias=bias),
+    )
+
+
+def norm_layer(
+    norm: str | None, spatial_dims: int, channels: int, momentum: float = 0.1, num_classes: int = 0
+) -> nn.Module:
     """Normalisation layer by name.
 
     Args:
@@ -164,9 +194,12 @@ def norm_layer(norm: str | None, spatial_dims: int, channels: int, momentum: flo
         spatial_dims: 2 or 3.
         channels: number of channels.
         momentum: running-statistics momentum of batch norm (PyTorch convention).
+        num_classes: above 0, a class-conditional `ConditionalNorm` (per-class gain and bias) instead of the affine.
     """
     if norm is None:
         return nn.Identity()
+    if num_classes > 0:
+        return ConditionalNorm(norm, spatial_dims, channels, num_classes, momentum)
     if norm == "batch":
         return Norm[Norm.BATCH, spatial_dims](channels, momentum=momentum)
     if norm == "instance":
@@ -235,28 +268,37 @@ class ResidualUpBlock(nn.Module):
         out_channels: output channels.
         scale: per-axis upsampling factor (1 or 2 on each axis).
         norm: normalisation, see `norm_layer`.
+        num_classes: above 0, class-conditional normalisation (`forward(x, labels)` then needs the labels).
     """
 
+    takes_labels = True
+
     def __init__(
-        self, spatial_dims: int, in_channels: int, out_channels: int, scale: Sequence[int], norm: str | None = "batch"
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        scale: Sequence[int],
+        norm: str | None = "batch",
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
         conv = Conv[Conv.CONV, spatial_dims]
         scale = tuple(int(s) for s in scale)
         upsample = nn.Upsample(scale_factor=tuple(float(s) for s in scale), mode="nearest")
         self.residual = nn.Sequential(
-            norm_layer(norm, spatial_dims, in_channels),
+            norm_layer(norm, spatial_dims, in_channels, num_classes=num_classes),
             nn.ReLU(),
             upsample,
             conv(in_channels, out_channels, 3, padding=1),
-            norm_layer(norm, spatial_dims, out_channels),
+            norm_layer(norm, spatial_dims, out_channels, num_classes=num_classes),
             nn.ReLU(),
             conv(out_channels, out_channels, 3, padding=1),
         )
         self.skip = nn.Sequential(upsample, conv(in_channels, out_channels, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.residual(x) + self.skip(x)
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return apply_layers(self.residual, x, labels) + self.skip(x)
 
 
 class ResidualDownBlock(nn.Module):

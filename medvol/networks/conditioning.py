@@ -1,6 +1,8 @@
 """Class conditioning for generators and critics.
 
-- Generators: a learned label embedding concatenated with the noise (`LabelNoiseConcat`).
+- Generators: a learned label embedding concatenated with the noise (`LabelNoiseConcat`), optionally class-conditional
+  normalisation (`ConditionalNorm`: a per-class gain and bias after a normalisation without its own affine, as in
+  conditional batch norm of de Vries et al. 2017 and the SNGAN/BigGAN generators).
 - Critics: projection (the inner product of a label embedding with the critic's features is added to the score,
   Miyato & Koyama 2018), optionally an embedding the size of the image multiplied into the input (`InputLabelEmbedding`,
   as in the Keras conditional GAN), and an auxiliary classifier head (AC-GAN); all in `CriticHead`.
@@ -12,6 +14,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+from monai.networks.layers.factories import Norm
 from torch import nn
 
 
@@ -50,6 +53,55 @@ class LabelNoiseConcat(nn.Module):
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         labels = check_labels(labels, self.num_classes, z.shape[0]).to(z.device)
         return torch.cat([z, self.embedding(labels).to(z.dtype)], dim=1)
+
+
+class ConditionalNorm(nn.Module):
+    """Normalisation whose gain and bias are chosen by the class: `norm(x) * (1 + gain[y]) + bias[y]`, per channel.
+
+    Gains and biases start at 0 (the layer starts as the plain normalisation with unit scale). Called as
+    `layer(x, labels)`; `apply_layers` passes the labels to it inside a `nn.Sequential`.
+
+    Args:
+        norm: "batch", "instance" or "layer" (GroupNorm with one group), each without an affine of its own.
+        spatial_dims: 2 or 3.
+        channels: number of channels.
+        num_classes: number of classes (> 0).
+        momentum: running-statistics momentum of batch norm.
+    """
+
+    takes_labels = True
+
+    def __init__(self, norm: str, spatial_dims: int, channels: int, num_classes: int, momentum: float = 0.1) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError("conditional normalisation needs num_classes > 0")
+        if norm == "batch":
+            self.norm: nn.Module = Norm[Norm.BATCH, spatial_dims](channels, affine=False, momentum=momentum)
+        elif norm == "instance":
+            self.norm = Norm[Norm.INSTANCE, spatial_dims](channels, affine=False)
+        elif norm == "layer":
+            self.norm = nn.GroupNorm(1, channels, affine=False)
+        else:
+            raise ValueError(f"conditional normalisation needs norm 'batch', 'instance' or 'layer', got {norm!r}")
+        self.num_classes = int(num_classes)
+        self.gain = nn.Embedding(self.num_classes, channels)
+        self.bias = nn.Embedding(self.num_classes, channels)
+        nn.init.zeros_(self.gain.weight)
+        nn.init.zeros_(self.bias.weight)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        labels = check_labels(labels, self.num_classes, x.shape[0]).to(x.device)
+        shape = (x.shape[0], -1) + (1,) * (x.ndim - 2)
+        gain = self.gain(labels).to(x.dtype).view(shape)
+        bias = self.bias(labels).to(x.dtype).view(shape)
+        return self.norm(x) * (1.0 + gain) + bias
+
+
+def apply_layers(layers: nn.Module, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """Run the layers of a `nn.Sequential` in order, passing `labels` to those with `takes_labels` set."""
+    for layer in layers:
+        x = layer(x, labels) if getattr(layer, "takes_labels", False) else layer(x)
+    return x
 
 
 class InputLabelEmbedding(nn.Module):

@@ -23,15 +23,17 @@ from medvol.networks.blocks import (
     plan_resolution,
     spatial_shape,
     strided_conv,
+    upsampling_conv,
 )
-from medvol.networks.conditioning import CriticHead, InputLabelEmbedding, LabelNoiseConcat
+from medvol.networks.conditioning import CriticHead, InputLabelEmbedding, LabelNoiseConcat, apply_layers
 from medvol.networks.init import init_dcgan_weights
 
 
 class Generator(nn.Module):
     """Base of every generator: checks the noise, concatenates the label embedding when conditional, runs `self.body`.
 
-    Subclasses build `self.body`, mapping `[B, self.input_size]` to images `[B, out_channels, *image_size]` in [-1, 1].
+    Subclasses build `self.body`, mapping `[B, self.input_size]` to images `[B, out_channels, *image_size]` in [-1, 1];
+    its layers with `takes_labels` (class-conditional normalisation) get the labels too.
 
     Args:
         spatial_dims: 2 or 3.
@@ -65,11 +67,17 @@ class Generator(nn.Module):
             self.conditioning = None
             self.input_size = self.latent_size
 
+    def _norm_classes(self, conditional_norm: bool) -> int:
+        """`num_classes` for `norm_layer` when the generator's normalisation is class-conditional, else 0."""
+        if conditional_norm and self.num_classes < 1:
+            raise ValueError("conditional_norm needs a conditional generator (num_classes > 0)")
+        return self.num_classes if conditional_norm else 0
+
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if z.ndim != 2 or z.shape[1] != self.latent_size:
             raise ValueError(f"noise must have shape [B, {self.latent_size}], got {tuple(z.shape)}")
         h = z if self.conditioning is None else self.conditioning(z, labels)
-        return self.body(h)
+        return apply_layers(self.body, h, labels if self.num_classes > 0 else None)
 
 
 class Critic(nn.Module):
@@ -88,6 +96,9 @@ class Critic(nn.Module):
         minibatch_std: add a `MinibatchStdDev` channel to the input of the critic's last layer (the spread within
             each class for a conditional critic, within groups of 4 otherwise), so that it can tell a batch of
             near-identical images from a batch of real ones.
+        spectral_norm: divide the weight of every convolution, dense layer and projection embedding by its largest
+            singular value (Miyato et al. 2018, one power iteration per training forward), which bounds the critic's
+            Lipschitz constant without a gradient penalty. Subclasses call `_apply_spectral_norm()` last.
     """
 
     def __init__(
@@ -100,11 +111,13 @@ class Critic(nn.Module):
         input_conditioning: bool = False,
         auxiliary_classifier: bool = False,
         minibatch_std: bool = False,
+        spectral_norm: bool = False,
     ) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
         self.image_size = spatial_shape(image_size, spatial_dims)
         self.in_channels = int(in_channels)
+        self.spectral_norm = bool(spectral_norm)
         self.num_classes = int(num_classes)
         self.auxiliary_classifier = bool(auxiliary_classifier)
         self._projection = bool(projection)
@@ -121,6 +134,16 @@ class Critic(nn.Module):
 
     def _build_head(self, feature_size: int) -> None:
         self.head = CriticHead(feature_size, self.num_classes, self._projection, self.auxiliary_classifier)
+
+    def _apply_spectral_norm(self) -> None:
+        """Spectrally normalise the weights of `self.features` and `self.head` when `spectral_norm` is set (after any
+        weight initialisation: the parametrised weight is computed, so initialising it afterwards has no effect)."""
+        if not self.spectral_norm:
+            return
+        for part in (self.features, self.head):
+            for layer in part.modules():
+                if isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding)):
+                    nn.utils.parametrizations.spectral_norm(layer)
 
     def forward(
         self, x: torch.Tensor, labels: torch.Tensor | None = None
@@ -196,7 +219,7 @@ class FullyConnectedDiscriminator(Critic):
         in_channels: image channels.
         hidden_sizes: widths of the hidden dense layers.
         negative_slope: LeakyReLU slope.
-        num_classes, projection, input_conditioning, auxiliary_classifier, minibatch_std: see `Critic`.
+        num_classes, projection, input_conditioning, auxiliary_classifier, minibatch_std, spectral_norm: see `Critic`.
     """
 
     def __init__(
@@ -211,10 +234,11 @@ class FullyConnectedDiscriminator(Critic):
         input_conditioning: bool = False,
         auxiliary_classifier: bool = False,
         minibatch_std: bool = False,
+        spectral_norm: bool = False,
     ) -> None:
         super().__init__(
             spatial_dims, image_size, in_channels, num_classes, projection, input_conditioning, auxiliary_classifier,
-            minibatch_std,
+            minibatch_std, spectral_norm,
         )
         layers: list[nn.Module] = [nn.Flatten()]
         width = self.in_channels * math.prod(self.image_size)
@@ -226,11 +250,14 @@ class FullyConnectedDiscriminator(Critic):
             width = hidden
         self.features = nn.Sequential(*layers)
         self._build_head(width)
+        self._apply_spectral_norm()
 
 
 class DCGANGenerator(Generator):
     """DCGAN generator (Radford et al.; 3D as in Wu et al.): dense -> `channels[0]` x start shape, then one transposed
     convolution (stride 2 per axis, see `plan_resolution`) per entry of `channels`, batch norm and ReLU between, tanh out.
+    Options: interpolation + convolution instead of the transposed convolutions (`upsampling`), class-conditional
+    normalisation (`conditional_norm`).
 
     The default start shape is `image_size / 2**len(channels)` (4 x 4 (x 4) for 64-sized images); pass `start_shape`
     for shapes that are not a multiple of 16 on every axis (e.g. `start_shape=(4, 4, 5)` for 64 x 64 x 80 uses
@@ -248,6 +275,9 @@ class DCGANGenerator(Generator):
         num_classes: classes to condition on (0: unconditional).
         embedding_size: label embedding size (default `latent_size`).
         dcgan_init: initialise weights with `init_dcgan_weights`.
+        upsampling: "transposed" (as published), "nearest" or "linear": interpolation then a convolution, which
+            avoids the checkerboard pattern of transposed convolutions (`blocks.upsampling_conv`).
+        conditional_norm: per-class gain and bias in every normalisation (`ConditionalNorm`; needs `num_classes`).
     """
 
     def __init__(
@@ -263,24 +293,31 @@ class DCGANGenerator(Generator):
         num_classes: int = 0,
         embedding_size: int | None = None,
         dcgan_init: bool = True,
+        upsampling: str = "transposed",
+        conditional_norm: bool = False,
     ) -> None:
         super().__init__(spatial_dims, image_size, latent_size, out_channels, num_classes, embedding_size)
         self.plan = plan_resolution(self.image_size, len(channels), start_shape)
+        norm_classes = self._norm_classes(conditional_norm)
         widths = [*channels, self.out_channels]
         layers: list[nn.Module] = [
             nn.Linear(self.input_size, widths[0] * math.prod(self.plan.start_shape), bias=norm is None),
             nn.Unflatten(1, (widths[0], *self.plan.start_shape)),
-            norm_layer(norm, spatial_dims, widths[0]),
+            norm_layer(norm, spatial_dims, widths[0], num_classes=norm_classes),
             nn.ReLU(),
         ]
         for stage, stride in enumerate(self.plan.strides):
             last = stage == self.plan.num_stages - 1
             layers.append(
-                strided_conv(
-                    spatial_dims, widths[stage], widths[stage + 1], kernel_size, stride, True, bias=last or norm is None
+                upsampling_conv(
+                    spatial_dims, widths[stage], widths[stage + 1], kernel_size, stride, upsampling,
+                    bias=last or norm is None,
                 )
             )
-            layers += [nn.Tanh()] if last else [norm_layer(norm, spatial_dims, widths[stage + 1]), nn.ReLU()]
+            layers += (
+                [nn.Tanh()] if last
+                else [norm_layer(norm, spatial_dims, widths[stage + 1], num_classes=norm_classes), nn.ReLU()]
+            )
         self.body = nn.Sequential(*layers)
         if dcgan_init:
             init_dcgan_weights(self)
@@ -299,7 +336,7 @@ class DCGANDiscriminator(Critic):
         negative_slope: LeakyReLU slope.
         start_shape: coarsest spatial shape (see `DCGANGenerator`).
         norm: normalisation ("batch" as published; "layer"/"instance"/None for a WGAN-GP critic).
-        num_classes, projection, input_conditioning, auxiliary_classifier, minibatch_std: see `Critic`.
+        num_classes, projection, input_conditioning, auxiliary_classifier, minibatch_std, spectral_norm: see `Critic`.
         dcgan_init: initialise weights with `init_dcgan_weights`.
     """
 
@@ -318,11 +355,12 @@ class DCGANDiscriminator(Critic):
         input_conditioning: bool = False,
         auxiliary_classifier: bool = False,
         minibatch_std: bool = False,
+        spectral_norm: bool = False,
         dcgan_init: bool = True,
     ) -> None:
         super().__init__(
             spatial_dims, image_size, in_channels, num_classes, projection, input_conditioning, auxiliary_classifier,
-            minibatch_std,
+            minibatch_std, spectral_norm,
         )
         self.plan = plan_resolution(self.image_size, len(channels), start_shape)
         layers: list[nn.Module] = []
@@ -343,6 +381,7 @@ class DCGANDiscriminator(Critic):
         self._build_head(width * math.prod(self.plan.start_shape))
         if dcgan_init:
             init_dcgan_weights(self)
+        self._apply_spectral_norm()
 
 
 def _residual_widths(count: int, spatial_dims: int, base_channels: int | None, max_channels: int | None) -> list[int]:
@@ -372,6 +411,7 @@ class ResidualGenerator(Generator):
         norm: normalisation in the blocks.
         num_classes: classes to condition on (0: unconditional).
         embedding_size: label embedding size (default `latent_size`).
+        conditional_norm: per-class gain and bias in every normalisation (`ConditionalNorm`; needs `num_classes`).
     """
 
     def __init__(
@@ -387,11 +427,13 @@ class ResidualGenerator(Generator):
         norm: str | None = "batch",
         num_classes: int = 0,
         embedding_size: int | None = None,
+        conditional_norm: bool = False,
     ) -> None:
         super().__init__(spatial_dims, image_size, latent_size, out_channels, num_classes, embedding_size)
         self.plan = plan_resolution(self.image_size, None if channels is None else len(channels) - 1, start_shape)
         if self.plan.num_stages < 1:
             raise ValueError(f"image size {self.image_size} is too small for a residual generator (needs 8 or more per axis)")
+        norm_classes = self._norm_classes(conditional_norm)
         if channels is None:
             channels = _residual_widths(self.plan.num_stages + 1, spatial_dims, base_channels, max_channels)[::-1]
         widths = list(channels)
@@ -400,9 +442,9 @@ class ResidualGenerator(Generator):
             nn.Unflatten(1, (widths[0], *self.plan.start_shape)),
         ]
         for stage, stride in enumerate(self.plan.strides):
-            layers.append(ResidualUpBlock(spatial_dims, widths[stage], widths[stage + 1], stride, norm))
+            layers.append(ResidualUpBlock(spatial_dims, widths[stage], widths[stage + 1], stride, norm, norm_classes))
         layers += [
-            norm_layer(norm, spatial_dims, widths[-1]),
+            norm_layer(norm, spatial_dims, widths[-1], num_classes=norm_classes),
             nn.ReLU(),
             Conv[Conv.CONV, spatial_dims](widths[-1], self.out_channels, 3, padding=1),
             nn.Tanh(),
@@ -423,7 +465,7 @@ class ResidualCritic(Critic):
         max_channels: cap of the derived widths (default 256 in 2D, 128 in 3D).
         start_shape: coarsest spatial shape; None to derive it.
         norm: normalisation in the blocks: None, "layer" or "instance" ("batch" breaks the gradient penalty).
-        num_classes, projection, input_conditioning, auxiliary_classifier, minibatch_std: see `Critic`.
+        num_classes, projection, input_conditioning, auxiliary_classifier, minibatch_std, spectral_norm: see `Critic`.
     """
 
     def __init__(
@@ -441,10 +483,11 @@ class ResidualCritic(Critic):
         input_conditioning: bool = False,
         auxiliary_classifier: bool = False,
         minibatch_std: bool = False,
+        spectral_norm: bool = False,
     ) -> None:
         super().__init__(
             spatial_dims, image_size, in_channels, num_classes, projection, input_conditioning, auxiliary_classifier,
-            minibatch_std,
+            minibatch_std, spectral_norm,
         )
         self.plan = plan_resolution(self.image_size, None if channels is None else len(channels), start_shape)
         if self.plan.num_stages < 1:
@@ -462,3 +505,4 @@ class ResidualCritic(Critic):
         layers += [nn.ReLU(), nn.Flatten()]
         self.features = nn.Sequential(*layers)
         self._build_head(width * math.prod(self.plan.start_shape))
+        self._apply_spectral_norm()

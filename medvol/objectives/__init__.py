@@ -14,6 +14,7 @@ import torch
 
 from medvol.objectives.adversarial import (
     AdversarialObjective,
+    HingeLoss,
     NonSaturatingGANLoss,
     WassersteinGradientPenalty,
     WassersteinLoss,
@@ -35,6 +36,14 @@ OBJECTIVES: dict[str, tuple[type, dict[str, Any]]] = {
     "acwgan_gp": (WassersteinGradientPenalty, {"auxiliary_weight": 1.0}),
 }
 SETTING_KEYS = ("critic_steps", "optimizer", "lr", "betas")
+#: adversarial losses any GAN family can switch to with `loss=NAME` (the family's defaults that the new class takes,
+#: such as `mode_seeking_weight` or `auxiliary_weight`, are kept)
+LOSSES: dict[str, type] = {
+    "bce": NonSaturatingGANLoss,
+    "hinge": HingeLoss,
+    "wgan_clip": WassersteinWeightClipping,
+    "wgan_gp": WassersteinGradientPenalty,
+}
 
 
 def build_objective(family: str, **overrides: Any) -> tuple[AdversarialObjective | ReconstructionLoss, dict[str, Any]]:
@@ -43,8 +52,10 @@ def build_objective(family: str, **overrides: Any) -> tuple[AdversarialObjective
     Args:
         family: cae, vae, gan, dcgan, cgan, wgan, wgan_gp or acwgan_gp.
         overrides: `critic_steps`, `optimizer` (a dict merged into the recommended one), `lr` and `betas` change the
-            settings; any other key goes to the objective's constructor (e.g. `penalty_weight=5`, `clip_value=0.02`,
-            `label_smoothing=0.1`, `kl_weight=8.0`, `metric="l1"`, `auxiliary_weight=0.5`).
+            settings; `loss` (a GAN family only) replaces the adversarial loss by one of `LOSSES` (e.g. `loss=hinge`),
+            with that loss's recommended settings; any other key goes to the objective's constructor (e.g.
+            `penalty_weight=5`, `clip_value=0.02`, `label_smoothing=0.1`, `kl_weight=8.0`, `metric="l1"`,
+            `auxiliary_weight=0.5`).
 
     Returns:
         `(objective, settings)` where settings is `{"optimizer": {"name": "Adam", "lr": ..., ...}}` plus, for the GAN
@@ -55,6 +66,14 @@ def build_objective(family: str, **overrides: Any) -> tuple[AdversarialObjective
     if family not in OBJECTIVES:
         raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(OBJECTIVES)}")
     cls, defaults = OBJECTIVES[family]
+    loss = overrides.pop("loss", None)
+    if loss is not None:
+        if not issubclass(cls, AdversarialObjective):
+            raise ValueError(f"{family} is an autoencoder family: loss does not apply")
+        if not isinstance(loss, str) or loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        cls = LOSSES[loss]
+        defaults = {key: value for key, value in defaults.items() if key in inspect.signature(cls.__init__).parameters}
     settings_overrides = {key: overrides.pop(key) for key in SETTING_KEYS if key in overrides}
     objective = cls(**{**defaults, **overrides})
     settings = objective.recommended_settings()
@@ -99,6 +118,8 @@ def build_optimizer(parameters: Iterable[torch.nn.Parameter], optimizer: dict[st
 __all__ = [
     "OBJECTIVES",
     "AdversarialObjective",
+    "HingeLoss",
+    "LOSSES",
     "NonSaturatingGANLoss",
     "ReconstructionLoss",
     "VAELoss",

@@ -224,6 +224,26 @@ class NonSaturatingGANLoss(AdversarialObjective):
         return loss, {"bce": loss.detach()}
 
 
+class HingeLoss(AdversarialObjective):
+    """Hinge loss (Lim & Ye 2017; the SNGAN / projection-discriminator recipe of Miyato et al. 2018): critic
+    `E[relu(1 - D(real))] + E[relu(1 + D(fake))]`, generator `-E[D(fake)]`. Meant for a spectrally normalised critic
+    (`spectral_norm=True`), which bounds its scores; Adam lr 2e-4, betas (0.5, 0.999) and one critic step (the
+    published setting with one critic update per generator update).
+
+    Args:
+        auxiliary_weight: weight of the auxiliary classification term.
+        mode_seeking_weight: weight of the mode-seeking term of the generator loss.
+    """
+
+    def _critic_terms(self, real_score: torch.Tensor, fake_score: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        real_term = F.relu(1.0 - real_score).mean()
+        fake_term = F.relu(1.0 + fake_score).mean()
+        return real_term + fake_term, {"hinge_real": real_term.detach(), "hinge_fake": fake_term.detach()}
+
+    def _generator_terms(self, fake_score: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        return -fake_score.mean(), {}
+
+
 class WassersteinLoss(AdversarialObjective):
     """Wasserstein critic loss `E[D(fake)] - E[D(real)]` and generator loss `-E[D(fake)]` (no Lipschitz constraint
     by itself: use `WassersteinWeightClipping` or `WassersteinGradientPenalty`)."""
