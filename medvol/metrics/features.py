@@ -191,6 +191,12 @@ def recipe_epochs(count: int, epochs: int | None = None, batch_size: int = DEFAU
     return max(DEFAULT_EPOCHS, math.ceil(DEFAULT_MIN_STEPS / max(1, math.ceil(count / batch_size))))
 
 
+def recipe_steps(count: int, epochs: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+    """Optimiser steps of the classifier recipe for `count` training images: `recipe_epochs` times the batches per
+    epoch (180 images: 504; 1800 images: 570)."""
+    return recipe_epochs(count, epochs, batch_size) * math.ceil(count / batch_size)
+
+
 def train_classifier(
     images: torch.Tensor,
     labels: Any,
@@ -209,6 +215,8 @@ def train_classifier(
     progress: bool = False,
     description: str = "classifier",
     threads: int | None = 1,
+    steps: int | None = None,
+    initial: nn.Module | None = None,
 ) -> ResNetClassifier:
     """Train a `ResNetClassifier`: the one classifier recipe of the evaluation.
 
@@ -244,6 +252,10 @@ def train_classifier(
         threads: CPU threads while training (None: torch's setting). One by default: these small networks ran 7x
             slower on two OpenMP threads than on one on a shared 2-core machine (64^2, 300 images: 3.1 s against
             0.43 s per epoch), and one thread makes the result independent of the machine's core count.
+        steps: train exactly this many optimiser steps instead of `epochs` passes (the last pass stops part-way), so
+            that training sets of different sizes get the same budget; the learning rate is annealed over them.
+        initial: start from this network's weights (same architecture) instead of a fresh initialisation, e.g. to
+            fine-tune a pre-trained classifier; it is not modified.
 
     Returns:
         the trained classifier, in evaluation mode, with `history` (one dict per epoch: `epoch`, `loss`,
@@ -256,9 +268,15 @@ def train_classifier(
         raise MedvolInputError(None, f"a classifier needs at least 2 training images, got {count}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    steps_per_epoch = math.ceil(count / batch_size)
+    if steps is not None:
+        if int(steps) < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        epochs = math.ceil(int(steps) / steps_per_epoch)
     epochs = recipe_epochs(count, epochs, batch_size)
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    total_steps = steps_per_epoch * epochs if steps is None else int(steps)
     augment_mask = torch.as_tensor(np.broadcast_to(np.asarray(augment, dtype=bool), (count,)).copy())
     device = default_device(device)
     spatial_dims = images.ndim - 2
@@ -293,21 +311,23 @@ def train_classifier(
     )
     labels_t = torch.as_tensor(labels)
     order_generator = torch.Generator().manual_seed(int(seed))
-    steps_per_epoch = math.ceil(count / batch_size)
-    total_steps = steps_per_epoch * epochs
     history: list[dict[str, float]] = []
 
     with seeded(int(seed), device), cpu_threads(threads, device):
         classifier = ResNetClassifier(
             spatial_dims, num_classes, channels=channels, stem_stride=stem_stride_for(images.shape[2:], channels)
         ).to(device)
+        if initial is not None:
+            classifier.load_state_dict(initial.state_dict())
         optimizer = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=weight_decay)
         step = 0
         for epoch in tqdm(range(epochs), desc=description, leave=False, disable=not progress, unit="epoch"):
             classifier.train()
             order = torch.randperm(count, generator=order_generator)
-            loss_sum, correct = 0.0, 0
+            loss_sum, correct, seen = 0.0, 0, 0
             for index in torch.tensor_split(order, steps_per_epoch):
+                if step == total_steps:
+                    break
                 batch = images[index]
                 if augment_batch is not None:
                     batch = augment_batch(batch, index)
@@ -322,10 +342,11 @@ def train_classifier(
                 step += 1
                 loss_sum += float(loss.detach()) * index.numel()
                 correct += int((logits.detach().argmax(1) == target).sum())
+                seen += index.numel()
             record = {
                 "epoch": epoch + 1,
-                "loss": loss_sum / count,
-                "train_accuracy": correct / count,
+                "loss": loss_sum / seen,
+                "train_accuracy": correct / seen,
                 "lr": optimizer.param_groups[0]["lr"],
             }
             if monitor_images is not None:

@@ -25,13 +25,16 @@ from medvol.metrics.features import (
     check_images,
     check_labels,
     predict_probabilities,
-    recipe_epochs,
+    recipe_steps,
     train_classifier,
 )
 
 logger = logging.getLogger(__name__)
 
 ARMS = ("real", "real+augmentation", "synthetic", "real+synthetic", "real+augmentation+synthetic")
+BALANCED_ARM = "real+augmentation+balanced"  # minority classes filled with synthetic samples up to the majority count
+PRETRAINED_ARM = "synthetic->real+augmentation"  # pre-trained on synthetic, fine-tuned on real+augmentation
+ALL_ARMS = (*ARMS, BALANCED_ARM, PRETRAINED_ARM)
 REAL_ONLY_ARMS = ("real", "real+augmentation")  # their classifiers do not depend on the synthetic set: cacheable
 DEFAULT_FILTER_FOLDS = 3
 DEFAULT_FILTER_EPOCHS = 3
@@ -169,7 +172,7 @@ class RealArmCache:
     """Results of the utility classifiers that see no synthetic data (`REAL_ONLY_ARMS`), kept on disk so that
     evaluating a second generator against the same real data does not train them again.
 
-    A result is keyed by the real training and test images and labels, the arm, seed, epochs, device type and a digest
+    A result is keyed by the real training and test images and labels, the arm, seed, optimiser steps, device type and a digest
     of the classifier recipe's code; one JSON file per result. A folder that cannot be written leaves the cache off.
 
     Args:
@@ -180,9 +183,9 @@ class RealArmCache:
         self.folder = Path(folder)
         self._recipe = _recipe_fingerprint()
 
-    def key(self, data: str, arm: str, seed: int, epochs: int, device: Any, record_curves: bool) -> str:
+    def key(self, data: str, arm: str, seed: int, steps: int, device: Any, record_curves: bool) -> str:
         device_type = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-        text = json.dumps([self._recipe, data, arm, int(seed), int(epochs), device_type, bool(record_curves)])
+        text = json.dumps([self._recipe, data, arm, int(seed), int(steps), device_type, bool(record_curves)])
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def load(self, key: str) -> dict | None:
@@ -208,6 +211,65 @@ class RealArmCache:
             logger.debug("utility cache %s not written: %s", self.folder, err)
 
 
+def confidence_selection(
+    train_images: torch.Tensor,
+    train_labels: Any,
+    synthetic_images: torch.Tensor,
+    synthetic_labels: Any,
+    classes: Sequence[str],
+    threshold: float,
+    offered: Any = None,
+    classifier: torch.nn.Module | None = None,
+    seed: int = 0,
+    steps: int | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Keep the synthetic samples that a classifier trained on the real training split assigns to their own class with
+    probability >= `threshold`. Only the training split is ever used: the test split cannot influence the selection.
+
+    Args:
+        train_images: real training images (the selector's training data when `classifier` is None).
+        train_labels: their classes.
+        synthetic_images: synthetic images to select from.
+        synthetic_labels: the classes they were made for.
+        classes: class names, index = label.
+        threshold: least probability of the own class, in (0, 1].
+        offered: boolean per synthetic sample, False for samples already left out (not counted as available).
+        classifier: a classifier trained on the real training split (e.g. the recognisability one); None: one is
+            trained here with the recipe (`train_classifier`, `seed`, `steps`).
+        seed: seed of the classifier trained here.
+        steps: its optimiser steps (None: the recipe's).
+        device: torch device.
+
+    Returns:
+        `{threshold, keep (bool per sample), probabilities (own-class probability per sample), kept, kept_per_class,
+        available_per_class, classifier (words)}`.
+    """
+    if not 0.0 < float(threshold) <= 1.0:
+        raise MedvolInputError("--select-confidence", f"must be in (0, 1], got {threshold}")
+    classes = [str(c) for c in classes]
+    synthetic_images = check_images(synthetic_images, "synthetic images")
+    labels = check_labels(synthetic_labels, synthetic_images.shape[0], len(classes), "synthetic labels")
+    offered = np.ones(labels.size, bool) if offered is None else np.asarray(offered, dtype=bool).reshape(-1)
+    described = "given (trained on the real training split)"
+    if classifier is None:
+        classifier = train_classifier(train_images, train_labels, len(classes), seed=seed, steps=steps, device=device,
+                                      description="selection classifier")
+        described = f"trained here on the real training split (seed {seed}, {steps or 'recipe'} steps)"
+    probabilities = predict_probabilities(classifier, synthetic_images, device=device)
+    own = probabilities[np.arange(labels.size), labels] if labels.size else np.zeros(0)
+    keep = offered & (own >= float(threshold))
+    return {
+        "threshold": float(threshold),
+        "keep": keep.tolist(),
+        "probabilities": own.astype(float).tolist(),
+        "kept": int(keep.sum()),
+        "kept_per_class": {name: int(keep[labels == c].sum()) for c, name in enumerate(classes)},
+        "available_per_class": {name: int(offered[labels == c].sum()) for c, name in enumerate(classes)},
+        "classifier": described,
+    }
+
+
 def utility_study(
     train_images: torch.Tensor,
     train_labels: Any,
@@ -225,16 +287,24 @@ def utility_study(
     record_curves: bool = False,
     arms: Sequence[str] = ARMS,
     cache: RealArmCache | None = None,
+    steps: int | None = None,
+    select_confidence: float | None = None,
+    selection_classifier: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Train the same classifier recipe on five training sets and test each on the same held-out real test split.
+    """Train the same classifier recipe on several training sets and test each on the same held-out real test split.
 
-    Arms: `real` (the real training split), `real+augmentation` (with medvol's classical augmentation drawn anew every
-    epoch), `synthetic` (synthetic samples only), `real+synthetic`, `real+augmentation+synthetic` (augmentation on the
-    real samples only, so that it differs from `real+synthetic` by the augmentation alone). The synthetic part is a
-    random subset, drawn per seed, of `round(synthetic_ratio * len(train))` samples from those `filter_mask` keeps;
-    when fewer are kept than asked, all of them are used and `notes` says so. Every arm trains for the same number of
-    epochs (so arms with synthetic data take more steps) and at least `DEFAULT_MIN_STEPS` steps (so that the arms of
-    a low-data regime converge too), and keeps its last epoch.
+    Arms (`ARMS` by default, `ALL_ARMS` on request): `real` (the real training split), `real+augmentation` (with
+    medvol's classical augmentation drawn anew every time a sample is seen), `synthetic` (synthetic samples only),
+    `real+synthetic`, `real+augmentation+synthetic` (every sample augmented, real and synthetic, so that it differs
+    from `real+synthetic` by the augmentation alone); `BALANCED_ARM` (real+augmentation with every minority class
+    filled with synthetic samples of that class up to the real majority count, drawn per seed); `PRETRAINED_ARM`
+    (pre-trained on the synthetic subset for half the steps, then fine-tuned on real+augmentation for the other half
+    with a fresh optimiser). The synthetic part is a random subset, drawn per seed, of
+    `round(synthetic_ratio * len(train))` samples from those `filter_mask` (and the selection) keeps; when fewer are
+    kept than asked, all of them are used and `notes` says so. Every arm takes the same number of optimiser steps, the
+    real arm's recipe (`recipe_steps`: 10 epochs and at least `DEFAULT_MIN_STEPS` steps, or `epochs` epochs of the
+    real training split) unless `steps` is given, so that an arm with more images does not also train longer; each
+    keeps its last step.
 
     Args:
         train_images: real training images `[N, 1, *size]` in [-1, 1].
@@ -245,23 +315,30 @@ def utility_study(
         synthetic_labels: their (conditioning) classes.
         classes: class names, index = label.
         seeds: number of seeds (0..N-1) or the seeds themselves.
-        epochs: training epochs per classifier (default: the recipe's, `medvol.metrics.features.recipe_epochs` of
-            each arm's training set).
+        epochs: epochs of the real training split that set every arm's step budget (default: the recipe's,
+            `medvol.metrics.features.recipe_steps`).
         synthetic_ratio: synthetic samples per real training sample (> 0).
         filter_mask: boolean per synthetic sample, False to leave it out (e.g. `realness_filter`'s keep mask).
         device: torch device (default: CUDA when available).
         progress: show a progress bar over the trainings.
         record_curves: also record each training's per-epoch test accuracy in `curves` (for plots; no epoch is
             chosen from it).
-        arms: the arms to run (default: all five; `real` is always run, as the reference).
+        arms: the arms to run (default: the five of `ARMS`; `real` is always run, as the reference).
         cache: reuse (and store) the results of the arms without synthetic data; `notes` says which were reused.
+        steps: optimiser steps of every arm (overrides the budget from `epochs`).
+        select_confidence: keep only the synthetic samples whose own class gets at least this probability from a
+            classifier trained on the real training split (`confidence_selection`); None: no selection.
+        selection_classifier: that classifier when the caller has one (trained on the real training split only);
+            None: trained here.
 
     Returns:
-        dict with `seeds`, `epochs`, `synthetic_ratio`, `counts` {arm: {real, synthetic}}, `synthetic_requested`,
+        dict with `seeds`, `steps` {arm: optimiser steps}, `synthetic_ratio`, `counts` {arm: {real, synthetic}}, `synthetic_requested`,
         `synthetic_available`, `test_count`, `notes`, `metrics` (names), `arms` {arm: {metric: {mean, sd, values}}},
         `paired_difference` {arm: {metric: {mean, ci95, values}}} against `real` (seed by seed), `confusion`
         {arm: [[...]] summed over seeds, rows true, columns predicted}, `confusion_per_seed` {arm: [matrix per seed]},
-        `recipe` (words), and with `record_curves` `curves` {arm: [[accuracy per epoch] per seed]}.
+        `recipe` (words), with the balanced arm `balanced` {per_class: synthetic samples added, target}, with the
+        pre-training arm `pretraining` (steps of each stage), with `select_confidence` `selection`
+        (`confidence_selection`), and with `record_curves` `curves` {arm: [[accuracy per epoch] per seed]}.
 
     Raises:
         MedvolInputError: unlabelled or out-of-range labels, an empty split, no synthetic sample left, a shape mismatch.
@@ -270,10 +347,10 @@ def utility_study(
     num_classes = len(classes)
     if num_classes < 2:
         raise MedvolInputError(None, f"the utility study needs at least 2 classes, got {num_classes}")
-    unknown = [a for a in arms if a not in ARMS]
+    unknown = [a for a in arms if a not in ALL_ARMS]
     if unknown:
-        raise ValueError(f"unknown utility arm {unknown[0]!r}; choose from {ARMS}")
-    arms = ["real", *[a for a in ARMS if a in arms and a != "real"]]
+        raise ValueError(f"unknown utility arm {unknown[0]!r}; choose from {ALL_ARMS}")
+    arms = ["real", *[a for a in ALL_ARMS if a in arms and a != "real"]]
     if not synthetic_ratio > 0:
         raise MedvolInputError("--synthetic-ratio", f"must be > 0, got {synthetic_ratio}")
     train_images = check_images(train_images, "real training images")
@@ -296,84 +373,110 @@ def utility_study(
     test_labels = check_labels(test_labels, test_images.shape[0], num_classes, "real test labels")
     synthetic_labels = check_labels(synthetic_labels, synthetic_images.shape[0], num_classes, "synthetic labels")
     seed_list = _seed_list(seeds)
+    n_train = train_images.shape[0]
+    budget = int(steps) if steps is not None else recipe_steps(n_train, epochs)
+    if budget < 1:
+        raise MedvolInputError(None, f"the utility classifiers need at least 1 optimiser step, got {budget}")
+    if PRETRAINED_ARM in arms and budget < 2:
+        raise MedvolInputError(None, f"the {PRETRAINED_ARM} arm needs at least 2 optimiser steps, got {budget}")
 
     keep = np.ones(synthetic_images.shape[0], dtype=bool)
     if filter_mask is not None:
-        keep = np.asarray(filter_mask, dtype=bool).reshape(-1)
+        keep = np.asarray(filter_mask, dtype=bool).reshape(-1).copy()
         if keep.shape[0] != synthetic_images.shape[0]:
             raise ValueError(
                 f"filter_mask has {keep.shape[0]} entries for {synthetic_images.shape[0]} synthetic images"
             )
+    selection = None
+    if select_confidence is not None:
+        selection = confidence_selection(
+            train_images, train_labels, synthetic_images, synthetic_labels, classes, select_confidence,
+            offered=keep, classifier=selection_classifier, seed=seed_list[0], steps=budget, device=device)
+        keep &= np.asarray(selection["keep"], dtype=bool)
     pool = np.flatnonzero(keep)
-    n_train = train_images.shape[0]
     requested = int(round(synthetic_ratio * n_train))
     used = min(requested, pool.size)
     notes: list[str] = []
-    uses_synthetic = any("synthetic" in arm for arm in arms)
-    if uses_synthetic and used < 1:
+    uses_synthetic = any(arm not in REAL_ONLY_ARMS for arm in arms)
+    if uses_synthetic and pool.size < 1:
         raise MedvolInputError(
             None, "no synthetic samples are left for the utility study (all filtered out or none given)"
         )
     if uses_synthetic and used < requested:
         notes.append(
             f"synthetic_ratio {synthetic_ratio} asks for {requested} synthetic samples but only {pool.size} are "
-            f"available{' after filtering' if filter_mask is not None else ''}; all {used} are used (effective ratio "
-            f"{used / n_train:.3f})"
+            f"available{' after filtering' if filter_mask is not None or selection else ''}; all {used} are used "
+            f"(effective ratio {used / n_train:.3f})"
         )
     missing = sorted(set(range(num_classes)) - set(synthetic_labels[pool].tolist())) if uses_synthetic else []
     if missing:
         notes.append(f"no synthetic samples of class {', '.join(classes[c] for c in missing)}")
+    real_counts = np.bincount(train_labels, minlength=num_classes)
+    target = int(real_counts.max())
+    balance_fill = [min(int(target - real_counts[c]), int(np.sum(synthetic_labels[pool] == c)))
+                    for c in range(num_classes)]
+    if BALANCED_ARM in arms:
+        short = [f"{classes[c]} ({balance_fill[c]} of {target - real_counts[c]})" for c in range(num_classes)
+                 if balance_fill[c] < target - real_counts[c]]
+        if short:
+            notes.append(f"balancing: too few synthetic samples to fill class {', '.join(short)}; all are used")
+    pretrain_steps = budget // 2
 
     per_seed: dict[str, list[dict[str, float | None]]] = {arm: [] for arm in arms}
     confusions: dict[str, list[np.ndarray]] = {arm: [] for arm in arms}
     curves: dict[str, list[list[float]]] = {arm: [] for arm in arms}
     counts: dict[str, dict[str, int]] = {}
-    epochs_per_arm: dict[str, int] = {}
     reused: list[str] = []
     data_key = None
     bar = tqdm(total=len(arms) * len(seed_list), desc="utility", unit="classifier", disable=not progress)
+
+    def train(images, labels, augment, arm_steps, seed, description, initial=None):
+        return train_classifier(
+            images, labels, num_classes, seed=seed, steps=arm_steps, augment=augment, device=device,
+            monitor=(test_images, test_labels) if record_curves else None, progress=progress,
+            description=description, initial=initial)
+
     for seed in seed_list:
         rng = np.random.default_rng(seed)
         chosen = np.sort(rng.choice(pool, size=used, replace=False)) if uses_synthetic else pool[:0]
         synthetic_part = synthetic_images[torch.as_tensor(chosen, dtype=torch.long)]
         synthetic_part_labels = synthetic_labels[chosen]
+        fill_rng = np.random.default_rng([seed, 1])  # its own stream: the other arms' subsets stay as they were
+        fill = np.sort(np.concatenate([
+            fill_rng.choice(pool[synthetic_labels[pool] == c], size=balance_fill[c], replace=False)
+            for c in range(num_classes)]).astype(np.int64))
         for arm in arms:
-            with_real = arm.startswith("real")
-            with_synthetic = arm.endswith("synthetic")
-            with_augmentation = "augmentation" in arm
-            parts = ([train_images] if with_real else []) + ([synthetic_part] if with_synthetic else [])
+            if arm == BALANCED_ARM:
+                synthetic_index = fill
+            elif arm == PRETRAINED_ARM or arm.endswith("synthetic"):
+                synthetic_index = chosen
+            else:
+                synthetic_index = chosen[:0]
+            with_real = arm != "synthetic"
+            # real+synthetic arms train on both at once; the pre-training arm sees the synthetic part first
+            mixed = synthetic_index if arm != PRETRAINED_ARM else chosen[:0]
+            parts = ([train_images] if with_real else []) + ([synthetic_images[torch.as_tensor(mixed)]] if mixed.size else [])
             images = torch.cat(parts) if len(parts) > 1 else parts[0]
-            labels = np.concatenate(
-                ([train_labels] if with_real else []) + ([synthetic_part_labels] if with_synthetic else [])
-            )
-            augment = np.zeros(images.shape[0], dtype=bool)
-            if with_augmentation:
-                augment[:n_train] = True
-            counts[arm] = {"real": n_train if with_real else 0, "synthetic": used if with_synthetic else 0}
-            epochs_per_arm[arm] = recipe_epochs(images.shape[0], epochs)
+            labels = np.concatenate(([train_labels] if with_real else []) + [synthetic_labels[mixed]])
+            augment = "augmentation" in arm  # every sample of the arm, real and synthetic alike
+            counts[arm] = {"real": n_train if with_real else 0, "synthetic": int(synthetic_index.size)}
             bar.set_postfix_str(f"{arm}, seed {seed}")
             key = entry = None
             if cache is not None and arm in REAL_ONLY_ARMS:
                 if data_key is None:
                     data_key = _data_fingerprint(train_images, train_labels, test_images, test_labels,
                                                  np.asarray(classes))
-                key = cache.key(data_key, arm, seed, epochs_per_arm[arm], device, record_curves)
+                key = cache.key(data_key, arm, seed, budget, device, record_curves)
                 entry = cache.load(key)
             if entry is not None:
                 reused.append(f"{arm} (seed {seed})")
             else:
-                classifier = train_classifier(
-                    images,
-                    labels,
-                    num_classes,
-                    seed=seed,
-                    epochs=epochs_per_arm[arm],
-                    augment=augment,
-                    device=device,
-                    monitor=(test_images, test_labels) if record_curves else None,
-                    progress=progress,
-                    description=f"{arm} (seed {seed})",
-                )
+                initial, arm_steps = None, budget
+                if arm == PRETRAINED_ARM:
+                    initial = train(synthetic_part, synthetic_part_labels, True, pretrain_steps, seed,
+                                    f"{arm} pre-training (seed {seed})")
+                    arm_steps = budget - pretrain_steps
+                classifier = train(images, labels, augment, arm_steps, seed, f"{arm} (seed {seed})", initial)
                 probabilities = predict_probabilities(classifier, test_images)
                 metrics, confusion = classification_metrics(test_labels, probabilities, classes)
                 curve = [h["monitor_accuracy"] for h in classifier.history] if record_curves else None
@@ -388,14 +491,16 @@ def utility_study(
     bar.close()
     if reused:
         notes.append(
-            f"reused from {cache.folder} (same real images, labels, recipe and seeds; delete the folder to retrain): "
-            + ", ".join(reused)
+            f"reused from {cache.folder} (same real images, labels, recipe, steps and seeds; delete the folder to "
+            "retrain): " + ", ".join(reused)
         )
 
     metric_names = list(per_seed["real"][0])
+    budget_words = (f"{epochs} epochs" if epochs is not None else "10 epochs and at least 500 optimiser steps") + \
+        " of the real training split"
     result: dict[str, Any] = {
         "seeds": seed_list,
-        "epochs": epochs_per_arm,
+        "steps": {arm: budget for arm in arms},
         "synthetic_ratio": float(synthetic_ratio),
         "synthetic_requested": requested,
         "synthetic_available": int(pool.size),
@@ -405,11 +510,12 @@ def utility_study(
         "metrics": metric_names,
         "notes": notes,
         "recipe": (
-            "ResNetClassifier trained by medvol.metrics.features.train_classifier per arm and seed for "
-            + ("10 epochs and at least 500 optimiser steps (epochs per arm in `epochs`)" if epochs is None
-               else f"{epochs} epochs")
-            + " (AdamW, cosine learning rate, class-weighted cross-entropy, last epoch kept); tested on the held-out "
-            "real test split; synthetic subset drawn per seed"
+            f"ResNetClassifier trained by medvol.metrics.features.train_classifier per arm and seed for the same "
+            f"{budget} optimiser steps in every arm ("
+            + (f"{steps} as asked" if steps is not None else budget_words)
+            + "; a larger training set is seen for fewer passes) (AdamW, cosine learning rate, class-weighted "
+            "cross-entropy, last step kept); augmentation arms augment every sample, real and synthetic; tested on "
+            "the held-out real test split; synthetic subset drawn per seed"
         ),
         "arms": {
             arm: {name: summarise([m[name] for m in per_seed[arm]]) for name in metric_names} for arm in arms
@@ -425,6 +531,15 @@ def utility_study(
         "confusion": {arm: np.sum(confusions[arm], axis=0).tolist() for arm in arms},
         "confusion_per_seed": {arm: [c.tolist() for c in confusions[arm]] for arm in arms},
     }
+    if BALANCED_ARM in arms:
+        result["balanced"] = {"per_class": {classes[c]: balance_fill[c] for c in range(num_classes)},
+                              "target": target}
+    if PRETRAINED_ARM in arms:
+        result["pretraining"] = {"pretrain_steps": pretrain_steps, "finetune_steps": budget - pretrain_steps,
+                                 "pretrain_data": "the arm's synthetic subset (as real+synthetic's), augmented",
+                                 "finetune_data": "the real training split, augmented; a fresh optimiser"}
+    if selection is not None:
+        result["selection"] = selection
     if record_curves:
         result["curves"] = curves
     return result

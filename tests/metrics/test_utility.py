@@ -13,6 +13,8 @@ from medvol.metrics.features import train_classifier
 from medvol.metrics import utility as utility_module
 from medvol.metrics.utility import (
     ARMS,
+    BALANCED_ARM,
+    PRETRAINED_ARM,
     RealArmCache,
     classification_metrics,
     paired_difference,
@@ -188,6 +190,11 @@ def test_real_only_arms_are_reused_from_the_cache_and_only_for_the_same_real_dat
                   cache=RealArmCache(tmp_path / "cache"), **options)
     assert len(trained) == 10
 
+    trained.clear()  # the same data and epochs but another step budget: nothing is reused
+    utility_study(train_images, train_labels, test_images, test_labels, synthetic_b, synthetic_labels, ["h", "v"],
+                  cache=RealArmCache(tmp_path / "cache"), steps=2, **options)
+    assert len(trained) == 10
+
 
 def test_an_unwritable_cache_folder_leaves_the_study_working(tmp_path):
     train_images, train_labels = bars(8, seed=0)
@@ -214,14 +221,16 @@ def test_utility_study_rejects_bad_input():
 
 @pytest.mark.slow
 def test_more_data_from_the_same_distribution_helps_a_low_data_classifier():
-    """The 'synthetic' set is more real data: real+synthetic must beat real on every seed."""
+    """The 'synthetic' set is more real data: at the same optimiser steps, real+synthetic must beat real on every
+    seed (the data helps, not extra steps)."""
     train_images, train_labels = bars(8, seed=0)
     test_images, test_labels = bars(200, seed=1)
     extra_images, extra_labels = bars(160, seed=2)
     result = utility_study(
         train_images, train_labels, test_images, test_labels, extra_images, extra_labels, ["h", "v"],
-        seeds=2, epochs=6, synthetic_ratio=20, progress=False, arms=["real", "real+synthetic"],
+        seeds=2, steps=36, synthetic_ratio=20, progress=False, arms=["real", "real+synthetic"],
     )
+    assert result["steps"] == {"real": 36, "real+synthetic": 36}
     difference = result["paired_difference"]["real+synthetic"]["balanced_accuracy"]
     assert min(difference["values"]) > 0.1
     assert result["arms"]["real+synthetic"]["balanced_accuracy"]["mean"] > 0.8
@@ -254,3 +263,147 @@ def test_realness_filter_drops_the_requested_fraction_and_prefers_noise():
     assert scores[36:].mean() > scores[:36].mean()
     keep_none, _ = realness_filter(real_images, synthetic, drop_fraction=0.0, seed=0, folds=2, epochs=1)
     assert keep_none.all()
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """Every classifier the utility study trains: its description, images, labels, augmentation mask, `steps`,
+    `initial` network, returned network and the optimiser steps it really took."""
+    calls = []
+    original = utility_module.train_classifier
+    original_step = torch.optim.AdamW.step
+    counter = [0]
+
+    def counting_step(self, *args, **kwargs):
+        counter[0] += 1
+        return original_step(self, *args, **kwargs)
+
+    def recording(images, labels, num_classes, description="classifier", augment=False, **kwargs):
+        before = counter[0]
+        network = original(images, labels, num_classes, description=description, augment=augment, **kwargs)
+        calls.append({"description": description, "images": images, "labels": np.asarray(labels),
+                      "augment": np.broadcast_to(np.asarray(augment, bool), (images.shape[0],)).copy(),
+                      "steps": kwargs.get("steps"), "initial": kwargs.get("initial"), "network": network,
+                      "taken": counter[0] - before})
+        return network
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
+    monkeypatch.setattr(utility_module, "train_classifier", recording)
+    return calls
+
+
+def test_every_arm_takes_the_same_optimiser_steps_whatever_its_size(recorded):
+    train_images, train_labels = bars(40, seed=0)
+    synthetic_images, synthetic_labels = bars(80, seed=2)
+    result = utility_study(train_images, train_labels, train_images[:8], train_labels[:8], synthetic_images,
+                           synthetic_labels, ["h", "v"], seeds=1, epochs=2, synthetic_ratio=2.0, progress=False)
+    # the real arm's recipe: 2 epochs of ceil(40 / 32) = 2 batches; real+synthetic has 120 images (4 batches)
+    assert result["steps"] == {arm: 4 for arm in ARMS}
+    assert {call["description"]: call["taken"] for call in recorded} == {f"{arm} (seed 0)": 4 for arm in ARMS}
+    assert result["counts"]["real+synthetic"] == {"real": 40, "synthetic": 80}
+
+
+def test_real_augmentation_synthetic_augments_the_synthetic_samples_too(recorded):
+    train_images, train_labels = bars(8, seed=0)
+    synthetic_images, synthetic_labels = bars(8, seed=2)
+    utility_study(train_images, train_labels, train_images, train_labels, synthetic_images, synthetic_labels,
+                  ["h", "v"], seeds=1, epochs=1, progress=False, arms=["real", "real+augmentation+synthetic"])
+    call = next(c for c in recorded if c["description"].startswith("real+augmentation+synthetic"))
+    assert call["images"].shape[0] == 16 and call["augment"].all()
+
+
+def test_balanced_arm_fills_the_minority_classes_with_synthetic_samples_up_to_the_majority(recorded):
+    images, labels = bars(24, seed=0)
+    keep = np.concatenate([np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)[:4]])  # 12 h, 4 v
+    synthetic_images, synthetic_labels = bars(20, seed=2)  # 10 h, 10 v
+    result = utility_study(images[keep], labels[keep], images, labels, synthetic_images, synthetic_labels,
+                           ["h", "v"], seeds=2, epochs=1, progress=False, arms=["real", BALANCED_ARM])
+    assert result["counts"][BALANCED_ARM] == {"real": 16, "synthetic": 8}
+    assert result["balanced"] == {"per_class": {"h": 0, "v": 8}, "target": 12}
+    calls = [c for c in recorded if c["description"].startswith(BALANCED_ARM)]
+    assert len(calls) == 2
+    for call in calls:
+        assert np.bincount(call["labels"]).tolist() == [12, 12] and call["augment"].all()
+        assert torch.equal(call["images"][:16], images[keep])
+    # the synthetic fill is drawn per seed from the synthetic samples of the minority class
+    fills = [c["images"][16:] for c in calls]
+    v_synthetic = synthetic_images[torch.as_tensor(synthetic_labels == 1)]
+    for fill in fills:
+        assert all(any(torch.equal(f, s) for s in v_synthetic) for f in fill)
+    assert not torch.equal(fills[0], fills[1])
+    assert set(result["paired_difference"]) == {BALANCED_ARM}
+
+
+def test_balanced_arm_with_too_few_synthetic_samples_of_a_class_says_so(recorded):
+    images, labels = bars(24, seed=0)
+    keep = np.concatenate([np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)[:4]])
+    synthetic_images, synthetic_labels = bars(6, seed=2)  # 3 v
+    result = utility_study(images[keep], labels[keep], images, labels, synthetic_images, synthetic_labels,
+                           ["h", "v"], seeds=1, epochs=1, progress=False, arms=["real", BALANCED_ARM])
+    assert result["counts"][BALANCED_ARM]["synthetic"] == 3
+    assert any("balancing" in note and "v" in note and "3 of 8" in note for note in result["notes"])
+
+
+def test_pretraining_arm_pretrains_on_synthetic_then_fine_tunes_on_real_with_the_same_total_steps(recorded):
+    train_images, train_labels = bars(40, seed=0)
+    synthetic_images, synthetic_labels = bars(60, seed=2)
+    result = utility_study(train_images, train_labels, train_images[:8], train_labels[:8], synthetic_images,
+                           synthetic_labels, ["h", "v"], seeds=1, epochs=3, progress=False,
+                           arms=["real", PRETRAINED_ARM])
+    assert result["steps"] == {"real": 6, PRETRAINED_ARM: 6}
+    pretrain, finetune = [c for c in recorded if c["description"].startswith(PRETRAINED_ARM)]
+    assert pretrain["taken"] == 3 and finetune["taken"] == 3
+    assert pretrain["images"].shape[0] == 40 and pretrain["initial"] is None and pretrain["augment"].all()
+    assert not any(torch.equal(pretrain["images"][0], image) for image in train_images)
+    assert torch.equal(finetune["images"], train_images) and finetune["augment"].all()
+    assert finetune["initial"] is pretrain["network"]
+    assert result["counts"][PRETRAINED_ARM] == {"real": 40, "synthetic": 40}
+
+
+def test_train_classifier_starts_from_the_initial_network():
+    images, labels = bars(16, seed=0)
+    first = train_classifier(images, labels, 2, seed=0, steps=2, channels=SMALL)
+    untouched = train_classifier(images, labels, 2, seed=1, steps=1, lr=0.0, weight_decay=0.0, channels=SMALL,
+                                 initial=first)
+    fresh = train_classifier(images, labels, 2, seed=1, steps=1, lr=0.0, weight_decay=0.0, channels=SMALL)
+    weights = [dict(n.named_parameters()) for n in (first, untouched, fresh)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
+def test_train_classifier_takes_exactly_the_steps_asked_across_a_partial_epoch(recorded):
+    images, labels = bars(40, seed=0)  # 2 batches per epoch
+    network = utility_module.train_classifier(images, labels, 2, seed=0, steps=5, channels=SMALL)
+    assert recorded[0]["taken"] == 5 and len(network.history) == 3
+
+
+def test_selection_keeps_the_samples_a_real_trained_classifier_assigns_to_their_own_class(recorded):
+    train_images, train_labels = bars(48, seed=0)
+    test_a, labels_a = bars(8, seed=1)
+    test_b, labels_b = bars(8, seed=5)
+    synthetic_images, synthetic_labels = bars(24, seed=2)
+    for images, labels in ((train_images, train_labels), (synthetic_images, synthetic_labels)):
+        images[torch.as_tensor(labels == 1)] += 0.8  # trivially separable by brightness too
+    wrong = np.arange(24) % 3 == 0  # 8 samples made with the other class's label
+    synthetic_labels = np.where(wrong, 1 - synthetic_labels, synthetic_labels)
+    options = {"seeds": 1, "steps": 20, "progress": False, "arms": ["real", "synthetic"], "select_confidence": 0.8}
+    first = utility_study(train_images, train_labels, test_a, labels_a, synthetic_images, synthetic_labels,
+                          ["h", "v"], **options)
+    selection = first["selection"]
+    selector = next(c for c in recorded if c["description"].startswith("selection"))
+    assert torch.equal(selector["images"], train_images) and np.array_equal(selector["labels"], train_labels)
+    kept = np.asarray(selection["keep"])
+    assert selection["threshold"] == 0.8 and kept.sum() == selection["kept"]
+    assert selection["kept_per_class"] == {"h": int(kept[synthetic_labels == 0].sum()),
+                                           "v": int(kept[synthetic_labels == 1].sum())}
+    assert selection["available_per_class"] == {"h": 12, "v": 12}
+    assert kept[wrong].sum() <= 1 and kept[~wrong].sum() >= 12
+    assert first["counts"]["synthetic"]["synthetic"] == int(kept.sum())
+    synthetic_call = next(c for c in recorded if c["description"].startswith("synthetic"))
+    kept_images = synthetic_images[torch.as_tensor(kept)]
+    assert all(any(torch.equal(x, k) for k in kept_images) for x in synthetic_call["images"])
+    # another test split changes nothing in the selection (the selector never sees test images)
+    second = utility_study(train_images, train_labels, test_b, labels_b, synthetic_images, synthetic_labels,
+                           ["h", "v"], **options)
+    assert second["selection"]["keep"] == selection["keep"]
+    assert second["selection"]["probabilities"] == pytest.approx(selection["probabilities"])
