@@ -8,27 +8,34 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 from medvol.errors import MedvolInputError
 from medvol.io.dicom import ACCEPT_IRREGULAR_OPTION, discover_series, iter_files
 from medvol.io.files import is_image_2d, is_nifti
-from medvol.io.images import GREYSCALE_MODES, image_mode
-from medvol.io.nifti import nifti_geometry, nonfinite_problem, read_nifti
-from medvol.io.report import SKIPPED, FileRecord
+from medvol.io.geometry import geometry_from_affine_ras
+from medvol.io.images import check_image_2d, image_mode, size_problem
+from medvol.io.nifti import nonfinite_problem, read_nifti
+from medvol.io.report import SKIPPED, WARNING, FileRecord
 
 COLOUR_NOTE = "converted from {mode} to greyscale with ITU-R 601 weights when read"
+PREPARE_SKIPS = "medvol prepare skips it"
+GROUP_FINDINGS_FROM = 3  # a finding shared by this many images is listed once, with the count, after the table
 
 
 def _nifti_entry(path: Path) -> dict:
-    geometry = nifti_geometry(path)
-    array, _ = read_nifti(path)
+    array, affine = read_nifti(path)  # checks the gzip CRC and the affine
+    geometry = geometry_from_affine_ras(affine, [int(s) for s in array.shape[:3]])
     problems = [problem] if (problem := nonfinite_problem(array)) else []
     if array.ndim > 3:
         problems.append(
             f"{array.ndim}D image {list(array.shape)}: shape, spacing and geometry describe the first 3 axes only; "
             "medvol prepare takes 2D or 3D images"
         )
+    spatial = [int(s) for s in array.shape[:3]]
+    if (len(spatial) == 2 or spatial[-1] == 1) and (problem := size_problem(spatial[:2])):
+        problems.append(f"{problem} ({PREPARE_SKIPS})")
     return {
         "kind": "nifti",
         "uid": str(path),
@@ -42,8 +49,15 @@ def _nifti_entry(path: Path) -> dict:
 
 
 def _image_entry(path: Path) -> dict:
-    size, mode = image_mode(path)
-    problems = [] if mode in GREYSCALE_MODES else [COLOUR_NOTE.format(mode=mode)]
+    size, _ = image_mode(path)
+    status, reason, converted_from = check_image_2d(path)  # the check `medvol prepare` makes
+    if status == SKIPPED and not size_problem(size):
+        raise MedvolInputError(path, reason)
+    problems = [f"{reason} ({PREPARE_SKIPS})"] if status == SKIPPED else []
+    if converted_from:
+        problems.append(COLOUR_NOTE.format(mode=converted_from))
+    if status == WARNING:
+        problems += [part for part in reason.split("; ") if "read as greyscale" not in part]
     return {
         "kind": "image",
         "uid": str(path),
@@ -120,6 +134,8 @@ def format_table(report: dict) -> str:
         f"{'spacing (mm)':22}  problems"
     )
     lines = [f"{report['path']}: {len(report['series'])} series/images, {len(report['skipped'])} files skipped", header]
+    shared = {p: n for p, n in Counter(p for e in report["series"] for p in e["problems"]).items()
+              if n >= GROUP_FINDINGS_FROM}
     for index, entry in enumerate(report["series"], start=1):
         lines.append(
             f"{index:>3}  {entry['kind']:5}  {entry['description'][:24]:24}  {entry['modality'][:8]:8}  "
@@ -130,11 +146,17 @@ def format_table(report: dict) -> str:
             f"     uid {entry.get('volume_id') or entry['uid']}  origin {_numbers(entry['origin'], 6)}  "
             f"direction {_numbers(entry['direction'], 4)}"
         )
-        lines.extend(f"     ! {problem}" for problem in entry["problems"])
+        lines.extend(f"     ! {problem}" for problem in entry["problems"] if problem not in shared)
         if entry.get("irregular"):
             lines.append(
                 f"     medvol prepare skips it unless {ACCEPT_IRREGULAR_OPTION} {','.join(entry['irregular'])}"
             )
+    if shared:
+        lines.append("findings shared by several series/images (counted in the problems column):")
+        for problem, count in sorted(shared.items(), key=lambda item: -item[1]):
+            names = [e["description"] for e in report["series"] if problem in e["problems"]]
+            more = ", ..." if len(names) > 3 else ""
+            lines.append(f"  ! {count} series/images: {problem} (e.g. {', '.join(names[:3])}{more})")
     if report["skipped"]:
         lines.append("skipped files:")
         lines.extend(f"  {s['path']}: {s['reason']}" for s in report["skipped"])

@@ -3,8 +3,10 @@ writes (temporary file, fsync, rename) for every JSON and checkpoint medvol writ
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
@@ -40,6 +42,27 @@ def is_image_2d(path: str | os.PathLike) -> bool:
 def is_nifti(path: str | os.PathLike) -> bool:
     """True for ``.nii`` and ``.nii.gz`` files (by suffix)."""
     return image_suffix(path) in NIFTI_SUFFIXES
+
+
+def gzip_problem(path: str | os.PathLike, chunk: int = 1 << 22) -> str | None:
+    """Decompress a gzip file to its end, which checks its CRC-32 and length trailer (nibabel and most readers never
+    do, so a damaged ``.nii.gz`` reads as garbage voxels without an error).
+
+    Args:
+        path: a gzip-compressed file.
+        chunk: bytes decompressed at a time.
+
+    Returns:
+        a sentence saying what is wrong, or None when the file is intact.
+    """
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(chunk):
+                pass
+    except (gzip.BadGzipFile, EOFError, zlib.error, OSError) as err:
+        detail = str(err) or type(err).__name__
+        return f"damaged gzip data ({detail}): the file is corrupt or truncated, `gzip -t` fails on it too"
+    return None
 
 
 def _has_dicom_preamble(path: Path) -> bool:

@@ -23,6 +23,19 @@ sitk, _ = optional_import("SimpleITK")
 
 ITU_R_601_WEIGHTS = (0.2989, 0.5870, 0.1140)
 GREYSCALE_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "F", "1")
+MIN_IMAGE_SIDE = 8  # pixels: a smaller 2D image (an icon, a 1x1 placeholder) is not a training image
+
+
+def size_problem(size) -> str | None:
+    """A sentence when a 2D image is smaller than `MIN_IMAGE_SIDE` on a side, else None.
+
+    Args:
+        size: the image's [x, y] size in pixels.
+    """
+    if min(int(v) for v in size) >= MIN_IMAGE_SIDE:
+        return None
+    return (f"image is {'x'.join(str(int(v)) for v in size)} pixels, below the minimum of {MIN_IMAGE_SIDE} per "
+            "side: too small to be a training image")
 
 
 def rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
@@ -129,7 +142,8 @@ def check_image_2d(path: str | os.PathLike) -> tuple[str, str, str | None]:
     """Validate one PNG/JPEG/... with Pillow (decodes it, which takes well under a millisecond for thumbnails).
 
     Returns:
-        (status, reason, converted_from): `converted_from` is the Pillow mode (``"RGB"``, ``"P"``, ...) when the
+        (status, reason, converted_from): status ``skipped`` for an unreadable image or one below `MIN_IMAGE_SIDE`
+        pixels on a side; `converted_from` is the Pillow mode (``"RGB"``, ``"P"``, ...) when the
         image holds colour and will be read as ITU-R 601 greyscale, None when it is greyscale (also when stored as
         RGB with three equal channels: the conversion then changes nothing).
     """
@@ -139,8 +153,11 @@ def check_image_2d(path: str | os.PathLike) -> tuple[str, str, str | None]:
             mode = image.mode
             frames = getattr(image, "n_frames", 1)
             colour = colour_channels_differ(image)
+            size = image.size
     except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError... for broken files
         return SKIPPED, f"unreadable image: {err}", None
+    if problem := size_problem(size):
+        return SKIPPED, problem, None
     reasons = []
     converted_from = mode if colour else None
     if converted_from:

@@ -14,8 +14,9 @@ import numpy as np
 from monai.utils import optional_import
 
 from medvol.errors import MedvolInputError
-from medvol.io.files import NIFTI_SUFFIXES
+from medvol.io.files import NIFTI_SUFFIXES, gzip_problem
 from medvol.io.geometry import ImageGeometry, geometry_from_affine_ras
+from medvol.io.images import size_problem
 from medvol.io.report import SKIPPED, USED, WARNING
 
 nib, _ = optional_import("nibabel")
@@ -28,14 +29,37 @@ def check_nifti_suffix(path: str | os.PathLike) -> None:
         raise MedvolInputError(path, "output must end in .nii or .nii.gz")
 
 
-def _load(path: str | os.PathLike):
+def affine_problem(affine: np.ndarray) -> str | None:
+    """A sentence when the voxel-to-world affine is unusable (NaN/Inf, or singular: no orientation and spacing can
+    be derived, MONAI's orientation transform then fails), None when it is a valid geometry.
+
+    Args:
+        affine: 4x4 matrix.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)):
+        return "NIfTI affine contains NaN/Inf: the voxel-to-world geometry is undefined"
+    linear = affine[:3, :3]
+    scale = max(float(np.abs(linear).max()), 1e-300)
+    if abs(float(np.linalg.det(linear / scale))) < 1e-9:
+        return (f"NIfTI affine is singular (rotation-zoom part {np.round(linear, 4).tolist()}, determinant 0): no "
+                "orientation or voxel spacing can be derived; repair the header's sform/qform")
+    return None
+
+
+def _load(path: str | os.PathLike, check_affine: bool = True):
     path = Path(path)
     if not path.is_file():
         raise MedvolInputError(path, "no such NIfTI file")
+    if path.name.lower().endswith(".gz") and (problem := gzip_problem(path)):
+        raise MedvolInputError(path, f"not a readable NIfTI file: {problem}")
     try:
-        return nib.load(str(path))
+        image = nib.load(str(path))
     except Exception as err:  # nibabel raises ImageFileError, EOFError, zlib errors ... on damaged files
         raise MedvolInputError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})") from None
+    if check_affine and (problem := affine_problem(image.affine)):
+        raise MedvolInputError(path, problem)
+    return image
 
 
 def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +73,8 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         RAS voxel-to-world affine.
 
     Raises:
-        MedvolInputError: missing, unreadable or truncated file.
+        MedvolInputError: missing, unreadable, truncated or gzip-damaged file, or an affine that is singular or not
+            finite.
     """
     image = _load(path)
     try:
@@ -121,6 +146,8 @@ def check_nifti(path: str | os.PathLike, read_voxels: bool = True) -> tuple[str,
     Returns:
         (status, reason, spatial shape or None): status ``used``, ``warning`` or ``skipped``.
     """
+    if str(path).lower().endswith(".gz") and (problem := gzip_problem(path)):
+        return SKIPPED, f"unreadable NIfTI: {problem}", None
     try:
         image = nib.load(str(path))
         shape = tuple(int(s) for s in image.shape)
@@ -132,8 +159,10 @@ def check_nifti(path: str | os.PathLike, read_voxels: bool = True) -> tuple[str,
         return SKIPPED, f"NIfTI has {len(shape)} dimensions {list(image.shape)}; expected a 2D or 3D image", None
     if min(shape) < 1:
         return SKIPPED, f"NIfTI has an empty dimension {list(shape)}", None
-    if not np.all(np.isfinite(image.affine)):
-        return SKIPPED, "NIfTI affine contains NaN/Inf", shape
+    if (len(shape) == 2 or shape[-1] == 1) and (problem := size_problem(shape[:2])):
+        return SKIPPED, problem, shape
+    if problem := affine_problem(image.affine):
+        return SKIPPED, problem, shape
     if not read_voxels:
         return USED, "", shape
     try:

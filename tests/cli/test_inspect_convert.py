@@ -196,7 +196,7 @@ def test_nifti_with_nans(capsys, tmp_path):
     one_error_line(capsys, "nan.nii.gz", "--series 'T1' selects a DICOM series")
 
 
-@pytest.mark.parametrize("shape, problems", [[(6, 5, 4), 0], [(6, 5, 4, 3), 1], [(6, 5), 0]])
+@pytest.mark.parametrize("shape, problems", [[(6, 5, 4), 0], [(6, 5, 4, 3), 1], [(9, 8), 0]])
 def test_nifti_beyond_three_axes_is_reported(capsys, tmp_path, shape, problems):
     path = tmp_path / "image.nii"
     nib.save(nib.Nifti1Image(np.ones(shape, np.float32), np.eye(4)), str(path))
@@ -305,3 +305,87 @@ def test_prepare_of_real_dicom_is_not_synthetic(shared_data, tmp_path):
     assert main(["prepare", str(shared_data / SINGLE_SERIES_FOLDERS[0]), "--out", str(tmp_path / "prepared"), "--split", "1,0,0"]) == 0
     document = json.loads((tmp_path / "prepared" / "datalist.json").read_text())
     assert "synthetic" not in document and not any("synthetic" in entry for entry in document["training"])
+
+
+# ------------------------------------------------------------------------------------- damaged and degenerate inputs
+def crc_damaged_copy(source: Path, target: Path) -> Path:
+    """A copy of a real .nii.gz with one byte of its compressed payload flipped: nibabel still decodes it (to
+    wrong voxels), only the gzip CRC check at the end of the stream fails."""
+    import gzip
+
+    data = bytearray(source.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(gzip.BadGzipFile, match="CRC check failed"):
+        gzip.decompress(bytes(data))
+    nib.load(str(target)).get_fdata()  # the damage the check must catch: nibabel reads it without an error
+    return target
+
+
+def write_with_affine(path: Path, affine_rows) -> Path:
+    """A small NIfTI whose sform (code 1) holds `affine_rows` (nibabel refuses to build such an image directly)."""
+    image = nib.Nifti1Image(np.random.default_rng(0).random((12, 12, 10)).astype(np.float32), np.eye(4))
+    header = image.header
+    header["srow_x"], header["srow_y"], header["srow_z"] = affine_rows
+    header["sform_code"], header["qform_code"] = 1, 0
+    nib.Nifti1Image(image.get_fdata(dtype=np.float32), None, header=header).to_filename(str(path))
+    return path
+
+
+def test_nifti_with_a_failing_gzip_crc(shared_data, capsys, tmp_path):
+    source = sorted((shared_data / "hippocampus3d/images").glob("*.nii.gz"))[0]
+    damaged = crc_damaged_copy(source, tmp_path / "damaged.nii.gz")
+    assert main(["inspect", str(damaged)]) == 2
+    one_error_line(capsys, "damaged.nii.gz", "CRC check failed", "gzip -t")
+    assert main(["convert", str(damaged), str(tmp_path / "out.nii.gz")]) == 2
+    one_error_line(capsys, "damaged.nii.gz", "CRC check failed")
+    assert not (tmp_path / "out.nii.gz").exists()
+    shutil.copy(source, tmp_path / "intact.nii.gz")
+    report = inspect_json(tmp_path, capsys)
+    assert [Path(e["path"]).name for e in report["series"]] == ["intact.nii.gz"]
+    assert [Path(s["path"]).name for s in report["skipped"]] == ["damaged.nii.gz"]
+    assert "CRC check failed" in report["skipped"][0]["reason"]
+
+
+@pytest.mark.parametrize("rows, problem", [
+    [[[0, 0, 0, 0]] * 3, "affine is singular"],
+    [[[np.nan, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]], "NaN/Inf"],
+])
+def test_nifti_with_a_singular_or_non_finite_affine(capsys, tmp_path, rows, problem):
+    path = write_with_affine(tmp_path / "bad_affine.nii.gz", rows)
+    assert main(["inspect", str(path)]) == 2
+    one_error_line(capsys, "bad_affine.nii.gz", problem)
+    assert main(["convert", str(path), str(tmp_path / "out.nii.gz")]) == 2
+    one_error_line(capsys, "bad_affine.nii.gz", problem)
+
+
+def test_tiny_image_is_a_problem_in_inspect(capsys, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(tmp_path / "dot.png")
+    Image.fromarray(np.full((8, 8), 9, np.uint8)).save(tmp_path / "small_but_fine.png")
+    report = inspect_json(tmp_path, capsys)
+    problems = {e["description"]: e["problems"] for e in report["series"]}
+    assert problems["small_but_fine.png"] == []
+    assert len(problems["dot.png"]) == 1 and "1x1 pixels, below the minimum of 8" in problems["dot.png"][0]
+    assert "medvol prepare skips it" in problems["dot.png"][0]
+
+
+def test_grey_jpegs_stored_as_rgb_are_no_finding_and_findings_are_grouped(shared_data, capsys, tmp_path):
+    from PIL import Image
+
+    sources = sorted((shared_data / "mednist64/CXR").glob("*.jpg"))[:5]
+    for source in sources:  # grey pictures saved with three equal channels, as many exports do
+        Image.open(source).convert("RGB").save(tmp_path / source.name)
+    report = inspect_json(tmp_path, capsys)
+    assert [e["problems"] for e in report["series"]] == [[]] * 5
+    for source in sources[:4]:  # real colour: a tint in the red channel
+        pixels = np.asarray(Image.open(source).convert("RGB")).copy()
+        pixels[..., 0] = np.clip(pixels[..., 0].astype(int) + 40, 0, 255)
+        Image.fromarray(pixels).save(tmp_path / f"tinted_{source.stem}.png")
+    report = inspect_json(tmp_path, capsys)
+    assert sum(1 for e in report["series"] if e["problems"]) == 4
+    assert main(["inspect", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert table.count("converted from RGB to greyscale") == 1
+    assert "! 4 series/images: converted from RGB to greyscale" in table

@@ -553,3 +553,42 @@ def test_multi_echo_dicom_series_gives_one_training_volume_per_echo(shared_data,
     assert {nib.load(e["image"]).shape for e in entries} == {(35, 51, 32)}
     assert {tuple(np.round(nib.load(e["image"]).header.get_zooms(), 4)) for e in entries} == {(1.0, 1.0, 1.0)}
     assert {f["status"] for f in report["files"]} == {"used"} and len(report["files"]) == 64
+
+
+# ----------------------------------------------------------------------- damaged, degenerate and leaking inputs (N)
+@pytest.mark.shared_data
+def test_damaged_gzip_and_singular_affine_volumes_are_skipped_with_the_reason(shared_data, tmp_path, capsys):
+    from tests.cli.test_inspect_convert import crc_damaged_copy, write_with_affine
+
+    source = tmp_path / "src"
+    source.mkdir()
+    real = sorted((shared_data / "hippocampus3d/images").glob("*.nii.gz"))[:5]
+    for path in real[1:]:
+        (source / path.name).write_bytes(path.read_bytes())
+    crc_damaged_copy(real[0], source / "damaged.nii.gz")
+    write_with_affine(source / "zero_affine.nii.gz", [[0, 0, 0, 0]] * 3)
+    assert prepare(source, "--out", tmp_path / "out") == 0
+    datalist, report = load(tmp_path / "out")
+    reasons = {Path(f["path"]).name: (f["status"], f["reason"]) for f in report["files"]}
+    assert reasons["damaged.nii.gz"][0] == "skipped" and "CRC check failed" in reasons["damaged.nii.gz"][1]
+    assert reasons["zero_affine.nii.gz"][0] == "skipped" and "affine is singular" in reasons["zero_affine.nii.gz"][1]
+    used = sorted(Path(e["image"]).name for s in SPLITS for e in datalist[s])
+    assert used == sorted(p.name for p in real[1:])
+    out = capsys.readouterr().out
+    assert "damaged.nii.gz: unreadable NIfTI: damaged gzip data (CRC check failed" in out
+    assert "zero_affine.nii.gz: NIfTI affine is singular" in out
+
+
+def test_a_one_pixel_png_is_not_a_training_image(tmp_path, capsys):
+    from PIL import Image
+
+    source = tmp_path / "src"
+    write_pngs(source / "a", [f"a{i}" for i in range(3)])
+    write_pngs(source / "b", [f"b{i}" for i in range(3)])
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(source / "a" / "dot.png")
+    assert prepare(source, "--out", tmp_path / "out") == 0
+    datalist, report = load(tmp_path / "out")
+    (record,) = [f for f in report["files"] if f["path"].endswith("dot.png")]
+    assert record["status"] == "skipped" and "1x1 pixels, below the minimum of 8 per side" in record["reason"]
+    assert "dot.png" not in json.dumps(datalist)
+    assert "dot.png: image is 1x1 pixels" in capsys.readouterr().out
