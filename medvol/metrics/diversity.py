@@ -18,6 +18,7 @@ from medvol.errors import MedvolInputError
 
 __all__ = [
     "DIVERSITY_RATIO_THRESHOLD",
+    "MIN_MS_SSIM_SIDE",
     "MIN_SAMPLES_FOR_RATIO",
     "SMALL_SAMPLE_RATIO_THRESHOLD",
     "diversity_report",
@@ -31,6 +32,7 @@ __all__ = [
 _STANDARD_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 _KERNEL_SIZE = 5
 _KERNEL_SIGMA = 1.0
+MIN_MS_SSIM_SIDE = 2 * _KERNEL_SIZE  # two scales: the window fits the half-size image
 _CHUNK_VOXELS = 2**22  # voxels per image batch of a similarity computation: large batches, bounded memory
 
 # Mode collapse: synthetic within-set diversity, as (1 - MS-SSIM) or as mean voxel distance, below this fraction of the
@@ -46,7 +48,8 @@ def ms_ssim_settings(spatial_size: Sequence[int]) -> dict:
 
     MONAI's defaults (11-voxel kernel, 5 scales) need more than 160 voxels per side. medvol keeps a 5-voxel Gaussian
     window (sigma 1.0, so the window spans +-2 sigma) at every size and uses as many scales (at most 5) as MONAI's size
-    check allows: 2 at 16 voxels, 3 at 32, 4 at 64, 5 from 128 on (each scale halves the image). The weights are the
+    check allows and as keep the window inside the coarsest scale (each scale halves the image): 2 at 16 voxels, 3 at
+    32, 4 at 64, 5 from 128 on; at least 2, so at least 10 voxels per side. The weights are the
     first (finest) standard weights, renormalised to sum 1, so the finest level of a small image plays the part of
     the finest level of the original pyramid. Numbers are comparable between sets of the same size only.
 
@@ -54,11 +57,12 @@ def ms_ssim_settings(spatial_size: Sequence[int]) -> dict:
         spatial_size: the image's spatial shape ``[x, y(, z)]``.
 
     Raises:
-        MedvolInputError: a side shorter than the 5-voxel window.
+        MedvolInputError: a side shorter than two scales of the 5-voxel window (10 voxels).
     """
     side = int(min(spatial_size))
-    if side < _KERNEL_SIZE:
-        raise MedvolInputError(None, f"MS-SSIM needs at least {_KERNEL_SIZE} voxels per side, got images of size {list(spatial_size)}")
+    if side < MIN_MS_SSIM_SIDE:
+        raise MedvolInputError(None, f"MS-SSIM needs at least {MIN_MS_SSIM_SIDE} voxels per side (two scales of its "
+                                     f"{_KERNEL_SIZE}-voxel window), got images of size {list(spatial_size)}")
     scales = 1
     for n in range(2, len(_STANDARD_WEIGHTS) + 1):
         if side // (n - 1) ** 2 > _KERNEL_SIZE - 1:  # MONAI compute_ms_ssim's own size check

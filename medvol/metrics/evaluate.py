@@ -492,6 +492,12 @@ class _SampleList:
 
 # ------------------------------------------------------------------------------------------------------- checks
 def _check_counts(real: RealData, synthetic: SyntheticData) -> None:
+    from medvol.metrics.diversity import MIN_MS_SSIM_SIDE
+
+    if min(real.image_shape) < MIN_MS_SSIM_SIDE:
+        raise MedvolInputError(real.datalist, f"samples of size {real.image_shape} are too small: MS-SSIM (diversity) "
+                                              f"needs at least {MIN_MS_SSIM_SIDE} voxels per side; prepare with a "
+                                              f"larger --size")
     for name, image_set, where in (
         ("training", real.splits["training"], real.datalist),
         (HELDOUT_SPLIT, real.splits[HELDOUT_SPLIT], real.datalist),

@@ -111,7 +111,7 @@ def test_pair_ssim_matches_pairs():
     [
         (lambda: pairwise_ms_ssim(smooth_images(1, (16, 16))), "at least 2 images, got 1"),
         (lambda: mean_pairwise_distance(torch.zeros(1, 1, 8, 8)), "at least 2 images, got 1"),
-        (lambda: pairwise_ms_ssim(torch.zeros(3, 1, 4, 4)), "at least 5 voxels per side"),
+        (lambda: pairwise_ms_ssim(torch.zeros(3, 1, 4, 4)), "at least 10 voxels per side"),
         (lambda: pairwise_ms_ssim(torch.zeros(3, 16, 16)), "expected images"),
         (lambda: diversity_report(torch.zeros(3, 1, 16, 16), [0, 0, 0], torch.zeros(3, 1, 8, 8), [0, 0, 0], ["a"]), "differ"),
     ],
@@ -119,6 +119,26 @@ def test_pair_ssim_matches_pairs():
 def test_bad_input_is_one_clear_error(call, message):
     with pytest.raises(MedvolInputError, match=message):
         call()
+
+
+@pytest.mark.parametrize("side", [5, 6, 7, 8, 9])
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_ms_ssim_of_images_too_small_for_two_scales_is_one_clear_error(side, spatial_dims):
+    """Two scales of the 5-voxel window need 10 voxels per side; 5-9 used to end in a torch convolution error."""
+    images = torch.rand((3, 1, *[side] * spatial_dims), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with pytest.raises(MedvolInputError, match=r"MS-SSIM needs at least 10 voxels per side \(two scales"):
+        pairwise_ms_ssim(images)
+    with pytest.raises(MedvolInputError, match="MS-SSIM needs at least 10"):
+        diversity_report(images, [0, 0, 0], images, [0, 0, 0], ["a"])
+    assert pair_ssim(images, images).shape == (3,)  # single-scale SSIM (the privacy check) still works from 5
+
+
+@pytest.mark.parametrize("side", [10, 11, 20, 45])
+def test_every_ms_ssim_scale_keeps_the_window_inside_the_image(side):
+    images = smooth_images(3, (side, side))
+    settings = ms_ssim_settings((side, side))
+    assert side // 2 ** (len(settings["weights"]) - 1) >= settings["kernel_size"]
+    assert 0.0 <= pairwise_ms_ssim(images) <= 1.0
 
 
 def test_one_image_per_class_is_mode_collapse_without_real_data():

@@ -212,3 +212,15 @@ def test_max_samples_keeps_the_utility_arms_on_every_real_image(prepared, synthe
     assert counts["real"] == {"real": 24, "synthetic": 0}  # the generator saw all 24, not the 6 of --max-samples
     assert counts["synthetic"]["synthetic"] == 12
     assert metrics["inputs"]["counts"]["training"]["total"] == 6  # the distribution metrics' subset
+
+
+def test_images_too_small_for_ms_ssim_are_one_clear_error(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["prepare", "phantoms", "--out", str(data), "--mode", "slice", "--size", "8,8"]) == 0
+    images, labels = make_phantom_batch(6, 2, (8, 8), seed=1)
+    folder = write_synthetic(tmp_path / "synthetic", images, labels)
+    code = main(["evaluate", "--real", str(data / "datalist.json"), "--synthetic", str(folder), "--out",
+                 str(tmp_path / "eval"), "--classifier-epochs", "1", "--device", "cpu"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1, error
+    assert str(data / "datalist.json") in error[0] and "MS-SSIM (diversity) needs at least 10 voxels" in error[0]
