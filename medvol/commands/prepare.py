@@ -126,6 +126,7 @@ def run(args) -> int:
     from medvol.data.splits import (
         DEFAULT_FRACTIONS,
         SPLIT_NAMES,
+        class_coverage,
         split_subjects,
         split_summary,
         subsample_training,
@@ -230,6 +231,8 @@ def run(args) -> int:
         if fraction > 0 and not splits[name]:
             datalist.messages.append(f"the {name} split is empty: {len(set(e['subject'] for e in datalist.entries))} "
                                      f"subject(s) are too few for the fractions {list(fractions)}")
+    coverage, coverage_lines = class_coverage(splits, datalist.classes, fractions)
+    datalist.messages.extend(coverage_lines)
     source_text = str(args.source) if builtin_dims is not None else datalist.source
     document = datalists.write_datalist(
         out_dir / datalists.DATALIST_FILE, datalist, splits,
@@ -253,7 +256,8 @@ def run(args) -> int:
     elapsed = time.perf_counter() - started
     summary = datalist.summary()
     datalists.write_report(out_dir / datalists.REPORT_FILE, datalist,
-                           summary={"splits": split_summary(splits, datalist.classes), "seconds": round(elapsed, 3),
+                           summary={"splits": split_summary(splits, datalist.classes), "class_coverage": coverage,
+                                    "seconds": round(elapsed, 3),
                                     "accepted_irregular_dicom": sorted(accept_irregular)},
                            preprocessing={**preprocessing, "description": sizing}, preview=preview)
     for message in datalist.messages:

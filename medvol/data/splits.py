@@ -203,3 +203,45 @@ def split_summary(splits: dict[str, Sequence[dict]], classes: Sequence[str] = ()
             item["per_class"] = per_class
         summary[name] = item
     return summary
+
+
+def class_coverage(splits: dict[str, Sequence[dict]], classes: Sequence[str],
+                   fractions: Sequence[float] = DEFAULT_FRACTIONS) -> tuple[dict, list[str]]:
+    """Classes with too few subjects to reach every split, and splits that miss a class.
+
+    Only splits with a fraction above 0 that hold entries count (an empty split has its own message).
+
+    Args:
+        splits: ``{split name: entries}`` with integer ``label`` (None: unlabelled).
+        classes: class names indexed by the labels.
+        fractions: the split fractions, in `SPLIT_NAMES` order.
+
+    Returns:
+        ``({"too_few_subjects": {class: subjects}, "missing": {split: [classes]}}, lines)``: one line per class too
+        small for the splits and one per split missing classes; both empty when every split has every class.
+    """
+    used = [name for name, fraction in zip(SPLIT_NAMES, fractions) if fraction > 0 and splits.get(name)]
+    if not classes or len(used) < 2:
+        return {"too_few_subjects": {}, "missing": {}}, []
+    subjects: dict[int, set] = defaultdict(set)
+    present: dict[str, set[int]] = {name: set() for name in used}
+    for name in used:
+        for entry in splits[name]:
+            if entry.get("label") is not None:
+                subjects[int(entry["label"])].add(str(entry["subject"]))
+                present[name].add(int(entry["label"]))
+    lines = []
+    too_few = {classes[k]: len(subjects[k]) for k in range(len(classes)) if len(subjects[k]) < len(used)}
+    for name, count in too_few.items():
+        k = list(classes).index(name)
+        where = [s for s in used if k in present[s]]
+        lines.append(f"class {name!r} has {count} subject(s), too few for the {len(used)} splits "
+                     f"{', '.join(used)}: " + (f"it is in {', '.join(where)} only" if where else "it has no image"))
+    missing = {}
+    for name in used:
+        absent = [classes[k] for k in range(len(classes)) if k not in present[name]]
+        if absent:
+            missing[name] = absent
+            lines.append(f"the {name} split has no image of class(es) {', '.join(map(repr, absent))}: its metrics "
+                         "say nothing about them")
+    return {"too_few_subjects": too_few, "missing": missing}, lines

@@ -227,6 +227,30 @@ def _is_2d_dicom_series(series, read_header) -> bool:
     return header is not None and not ("ImagePositionPatient" in header and "ImageOrientationPatient" in header)
 
 
+MEDVOL_OUTPUT_MARKERS = ("datalist.json", "run.json")
+
+
+def medvol_output_folders(root: Path, files: Sequence[Path]) -> list[Path]:
+    """Folders below `root` (not `root` itself) that medvol wrote: ``prepare`` and ``sample`` outputs (a
+    ``datalist.json`` with ``medvol_version``) and training runs (``run.json`` with ``medvol_version``).
+
+    Args:
+        root: the source folder.
+        files: the files listed under it.
+    """
+    found = []
+    for path in files:
+        if path.name not in MEDVOL_OUTPUT_MARKERS or path.parent == root:
+            continue
+        try:
+            document = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        if isinstance(document, dict) and "medvol_version" in document:
+            found.append(path.parent)
+    return sorted(f for f in set(found) if not any(f != g and f.is_relative_to(g) for g in found))
+
+
 def datalist_from_files(root: str | Path, images_dir: str | Path | None = None, class_folders: bool | None = None,
                         exclude: Sequence[Path] = (), accept_irregular_dicom: Collection[str] = ()) -> Datalist:
     """Datalist of every image under a folder: NIfTI, 2D images and DICOM series, unlabelled or one folder per class.
@@ -247,12 +271,20 @@ def datalist_from_files(root: str | Path, images_dir: str | Path | None = None, 
     if not root.is_dir():
         raise MedvolInputError(root, "folder does not exist" if not root.exists() else "is not a folder")
     files = list_files(root, exclude)
+    outputs = medvol_output_folders(root, files)
+    if outputs:
+        files = [p for p in files if not any(p.is_relative_to(folder) for folder in outputs)]
     if not files:
-        raise MedvolInputError(root, "folder is empty (no files)")
+        raise MedvolInputError(root, "folder is empty (no files)" if not outputs else
+                               f"holds only medvol output folders ({', '.join(map(str, outputs))}), no source images")
     kinds = defaultdict(list)
     for path in files:
         kinds[classify_file(path)].append(path)
     datalist = Datalist([], {}, str(root), 3)
+    if outputs:
+        datalist.messages.append(
+            f"left out {len(outputs)} folder(s) inside the source that medvol wrote (they hold a medvol datalist.json "
+            f"or run.json), so earlier outputs are never read as images: {', '.join(map(str, outputs))}")
     for path in files:  # placeholder records keep discovery order in the report
         datalist.records[str(path)] = FileRecord(str(path), SKIPPED, "", None)
     for path in kinds["other"]:

@@ -592,3 +592,32 @@ def test_a_one_pixel_png_is_not_a_training_image(tmp_path, capsys):
     assert record["status"] == "skipped" and "1x1 pixels, below the minimum of 8 per side" in record["reason"]
     assert "dot.png" not in json.dumps(datalist)
     assert "dot.png: image is 1x1 pixels" in capsys.readouterr().out
+
+
+def test_earlier_outputs_inside_the_source_are_left_out_and_announced(tmp_path, caplog):
+    source = tmp_path / "src"
+    for name in ("a", "b"):
+        write_pngs(source / name, [f"{name}{i}" for i in range(5)])
+    assert prepare(source, "--out", source / "prep") == 0
+    assert prepare(source, "--out", source / "prep2") == 0  # the first output (preview.png ...) lies in SOURCE
+    datalist, report = load(source / "prep2")
+    assert datalist["classes"] == ["a", "b"] and sum(len(datalist[s]) for s in SPLITS) == 10
+    assert not any("/prep/" in f["path"] for f in report["files"])
+    (message,) = [m for m in report["messages"] if m.startswith("left out 1 folder(s) inside the source")]
+    assert str((source / "prep").resolve()) in message and message in caplog.text
+
+
+def test_a_class_too_small_for_the_splits_gets_a_line(tmp_path, caplog):
+    source = tmp_path / "src"
+    write_pngs(source / "common", [f"c{i}" for i in range(10)])
+    write_pngs(source / "rare", ["r0"])
+    assert prepare(source, "--out", tmp_path / "out") == 0
+    datalist, report = load(tmp_path / "out")
+    expected = ["class 'rare' has 1 subject(s), too few for the 3 splits training, validation, test: it is in "
+                "training only",
+                "the validation split has no image of class(es) 'rare': its metrics say nothing about them",
+                "the test split has no image of class(es) 'rare': its metrics say nothing about them"]
+    assert [m for m in report["messages"] if "'rare'" in m] == expected
+    assert all(line in caplog.text for line in expected)
+    assert report["summary"]["class_coverage"] == {"too_few_subjects": {"rare": 1},
+                                                   "missing": {"validation": ["rare"], "test": ["rare"]}}

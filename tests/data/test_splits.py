@@ -141,3 +141,18 @@ def test_subsample_training_keeps_a_stratified_share_and_every_class():
     assert subsample_training(training, 1.0, seed=0) == (training, [])
     with pytest.raises(MedvolInputError, match="--train-fraction"):
         subsample_training(training, 0.0)
+
+
+def test_class_coverage_names_small_classes_and_splits_missing_one():
+    from medvol.data.splits import class_coverage
+
+    entries = [{"subject": f"s{i}", "label": 0} for i in range(10)] + [{"subject": "t0", "label": 1},
+                                                                       {"subject": "t1", "label": 1}]
+    splits = split_subjects(entries, (0.6, 0.2, 0.2), seed=0)
+    coverage, lines = class_coverage(splits, ["big", "small"], (0.6, 0.2, 0.2))
+    assert coverage["too_few_subjects"] == {"small": 2} and len(lines) == 2
+    (missing,) = coverage["missing"]
+    assert coverage["missing"][missing] == ["small"] and missing != "training"
+    assert class_coverage(splits, ["big", "small"], (1.0, 0.0, 0.0)) == ({"too_few_subjects": {}, "missing": {}}, [])
+    balanced = split_subjects(entries[:10] + [{"subject": f"t{i}", "label": 1} for i in range(5)], seed=0)
+    assert class_coverage(balanced, ["big", "small"]) == ({"too_few_subjects": {}, "missing": {}}, [])
