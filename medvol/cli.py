@@ -244,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
         "precision/recall, density/coverage, MS-SSIM diversity and a mode_collapse flag, nearest-neighbour privacy "
         "(possible copies of training images), recognisability by a real-trained classifier and, with --utility, "
         "classifiers trained on real / real+augmentation / synthetic / real+synthetic / real+augmentation+synthetic "
-        "(paired seeds, tested on the real test split). Writes OUT/metrics.json and a self-contained OUT/report.html. "
+        "(paired seeds, the same optimiser steps in every arm, tested on the real test split; optional arms "
+        "--balance and --pretrain-synthetic, sample selection --select-confidence). Writes OUT/metrics.json and a self-contained OUT/report.html. "
         "With --reconstruct RUN instead of --synthetic: how well an autoencoder run reconstructs the held-out images.",
     )
     p.add_argument("--real", required=True, help="datalist.json written by `medvol prepare` (needs training and test splits)")
@@ -269,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--classifier-epochs", type=int,
                    help="epochs of every classifier trained (default: the recipe's 10 epochs, and at least 500 "
-                        "optimiser steps so that small training sets converge)")
+                        "optimiser steps so that small training sets converge); every utility arm takes the optimiser "
+                        "steps these epochs of the real training split take, whatever its own size")
     p.add_argument(
         "--features",
         help="feature extractor checkpoint (TorchScript or a medvol classifier) instead of the classifier trained on "
@@ -281,6 +283,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="drop the synthetic samples a real-vs-synthetic classifier separates most confidently and report the "
         "utility before and after (implies --utility)",
+    )
+    p.add_argument(
+        "--select-confidence",
+        type=float,
+        metavar="P",
+        help="sample selection: the utility arms use only the synthetic samples that a classifier trained on the real "
+        "training split (the recognisability one; never the test split) assigns to their own class with probability "
+        ">= P, e.g. 0.9; metrics.json and the report say how many were kept per class (implies --utility)",
+    )
+    p.add_argument(
+        "--balance",
+        action="store_true",
+        help="add the utility arm real+augmentation+balanced: the real training split with every minority class "
+        "filled with synthetic samples of that class up to the majority count, all augmented (implies --utility)",
+    )
+    p.add_argument(
+        "--pretrain-synthetic",
+        action="store_true",
+        help="add the utility arm synthetic->real+augmentation: half the optimiser steps pre-training on the "
+        "synthetic samples, half fine-tuning on real+augmentation (implies --utility)",
     )
     p.add_argument("--device", choices=["cpu", "cuda"], help="device (default: cuda when available)")
     p.add_argument("--max-samples", type=int, help="at most this many samples per real split and synthetic set (seeded subset)")

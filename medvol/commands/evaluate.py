@@ -45,8 +45,14 @@ def _summary_lines(metrics: dict) -> list[str]:
         arms = utility["arms"]
         metric = "accuracy" if "accuracy" in arms.get("real", {}) else next(iter(arms.get("real", {})), None)
         if metric:
-            lines.append(f"utility ({metric}): " + ", ".join(
+            lines.append(f"utility ({metric}, {', '.join(map(str, sorted(set(utility['steps'].values()))))} steps "
+                         "per arm): " + ", ".join(
                 f"{arm} {fmt(entry[metric]['mean'])}±{fmt(entry[metric]['sd'])}" for arm, entry in arms.items()))
+        selection = utility.get("selection")
+        if selection:
+            lines.append(f"selection (own-class probability >= {selection['threshold']:g}): kept " + ", ".join(
+                f"{name} {kept}/{selection['available_per_class'][name]}"
+                for name, kept in selection["kept_per_class"].items()))
     return lines
 
 
@@ -74,7 +80,9 @@ def _reconstruction(args: argparse.Namespace) -> int:
     from medvol.metrics.reconstruction import MONTAGE_FILE, evaluate_reconstruction
 
     for option, given in (("--synthetic", args.synthetic), ("--utility", args.utility), ("--filter", args.filter),
-                          ("--features", args.features), ("--run", args.run)):
+                          ("--features", args.features), ("--run", args.run), ("--balance", args.balance),
+                          ("--pretrain-synthetic", args.pretrain_synthetic),
+                          ("--select-confidence", args.select_confidence is not None)):
         if given:
             raise MedvolInputError(option, "does not apply to --reconstruct (an autoencoder's reconstructions)")
     metrics = evaluate_reconstruction(args.real, args.reconstruct, args.out, device=args.device,
@@ -107,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
         features_path=args.features,
         run_dir=args.run,
         filter_synthetic=args.filter,
+        balance=args.balance,
+        pretrain=args.pretrain_synthetic,
+        select_confidence=args.select_confidence,
         device=args.device,
         max_samples=args.max_samples,
         seed=args.seed,

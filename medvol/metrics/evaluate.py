@@ -566,8 +566,7 @@ def _plain(value):
     return value
 
 
-def _methods(real: RealData, extractor, fidelity_counts: Mapping, knn: Mapping,
-             utility_requested: bool, filtering: bool, seeds: int, synthetic_ratio: float) -> dict:
+def _methods(real: RealData, extractor, fidelity_counts: Mapping, knn: Mapping, filtering: bool) -> dict:
     """One sentence per number of metrics.json: how it was computed."""
     heldout = f"the held-out real {HELDOUT_SPLIT} split"
     n = fidelity_counts["n"]
@@ -625,12 +624,7 @@ def _methods(real: RealData, extractor, fidelity_counts: Mapping, knn: Mapping,
             f"and sd over the volumes of the real training split, {heldout} and the synthetic set; `difference`: "
             "each set's mean minus the training split's. Closer to real is better: stacks of independent 2D samples "
             "fall short across their stacking axis, blurry volumes exceed real.")
-    if utility_requested:
-        methods["utility"] = (
-            f"One classifier recipe trained per arm (real, real+augmentation, synthetic, real+synthetic, "
-            f"real+augmentation+synthetic; synthetic-to-real ratio {synthetic_ratio:g}) with the same {seeds} seeds, "
-            f"each tested on {heldout}; mean, sd and the value per seed; paired differences against `real` per seed "
-            f"with a 95% t confidence interval.")
+    # methods["utility"] is written from the study's result (`medvol.metrics.utility.utility_methods`)
     if filtering:
         methods["filtering"] = ("A real-vs-synthetic classifier scores every synthetic sample; the samples it "
                                 "separates most confidently are dropped and the utility study is run again.")
@@ -660,6 +654,9 @@ def evaluate(
     features_path: str | os.PathLike | None = None,
     run_dir: str | os.PathLike | None = None,
     filter_synthetic: bool = False,
+    balance: bool = False,
+    pretrain: bool = False,
+    select_confidence: float | None = None,
     device: str | torch.device | None = None,
     max_samples: int | None = None,
     seed: int = 0,
@@ -684,6 +681,13 @@ def evaluate(
             real datalist has none).
         filter_synthetic: drop the synthetic samples a real-vs-synthetic classifier separates most confidently and
             report the utility before and after (implies `utility`).
+        balance: add the utility arm `real+augmentation+balanced` (minority classes filled with synthetic samples up
+            to the majority count; implies `utility`).
+        pretrain: add the utility arm `synthetic->real+augmentation` (pre-trained on synthetic, fine-tuned on
+            real+augmentation, the same total steps; implies `utility`).
+        select_confidence: the utility arms use only the synthetic samples that the recognisability classifier
+            (trained on the real training split) assigns to their own class with at least this probability (implies
+            `utility`).
         device: ``cpu`` or ``cuda`` (default: CUDA when available).
         max_samples: at most this many samples per real split and of the synthetic set (seeded subsets) in the
             feature extractor, fidelity, diversity, recognisability and the privacy queries; the privacy reference
@@ -703,7 +707,9 @@ def evaluate(
     timer = _Timer()
     out = Path(out_dir).expanduser().resolve()
     run_path = None if run_dir is None else Path(run_dir).expanduser().resolve()
-    utility = bool(utility or filter_synthetic)
+    utility = bool(utility or filter_synthetic or balance or pretrain or select_confidence is not None)
+    if select_confidence is not None and not 0 < select_confidence <= 1:
+        raise MedvolInputError("--select-confidence", f"must be a probability in (0, 1], got {select_confidence}")
     _check_options(seeds, synthetic_ratio, classifier_epochs, max_samples, features_path, run_path)
     if out.exists() and not out.is_dir():
         raise MedvolInputError(out, "--out must be a folder, this is a file")
@@ -783,6 +789,10 @@ def evaluate(
         metrics["recognisability"] = recognised
     keep_mask = scores = None
     epochs = {} if classifier_epochs is None else {"epochs": int(classifier_epochs)}
+    arms = [*utility_module.ARMS, *([utility_module.BALANCED_ARM] if balance else []),
+            *([utility_module.PRETRAINED_ARM] if pretrain else [])]
+    study = dict(epochs, arms=arms, select_confidence=select_confidence,
+                 selection_classifier=classifier if select_confidence is not None else None)
     if utility:
         # the real-only arms are kept beside the prepared data, for the next generator evaluated against it
         real_arms = utility_module.RealArmCache(Path(real.datalist).parent / "cache" / UTILITY_CACHE)
@@ -790,7 +800,7 @@ def evaluate(
             metrics["utility"] = utility_module.utility_study(
                 all_train.images, all_train.labels, all_heldout.images, all_heldout.labels, all_synth.images, all_synth.labels,
                 list(real.classes), seeds=seeds, synthetic_ratio=synthetic_ratio, device=device, progress=progress,
-                cache=real_arms, **epochs)
+                cache=real_arms, **study)
     if filter_synthetic:
         with timer.stage("filtering"):
             keep_mask, scores = utility_module.realness_filter(all_train.images, all_synth.images, seed=seed, device=device,
@@ -799,7 +809,7 @@ def evaluate(
             after = utility_module.utility_study(
                 all_train.images, all_train.labels, all_heldout.images, all_heldout.labels, all_synth.images, all_synth.labels,
                 list(real.classes), seeds=seeds, synthetic_ratio=synthetic_ratio, filter_mask=keep_mask,
-                device=device, progress=progress, cache=real_arms, **epochs)
+                device=device, progress=progress, cache=real_arms, **study)
             metrics["filtering"] = {
                 "kept": int(keep_mask.sum()),
                 "dropped_fraction": float(1.0 - keep_mask.mean()),
@@ -837,8 +847,10 @@ def evaluate(
     }
     metrics["feature_extractor"] = {"kind": extractor.kind, "description": extractor.description,
                                     "dimensions": int(train_f.shape[1])}
-    metrics["methods"] = _methods(real, extractor, fidelity_counts, knn, utility,
-                                  filter_synthetic, seeds, synthetic_ratio)
+    metrics["methods"] = _methods(real, extractor, fidelity_counts, knn, filter_synthetic)
+    if utility:
+        metrics["methods"]["utility"] = utility_module.utility_methods(
+            metrics["utility"], f"the held-out real {HELDOUT_SPLIT} split")
     metrics["timing"] = timer.seconds
     metrics = _plain(metrics)
     if report:

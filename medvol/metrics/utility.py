@@ -334,7 +334,9 @@ def utility_study(
     Returns:
         dict with `seeds`, `steps` {arm: optimiser steps}, `synthetic_ratio`, `counts` {arm: {real, synthetic}}, `synthetic_requested`,
         `synthetic_available`, `test_count`, `notes`, `metrics` (names), `arms` {arm: {metric: {mean, sd, values}}},
-        `paired_difference` {arm: {metric: {mean, ci95, values}}} against `real` (seed by seed), `confusion`
+        `paired_difference` {arm: {metric: {mean, ci95, values}}} against `real` (seed by seed),
+        `paired_difference_augmentation` the same against `real+augmentation` (when run) for the arms with synthetic
+        data, `confusion`
         {arm: [[...]] summed over seeds, rows true, columns predicted}, `confusion_per_seed` {arm: [matrix per seed]},
         `recipe` (words), with the balanced arm `balanced` {per_class: synthetic samples added, target}, with the
         pre-training arm `pretraining` (steps of each stage), with `select_confidence` `selection`
@@ -531,6 +533,16 @@ def utility_study(
         "confusion": {arm: np.sum(confusions[arm], axis=0).tolist() for arm in arms},
         "confusion_per_seed": {arm: [c.tolist() for c in confusions[arm]] for arm in arms},
     }
+    if "real+augmentation" in arms:  # the bar to clear: classical augmentation alone
+        reference = per_seed["real+augmentation"]
+        result["paired_difference_augmentation"] = {
+            arm: {
+                name: paired_difference([m[name] for m in per_seed[arm]], [m[name] for m in reference])
+                for name in metric_names
+            }
+            for arm in arms
+            if arm not in REAL_ONLY_ARMS
+        }
     if BALANCED_ARM in arms:
         result["balanced"] = {"per_class": {classes[c]: balance_fill[c] for c in range(num_classes)},
                               "target": target}
@@ -543,6 +555,41 @@ def utility_study(
     if record_curves:
         result["curves"] = curves
     return result
+
+
+def utility_methods(result: dict[str, Any], test_split: str) -> str:
+    """How a `utility_study` result was computed, in words (the methods entry of metrics.json).
+
+    Args:
+        result: the `utility_study` result.
+        test_split: words for the test split, e.g. "the held-out real test split".
+    """
+    arms = list(result["arms"])
+    steps = sorted(set(result["steps"].values()))
+    text = (f"One classifier recipe trained per arm ({', '.join(arms)}) with the same {len(result['seeds'])} seeds "
+            f"and the same {', '.join(map(str, steps))} optimiser steps in every arm (a larger training set is seen "
+            f"for fewer passes), each tested on {test_split}; synthetic-to-real ratio {result['synthetic_ratio']:g}, "
+            "the synthetic subset drawn per seed.")
+    if any("augmentation" in arm for arm in arms):
+        text += (" In the augmentation arms every training sample is augmented (classical augmentation drawn anew "
+                 "each time it is seen), the synthetic ones too.")
+    if "balanced" in result:
+        text += (f" {BALANCED_ARM}: every minority class is filled with synthetic samples of that class up to the "
+                 f"real majority count ({result['balanced']['target']}).")
+    if "pretraining" in result:
+        stages = result["pretraining"]
+        text += (f" {PRETRAINED_ARM}: pre-trained for {stages['pretrain_steps']} steps on the synthetic subset "
+                 f"(augmented), then fine-tuned for {stages['finetune_steps']} steps on real+augmentation with a "
+                 "fresh optimiser.")
+    if "selection" in result:
+        selection = result["selection"]
+        text += (f" Only the synthetic samples that a classifier trained on the real training split (never the test "
+                 f"split) assigns to their own class with probability >= {selection['threshold']:g} were used "
+                 f"({selection['kept']} kept).")
+    text += " Mean, sd and the value per seed; paired differences against `real`"
+    if "paired_difference_augmentation" in result:
+        text += " and against `real+augmentation`"
+    return text + " per seed, with a 95% t confidence interval."
 
 
 def recognisability(

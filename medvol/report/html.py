@@ -358,6 +358,30 @@ def _utility_tables(utility: Mapping, classes: Sequence[str] = ()) -> str:
         parts.append("<p>Training images per arm: " + "; ".join(
             f"{_e(arm)} {int(c.get('real', 0))} real + {int(c.get('synthetic', 0))} synthetic"
             for arm, c in counts.items()) + ".</p>")
+    steps = utility.get("steps") or {}
+    if steps:
+        parts.append("<p>Optimiser steps per arm: " + "; ".join(
+            f"{_e(arm)} {_number(n)}" for arm, n in steps.items()) + (
+            f" (the same {_number(next(iter(steps.values())))} optimiser steps in every arm)"
+            if len(set(steps.values())) == 1 else "") + ".</p>")
+    balanced = utility.get("balanced")
+    if balanced:
+        parts.append("<p>Balanced arm: synthetic samples added per class up to "
+                     f"{_number(balanced.get('target'))}: " + ", ".join(
+                         f"{_e(name)} {_number(n)}" for name, n in (balanced.get("per_class") or {}).items()) + ".</p>")
+    pretraining = utility.get("pretraining")
+    if pretraining:
+        parts.append(f"<p>Pre-training arm: {_number(pretraining.get('pretrain_steps'))} steps pre-training on "
+                     f"synthetic samples, then {_number(pretraining.get('finetune_steps'))} steps fine-tuning on "
+                     "real+augmentation.</p>")
+    selection = utility.get("selection")
+    if selection:
+        available = selection.get("available_per_class") or {}
+        parts.append(f"<p>Sample selection: synthetic samples whose own class gets probability &gt;= "
+                     f"{_number(selection.get('threshold'))} from a classifier trained on the real training split; "
+                     "kept per class: " + ", ".join(
+                         f"{_e(name)} {_number(kept)} of {_number(available.get(name))}"
+                         for name, kept in (selection.get("kept_per_class") or {}).items()) + ".</p>")
     if utility.get("recipe"):
         parts.append(f"<p>{_e(utility['recipe'])}.</p>")
     notes = utility.get("notes") or []
@@ -367,13 +391,14 @@ def _utility_tables(utility: Mapping, classes: Sequence[str] = ()) -> str:
     rows = [[_e(arm)] + [", ".join(_number(v) for v in (arms[arm].get(m) or {}).get("values") or []) for m in metric_names]
             for arm in arms]
     parts += ["<h3>Values per seed (in seed order)</h3>", _table(["arm", *map(_e, metric_names)], rows)]
-    paired = utility.get("paired_difference") or {}
-    if paired:
-        paired_metrics = [m for m in metric_names if any(m in (paired[a] or {}) for a in paired)]
-        rows = [[_e(arm)] + [_interval(paired[arm].get(m)) if paired[arm].get(m) else "–" for m in paired_metrics]
-                for arm in paired]
-        parts += ["<h3>Paired difference against <code>real</code> (mean [95% CI])</h3>",
-                  _table(["arm", *map(_e, paired_metrics)], rows)]
+    for reference, key in (("real", "paired_difference"), ("real+augmentation", "paired_difference_augmentation")):
+        paired = utility.get(key) or {}
+        if paired:
+            paired_metrics = [m for m in metric_names if any(m in (paired[a] or {}) for a in paired)]
+            rows = [[_e(arm)] + [_interval(paired[arm].get(m)) if paired[arm].get(m) else "–" for m in paired_metrics]
+                    for arm in paired]
+            parts += [f"<h3>Paired difference against <code>{reference}</code> (mean [95% CI])</h3>",
+                      _table(["arm", *map(_e, paired_metrics)], rows)]
     confusion = utility.get("confusion") or {}
     if confusion:
         blocks = []

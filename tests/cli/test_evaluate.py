@@ -56,6 +56,8 @@ BAD_INPUTS = {
     "missing feature network": (["--real", "{real}", "--synthetic", "{good}", "--features", "{good}/no.pt"], ["--features"]),
     "run without curves": (["--real", "{real}", "--synthetic", "{good}", "--run", "{not_a_run}"], ["TensorBoard"]),
     "no seeds": (["--real", "{real}", "--synthetic", "{good}", "--utility", "--seeds", "0"], ["--seeds"]),
+    "selection above 1": (["--real", "{real}", "--synthetic", "{good}", "--select-confidence", "1.5"],
+                          ["--select-confidence", "(0, 1]", "1.5"]),
 }
 
 

@@ -16,7 +16,7 @@ from medvol.cli import main
 from medvol.errors import MedvolInputError
 from medvol.data.phantoms import CLASSES, make_phantom_batch
 from medvol.metrics.evaluate import HELDOUT_SPLIT, evaluate, load_real, load_synthetic
-from medvol.metrics.utility import ARMS
+from medvol.metrics.utility import ARMS, BALANCED_ARM, PRETRAINED_ARM
 from medvol.sampling import write_samples
 from tests.report.test_html import check_self_contained_valid_html
 
@@ -224,3 +224,28 @@ def test_images_too_small_for_ms_ssim_are_one_clear_error(tmp_path, capsys):
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1, error
     assert str(data / "datalist.json") in error[0] and "MS-SSIM (diversity) needs at least 10 voxels" in error[0]
+
+
+def test_utility_options_balance_pretrain_and_a_selection_that_never_sees_the_test_split(prepared, synthetic, tmp_path):
+    options = {"seeds": 1, "classifier_epochs": 2, "balance": True, "pretrain": True, "select_confidence": 0.5,
+               "device": "cpu", "progress": False}
+    first = evaluate(prepared, synthetic, tmp_path / "first", **options)
+    utility = first["utility"]
+    assert set(utility["arms"]) == {*ARMS, BALANCED_ARM, PRETRAINED_ARM}
+    assert len(set(utility["steps"].values())) == 1
+    selection = utility["selection"]
+    assert selection["available_per_class"] == {"normal": 6, "lesion": 6}
+    assert sum(selection["kept_per_class"].values()) == selection["kept"] == sum(selection["keep"])
+    assert utility["synthetic_available"] == selection["kept"]
+    assert "probability >= 0.5" in first["methods"]["utility"] and "the synthetic ones too" in first["methods"]["utility"]
+    report = (tmp_path / "first" / "report.html").read_text(encoding="utf-8")
+    assert "Sample selection" in report and "Paired difference against <code>real+augmentation</code>" in report
+    # the validation images as the test split: the selection is the same (it only ever sees the training split)
+    document = json.loads(prepared.read_text())
+    document["test"] = document["validation"]
+    other = prepared.parent / "datalist_other_test.json"
+    other.write_text(json.dumps(document))
+    second = evaluate(other, synthetic, tmp_path / "second", **options)
+    assert second["utility"]["test_count"] == 8
+    assert second["utility"]["selection"]["keep"] == selection["keep"]
+    assert second["utility"]["selection"]["probabilities"] == pytest.approx(selection["probabilities"])

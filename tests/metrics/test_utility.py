@@ -22,6 +22,7 @@ from medvol.metrics.utility import (
     recognisability,
     roc_auc,
     summarise,
+    utility_methods,
     utility_study,
 )
 
@@ -407,3 +408,21 @@ def test_selection_keeps_the_samples_a_real_trained_classifier_assigns_to_their_
                            ["h", "v"], **options)
     assert second["selection"]["keep"] == selection["keep"]
     assert second["selection"]["probabilities"] == pytest.approx(selection["probabilities"])
+
+
+def test_paired_differences_against_real_augmentation_and_the_methods_text():
+    train_images, train_labels = bars(12, seed=0)
+    synthetic_images, synthetic_labels = bars(12, seed=2)
+    result = utility_study(train_images, train_labels, train_images, train_labels, synthetic_images, synthetic_labels,
+                           ["h", "v"], seeds=2, epochs=1, progress=False,
+                           arms=["real", "real+augmentation", "real+augmentation+synthetic", BALANCED_ARM])
+    against = result["paired_difference_augmentation"]
+    assert set(against) == {"real+augmentation+synthetic", BALANCED_ARM}
+    for arm, per_metric in against.items():
+        values = (np.array(result["arms"][arm]["accuracy"]["values"])
+                  - np.array(result["arms"]["real+augmentation"]["accuracy"]["values"]))
+        assert per_metric["accuracy"]["values"] == pytest.approx(values.tolist())
+    text = utility_methods(result, "the test split")
+    assert "the synthetic ones too" in text and "same 1 optimiser steps" in text
+    assert "up to the real majority count" in text and "pre-trained" not in text
+    assert "against `real+augmentation`" in text

@@ -227,3 +227,23 @@ def test_scalar_curves_are_read_back_from_the_run(tmp_path):
     assert steps == list(range(1, 11))
     np.testing.assert_allclose(values, [100.0 - s for s in steps])
     assert read_scalar_curves(tmp_path / "elsewhere") == {}
+
+
+def test_utility_section_shows_steps_selection_balancing_pretraining_and_the_augmentation_comparison():
+    from medvol.report.html import _utility_tables
+
+    arms = {arm: {"accuracy": {"mean": 0.7, "sd": 0.05, "values": [0.65, 0.7, 0.75]}}
+            for arm in ("real", "real+augmentation", "real+augmentation+balanced", "synthetic->real+augmentation")}
+    utility = {"seeds": [0, 1, 2], "arms": arms, "steps": {arm: 504 for arm in arms},
+               "balanced": {"per_class": {"a": 0, "b": 7}, "target": 12},
+               "pretraining": {"pretrain_steps": 252, "finetune_steps": 252},
+               "selection": {"threshold": 0.9, "kept": 13, "kept_per_class": {"a": 9, "b": 4},
+                             "available_per_class": {"a": 10, "b": 10}},
+               "paired_difference_augmentation": {"real+augmentation+balanced": {
+                   "accuracy": {"mean": 0.0123, "ci95": [0.0045, 0.0201]}}}}
+    html = _utility_tables(utility, ["a", "b"])
+    assert "504 optimiser steps" in html
+    assert "b 4 of 10" in html and "a 9 of 10" in html and "&gt;= 0.9" in html
+    assert "b 7" in html and "up to 12" in html
+    assert "252 steps pre-training" in html
+    assert "Paired difference against <code>real+augmentation</code>" in html and "0.0045" in html
