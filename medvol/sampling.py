@@ -392,7 +392,7 @@ def write_samples(
         "format": fmt,
         "provenance": dict(provenance),
         "preprocessing": {"size": list(arrays.shape[2:]), "spacing": None},
-        "intensity": dict(record.get("intensity_source") or {}),
+        "intensity": sample_intensity(record),
         "training": entries,
         "validation": [],
         "test": [],
@@ -402,6 +402,19 @@ def write_samples(
     }
     write_json(out / "datalist.json", document, indent=2)
     return document
+
+
+def sample_intensity(record: Mapping) -> dict:
+    """The ``intensity`` block of a sample folder's datalist: what the training data's source says (kind, modality,
+    levels) and, under ``sample_mapping``, the run's mapping that `to_source_units` inverted (``window`` in source
+    units onto ``output_range``), so `medvol evaluate` reads the files back with that fixed window: exactly the
+    generator's output, not a window measured again on each generated image."""
+    intensity = dict(record.get("intensity_source") or {})
+    mapping = record.get("intensity")
+    if mapping:
+        intensity["sample_mapping"] = {"window": [float(v) for v in mapping["window"]],
+                                       "output_range": [float(v) for v in mapping["output_range"]]}
+    return intensity
 
 
 def _safe(text: str) -> str:

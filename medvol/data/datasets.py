@@ -231,7 +231,7 @@ def build_dataset(
 
     Settings left as None come from the datalist (``mode``, ``preprocessing.size``, ``preprocessing.spacing``,
     ``preprocessing.shape_mode``, ``preprocessing.crop_foreground``, ``preprocessing.volume_size`` (slice mode),
-    ``intensity.kind``, ``intensity.window`` (CT),
+    ``intensity.kind``, ``intensity.window`` (``ct``, ``fixed``),
     ``intensity.percentiles`` and ``intensity.output_range``), then from the defaults (volume mode, ``crop_pad``,
     no foreground crop, MR scaling of the 0.5-99.5 percentiles to [-1, 1]). So training, sampling and evaluation
     see the images the way ``medvol prepare`` recorded (and previewed) them.
@@ -245,8 +245,9 @@ def build_dataset(
             (batches then need equal input shapes).
         spacing: voxel size in mm the images are resampled to, None keeps it: 3 values, or in slice mode 2 (the
             in-plane spacing; volumes keep their spacing along `slice_axis`).
-        intensity: ``mr``, ``ct`` or ``minmax`` (see `ScaleIntensityWindow`).
-        window: CT window in HU (default -1000, 1000).
+        intensity: ``mr``, ``ct``, ``minmax`` or ``fixed`` (see `ScaleIntensityWindow`); scaled after the spatial
+            steps, on the samples' grid.
+        window: window of ``ct`` in HU (default -1000, 1000) and of ``fixed``.
         percentiles: MR percentiles (default 0.5, 99.5).
         output_range: intensity range of the samples (default -1, 1).
         shape_mode: ``crop_pad``, ``resize`` or ``fit`` (see `medvol.transforms.spatial.ShapeMode`); how images reach
@@ -283,7 +284,7 @@ def build_dataset(
     if volume_size is not None and (mode != DatasetMode.SLICE or len(volume_size) != 3):
         raise MedvolInputError(where, f"volume_size {list(volume_size)}: a 3D shape, for slice mode only")
     intensity = intensity or intensity_defaults.get("kind") or IntensityKind.MR
-    if window is None and intensity_defaults.get("kind") == str(IntensityKind.CT):
+    if window is None and intensity_defaults.get("kind") in (str(IntensityKind.CT), str(IntensityKind.FIXED)):
         window = intensity_defaults.get("window")
     percentiles = percentiles or intensity_defaults.get("percentiles") or DEFAULT_PERCENTILES
     output_range = output_range or intensity_defaults.get("output_range") or DEFAULT_OUTPUT_RANGE

@@ -609,6 +609,20 @@ def _real_world_value_mapping(encoding: IntegerEncoding) -> Dataset:
     return item
 
 
+def source_units_mapping(dataset: Dataset) -> tuple[float, float] | None:
+    """``(slope, intercept)`` of the Real World Value Mapping item medvol writes (LUT label ``MEDVOL_SOURCE``): stored
+    integers times slope plus intercept are the intensities given to `write_synthetic_dicom_series` (MR, SC). None
+    when the file has no such item (CT: RescaleSlope/RescaleIntercept already give HU).
+
+    Args:
+        dataset: one file of the series (pydicom dataset).
+    """
+    for item in dataset.get("RealWorldValueMappingSequence") or []:
+        if str(item.get("LUTLabel", "")).strip() == "MEDVOL_SOURCE":
+            return float(item.RealWorldValueSlope), float(item.RealWorldValueIntercept)
+    return None
+
+
 def _window(displayed: np.ndarray) -> tuple[str, str]:
     """WindowCenter and WindowWidth (DS strings) that span the 1st to 99th percentile of the values a viewer windows."""
     low, high = (float(v) for v in np.percentile(displayed, _WINDOW_PERCENTILES))

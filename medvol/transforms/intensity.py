@@ -5,7 +5,13 @@ Every kind maps a *source window* ``[lo, hi]`` linearly onto an output range (``
 - ``ct``: a fixed window in Hounsfield units (the same for every volume, so HU can be recovered exactly),
 - ``mr``: per-volume percentiles (MR has no absolute unit; the hippocampus set mixes float32 and uint8 files with
   very different ranges),
-- ``minmax``: the volume's own minimum and maximum.
+- ``minmax``: the volume's own minimum and maximum,
+- ``fixed``: a given window, the same for every image (how `medvol sample`'s files, written in source units with a
+  run's recorded window, are read back: exactly the generator's output).
+
+Per-image windows are measured on the image the model sees: the preprocessing (`medvol.transforms.presets`) scales
+intensities after every spatial step, so an image given at the training size and the same image resized there by
+the pipeline get the same window.
 
 The window actually used is written to ``meta["medvol_intensity"]`` of the MetaTensor (see `intensity_record`) and
 `invert_intensity` maps values in the output range back to the source units with that record.
@@ -34,6 +40,22 @@ class IntensityKind(StrEnum):
     CT = "ct"
     MR = "mr"
     MINMAX = "minmax"
+    FIXED = "fixed"
+
+
+def fixed_window(kind: IntensityKind | str, window: Sequence[float] | None = None) -> tuple[float, float] | None:
+    """The source window of the kinds whose window does not depend on the image (``ct``, ``fixed``), else None.
+
+    Args:
+        kind: an `IntensityKind`.
+        window: the window; ``ct`` defaults to `DEFAULT_CT_WINDOW`, ``fixed`` needs one.
+    """
+    kind = look_up_option(kind, IntensityKind)
+    if kind == IntensityKind.FIXED and window is None:
+        raise ValueError("intensity kind 'fixed' needs a window")
+    if kind == IntensityKind.CT:
+        return _check_pair(DEFAULT_CT_WINDOW if window is None else window, "window")
+    return _check_pair(window, "window") if kind == IntensityKind.FIXED else None
 
 
 def _check_pair(values: Sequence[float], name: str) -> tuple[float, float]:
@@ -53,13 +75,14 @@ def source_window(
 
     Args:
         image: the image (any shape); only used by the per-volume kinds ``mr`` and ``minmax``.
-        kind: ``ct`` (fixed window), ``mr`` (per-volume percentiles) or ``minmax``.
-        window: the fixed CT window in HU; `DEFAULT_CT_WINDOW` when None. Ignored by the other kinds.
+        kind: ``ct`` (fixed window in HU), ``fixed`` (a given window), ``mr`` (per-volume percentiles) or ``minmax``.
+        window: the window of ``ct`` (`DEFAULT_CT_WINDOW` when None) and ``fixed``. Ignored by the other kinds.
         percentiles: lower and upper percentile (0-100) for ``mr``.
     """
+    fixed = fixed_window(kind, window)
+    if fixed is not None:
+        return fixed
     kind = look_up_option(kind, IntensityKind)
-    if kind == IntensityKind.CT:
-        return _check_pair(DEFAULT_CT_WINDOW if window is None else window, "window")
     values = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float64).ravel()
     values = values[np.isfinite(values)]
     if values.size == 0:
@@ -78,8 +101,8 @@ class ScaleIntensityWindow(Transform):
     and, for MR, ``percentiles``. A constant image (``lo == hi``) maps to the low end of the output range.
 
     Args:
-        kind: ``ct``, ``mr`` or ``minmax`` (see `IntensityKind`).
-        window: fixed source window in HU for ``ct``; `DEFAULT_CT_WINDOW` (-1000, 1000) when None.
+        kind: ``ct``, ``mr``, ``minmax`` or ``fixed`` (see `IntensityKind`).
+        window: source window of ``ct`` (HU; `DEFAULT_CT_WINDOW` (-1000, 1000) when None) and ``fixed``.
         percentiles: lower and upper percentile for ``mr``, default (0.5, 99.5).
         output_range: target range, usually (-1, 1) for GANs or (0, 1).
     """
@@ -95,6 +118,7 @@ class ScaleIntensityWindow(Transform):
     ) -> None:
         self.kind = look_up_option(kind, IntensityKind)
         self.window = None if window is None else _check_pair(window, "window")
+        fixed_window(self.kind, self.window)
         self.percentiles = _check_pair(percentiles, "percentiles")
         if not (0.0 <= self.percentiles[0] and self.percentiles[1] <= 100.0):
             raise ValueError(f"percentiles must lie in [0, 100], got {percentiles!r}")
@@ -122,8 +146,8 @@ class ScaleIntensityWindowd(MapTransform):
 
     Args:
         keys: keys of the images to scale.
-        kind: ``ct``, ``mr`` or ``minmax``.
-        window: fixed CT window in HU.
+        kind: ``ct``, ``mr``, ``minmax`` or ``fixed``.
+        window: source window of ``ct`` (HU) and ``fixed``.
         percentiles: percentiles for ``mr``.
         output_range: target range.
         allow_missing_keys: do not raise when a key is missing.

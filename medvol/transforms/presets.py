@@ -1,9 +1,14 @@
 """The preprocessing pipeline datasets use, built from a small set of settings that also key the disk cache.
 
 Order: load (MONAI's reader choice by suffix, channel first; colour 2D images to greyscale) -> pictures upright
--> orient to RAS -> resample to a spacing (optional) -> intensity window to the output range (recorded in the meta)
--> crop to the foreground (optional) -> fit to the target shape (padding with the recorded background) -> float32
--> metadata made loadable by ``torch.load(weights_only=True)``.
+-> orient to RAS -> resample to a spacing (optional) -> crop to the foreground (optional) -> fit to the target shape
+(padding with the background: the image's minimum, or a fixed window's low end) -> intensity window to the output
+range (recorded in the meta) -> float32 -> metadata made loadable by ``torch.load(weights_only=True)``.
+
+Intensities are scaled last, on the grid the model sees: a per-image window (min-max, MR percentiles) is measured on
+the fitted image, so a real image resized here, the same image given already at that size, and a generated image
+written at that size all land on one scale (measured at the source size, the extremes that resizing smooths away
+would leave every resized real image below the top of the range that every generated image reaches).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import monai
 import numpy as np
@@ -29,6 +35,8 @@ from medvol.transforms.intensity import (
     DEFAULT_PERCENTILES,
     IntensityKind,
     ScaleIntensityWindowd,
+    fixed_window,
+    source_window,
 )
 from medvol.transforms.spatial import (
     CropForegroundd,
@@ -40,7 +48,7 @@ from medvol.transforms.spatial import (
 )
 
 # Bump when the meaning of a setting or the pipeline order changes, so older caches are never reused.
-PIPELINE_VERSION = 2  # 2: `fit` scales by physical extent; crop_foreground
+PIPELINE_VERSION = 3  # 2: `fit` scales by physical extent; crop_foreground. 3: intensity scaled after the fit
 GREYSCALE_MODES = ("L", "I", "I;16", "F")
 
 
@@ -100,8 +108,8 @@ class PreprocessingSettings:
         size: target spatial shape of the samples (`spatial_dims` entries), None to keep the shape.
         spacing: target voxel size in mm, None to keep it: 3 values for volumes; for ``spatial_dims=2`` also 2
             values, the in-plane spacing of 2D images or of the slices (the slice axis keeps its spacing).
-        intensity: ``mr`` (per-volume percentiles), ``ct`` (fixed HU window) or ``minmax``.
-        window: CT window in HU (None: -1000, 1000).
+        intensity: ``mr`` (per-volume percentiles), ``ct`` (fixed HU window), ``minmax`` or ``fixed`` (a given window).
+        window: window of ``ct`` in HU (None: -1000, 1000) and of ``fixed``.
         percentiles: MR percentiles.
         output_range: intensity range of the samples.
         shape_mode: ``crop_pad``, ``resize`` or ``fit`` (see `ShapeMode`).
@@ -150,6 +158,7 @@ class PreprocessingSettings:
         object.__setattr__(self, "spacing", None if self.spacing is None else tuple(float(s) for s in self.spacing))
         object.__setattr__(self, "intensity", str(look_up_option(self.intensity, IntensityKind)))
         object.__setattr__(self, "window", None if self.window is None else tuple(float(v) for v in self.window))
+        fixed_window(self.intensity, self.window)  # a ``fixed`` kind without a window raises here
         object.__setattr__(self, "percentiles", tuple(float(v) for v in self.percentiles))
         object.__setattr__(self, "output_range", tuple(float(v) for v in self.output_range))
         object.__setattr__(self, "shape_mode", str(look_up_option(self.shape_mode, ShapeMode)))
@@ -195,16 +204,22 @@ class PreprocessingSettings:
         grid = self.volume_size is not None  # the volumetric pipeline first: no axis is kept whole
         if self.spacing is not None:
             transforms.append(ResampleToSpacingd(keys, self.spacing, slice_axis=None if grid else slice_axis))
-        transforms.append(ScaleIntensityWindowd(keys, self.intensity, self.window, self.percentiles, self.output_range))
         if self.crop_foreground:
+            window = partial(source_window, kind=self.intensity, window=self.window, percentiles=self.percentiles)
             transforms.append(CropForegroundd(keys, slice_axis=None if grid else slice_axis,
-                                              in_plane_rank=3 if grid else self.spatial_dims))
+                                              in_plane_rank=3 if grid else self.spatial_dims, source_window=window))
+        fixed = fixed_window(self.intensity, self.window)
+        background = None if fixed is None else fixed[0]  # padding that a fixed window scales to its low end
         if grid:
-            transforms.append(FitToShaped(keys, self.volume_size, self.shape_mode))
+            transforms.append(FitToShaped(keys, self.volume_size, self.shape_mode, pad_value=background))
         in_plane = None if not grid else tuple(s for axis, s in enumerate(self.volume_size) if axis != self.slice_axis)
         if self.size is not None and self.size != in_plane:
-            transforms.append(FitToShaped(keys, self.size, self.shape_mode, slice_axis=slice_axis))
-        transforms += [EnsureTyped(keys, dtype=torch.float32, track_meta=True), CacheSafeMetad(keys)]
+            transforms.append(FitToShaped(keys, self.size, self.shape_mode, slice_axis, pad_value=background))
+        transforms += [
+            ScaleIntensityWindowd(keys, self.intensity, self.window, self.percentiles, self.output_range),
+            EnsureTyped(keys, dtype=torch.float32, track_meta=True),
+            CacheSafeMetad(keys),
+        ]
         return Compose(transforms)
 
 

@@ -9,7 +9,7 @@ classes only choose their arguments from the image (its spatial rank, its record
 from __future__ import annotations
 
 import copy
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
@@ -172,7 +172,8 @@ class FitToShape(Transform):
         slice_axis: for a volume that will be sliced: when the image has one more spatial axis than
             `spatial_size`, this axis keeps its length.
         pad_value: constant for padded voxels; None takes the low end of the output range recorded by
-            `ScaleIntensityWindow` (the background after scaling), or 0 when the image has no record.
+            `ScaleIntensityWindow` (the background after scaling), or the image's minimum when it has no record
+            (not scaled yet: the minimum lies at or below any window's low end, so it scales to the background).
     """
 
     backend = ResizeWithPadOrCrop.backend
@@ -197,7 +198,7 @@ class FitToShape(Transform):
         pad_value = self.pad_value
         if pad_value is None:
             record = intensity_record(img)
-            pad_value = float(record["output_range"][0]) if record else 0.0
+            pad_value = float(record["output_range"][0]) if record else float(img.min()) if img.numel() else 0.0
         interpolation = "bilinear" if len(shape) == 2 else "trilinear"
         if self.mode == ShapeMode.RESIZE:
             return Resize(target, mode=interpolation, anti_aliasing=True)(img)
@@ -218,7 +219,7 @@ class FitToShaped(MapTransform):
         spatial_size: target spatial shape.
         mode: ``crop_pad``, ``resize`` or ``fit``.
         slice_axis: axis kept when a volume is fitted to a 2D size.
-        pad_value: constant for padded voxels (None: the recorded background, see `FitToShape`).
+        pad_value: constant for padded voxels (None: the recorded background or the minimum, see `FitToShape`).
         allow_missing_keys: do not raise when a key is missing.
     """
 
@@ -270,6 +271,9 @@ class CropForegroundd(MapTransform):
         slice_axis: axis kept whole for volumes that will be sliced.
         in_plane_rank: spatial rank of the samples (2 in slice mode); a volume of rank ``in_plane_rank + 1`` keeps
             `slice_axis`.
+        source_window: for images not scaled yet: a function giving the source window ``(lo, hi)`` the intensity
+            scaling will use (e.g. `functools.partial` of `medvol.transforms.intensity.source_window`), so the
+            foreground is the same as on the scaled image (see `foreground_threshold`).
         allow_missing_keys: do not raise when a key is missing.
     """
 
@@ -282,6 +286,7 @@ class CropForegroundd(MapTransform):
         margin: float = 0.02,
         slice_axis: int | None = None,
         in_plane_rank: int | None = None,
+        source_window: Callable[[torch.Tensor], tuple[float, float]] | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -289,12 +294,14 @@ class CropForegroundd(MapTransform):
         self.margin = margin
         self.slice_axis = slice_axis
         self.in_plane_rank = in_plane_rank
+        self.source_window = source_window
 
     def crop(self, img: torch.Tensor) -> torch.Tensor:
         """The crop of one channel-first image."""
         img = convert_to_tensor(img, track_meta=True)
         shape = list(img.shape[1:])
-        threshold = foreground_threshold(img, self.foreground_level)
+        window = None if self.source_window is None else self.source_window(img)
+        threshold = foreground_threshold(img, self.foreground_level, window)
         body = largest_component(torch.as_tensor(img).amax(0) > threshold)
         margins = [max(1, round(self.margin * s)) for s in shape]
         start, end = generate_spatial_bounding_box(body[None], margin=margins, allow_smaller=True)
@@ -311,18 +318,24 @@ class CropForegroundd(MapTransform):
         return d
 
 
-def foreground_threshold(image: torch.Tensor, foreground_level: float = 0.05) -> float:
+def foreground_threshold(
+    image: torch.Tensor, foreground_level: float = 0.05, window: Sequence[float] | None = None
+) -> float:
     """Intensity above which a voxel counts as foreground.
 
-    The level is relative: ``lo + foreground_level * (hi - lo)`` where ``[lo, hi]`` is the output range recorded by
-    `ScaleIntensityWindow` (so background at the low end is excluded), or the image's own min/max without a record.
+    The level is relative: ``lo + foreground_level * (hi - lo)`` where ``[lo, hi]`` is `window` (the source window
+    an unscaled image will be scaled with: the same voxels as on the scaled image), else the output range recorded
+    by `ScaleIntensityWindow` (so background at the low end is excluded), else the image's own min/max.
 
     Args:
         image: the (scaled) image.
         foreground_level: fraction of the intensity range, in [0, 1).
+        window: source window ``(lo, hi)`` of an image not scaled yet.
     """
     record = intensity_record(image)
-    if record:
+    if window is not None:
+        lo, hi = (float(v) for v in window)
+    elif record:
         lo, hi = (float(v) for v in record["output_range"])
     else:
         lo, hi = float(image.min()), float(image.max())

@@ -29,7 +29,6 @@ def data(tmp_path_factory) -> dict[str, Path]:
         "real": prepared / "datalist.json",
         "no_test": no_test / "datalist.json",
         "good": write_synthetic(root / "good", images, labels),
-        "small": write_synthetic(root / "small", *make_phantom_batch(8, 2, (8, 8), seed=3)),
         "volumes": write_synthetic(root / "volumes", *make_phantom_batch(8, 3, (SIZE,) * 3, seed=3)),
         "tumour": write_synthetic(root / "tumour", images, labels, classes=["normal", "tumour"]),
         "few": write_synthetic(root / "few", images[:3], labels[:3]),
@@ -47,7 +46,6 @@ def data(tmp_path_factory) -> dict[str, Path]:
 # (arguments with {placeholders} for the fixture's folders, words the one error line must hold)
 BAD_INPUTS = {
     "no test split": (["--real", "{no_test}", "--synthetic", "{good}"], ["test split is empty"]),
-    "other shape": (["--real", "{real}", "--synthetic", "{small}"], ["shape [8, 8]", "[16, 16]"]),
     "other dimensionality": (["--real", "{real}", "--synthetic", "{volumes}"], ["3D", "2D"]),
     "labels the real data lacks": (["--real", "{real}", "--synthetic", "{tumour}"], ["'tumour'", "not classes"]),
     "too few samples": (["--real", "{real}", "--synthetic", "{few}"], ["3 synthetic samples", "at least 6"]),

@@ -127,3 +127,37 @@ def test_pictures_are_upright(tmp_path):
 
     shown = sample_montage(image[None])
     np.testing.assert_array_equal(shown, np.asarray(Image.open(tmp_path / "picture.png")))
+
+
+def test_intensities_are_scaled_on_the_fitted_grid(tmp_path):
+    """A 64x64 picture with a small bright dot, fitted to 16x16: resizing smooths the dot, and the min-max window is
+    measured afterwards, so the sample still spans the whole range (as the same picture given at 16x16 would)."""
+    pixels = np.full((64, 64), 20, dtype=np.uint8)
+    pixels[30:32, 40:42] = 255
+    Image.fromarray(pixels).save(tmp_path / "dot.png")
+    pipeline = preprocessing(2, size=(16, 16), intensity="minmax", shape_mode="fit")
+    image = pipeline({"image": str(tmp_path / "dot.png")})["image"]
+    hi = image.meta["medvol_intensity"]["window"][1]
+    assert 20.0 < hi < 200.0  # the window of the 16x16 picture, not of the 64x64 file (255)
+    assert float(image.min()) == -1.0 and float(image.max()) == 1.0
+
+
+def test_foreground_crop_before_scaling_finds_the_windowed_foreground(tmp_path):
+    """The crop runs in source units before the CT window: a field of view padded with -3024 HU around air (-1000)
+    and a body (40) is cropped to the body, as on the windowed image, not to the whole field of view."""
+    volume = np.full((24, 24, 8), -3024.0, dtype=np.float32)
+    volume[2:22, 2:22] = -1000.0
+    volume[8:14, 6:12] = 40.0
+    path = _write_nifti(tmp_path / "ct.nii.gz", volume, np.eye(4))
+    image = preprocessing(3, intensity="ct", crop_foreground=True)({"image": path})["image"]
+    assert tuple(image.shape[1:3]) == (6 + 2, 6 + 2)  # the body and a one-voxel margin on each side
+    assert float(image.max()) == pytest.approx(0.04) and float(image.min()) == -1.0
+
+
+def test_cache_key_changes_with_the_pipeline_version(monkeypatch):
+    """A changed pipeline (e.g. version 3: intensities scaled after the fit) never reads caches of the old one."""
+    from medvol.transforms import presets
+
+    before = PreprocessingSettings(**BASE).cache_key()
+    monkeypatch.setattr(presets, "PIPELINE_VERSION", presets.PIPELINE_VERSION - 1)
+    assert PreprocessingSettings(**BASE).cache_key() != before
