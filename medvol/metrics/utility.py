@@ -400,7 +400,7 @@ def utility_study(
     used = min(requested, pool.size)
     notes: list[str] = []
     uses_synthetic = any(arm not in REAL_ONLY_ARMS for arm in arms)
-    if uses_synthetic and pool.size < 1:
+    if uses_synthetic and used < 1:
         raise MedvolInputError(
             None, "no synthetic samples are left for the utility study (all filtered out or none given)"
         )
@@ -422,6 +422,9 @@ def utility_study(
                  if balance_fill[c] < target - real_counts[c]]
         if short:
             notes.append(f"balancing: too few synthetic samples to fill class {', '.join(short)}; all are used")
+        if not any(balance_fill):
+            notes.append(f"balancing: no class to fill (the real training split is balanced or no synthetic sample "
+                         f"of a minority class is left); {BALANCED_ARM} is real+augmentation")
     pretrain_steps = budget // 2
 
     per_seed: dict[str, list[dict[str, float | None]]] = {arm: [] for arm in arms}

@@ -333,6 +333,18 @@ def test_balanced_arm_fills_the_minority_classes_with_synthetic_samples_up_to_th
         assert all(any(torch.equal(f, s) for s in v_synthetic) for f in fill)
     assert not torch.equal(fills[0], fills[1])
     assert set(result["paired_difference"]) == {BALANCED_ARM}
+    assert result["notes"] == []
+
+
+def test_balanced_arm_on_balanced_data_is_real_augmentation_and_says_so():
+    train_images, train_labels = bars(12, seed=0)
+    synthetic_images, synthetic_labels = bars(12, seed=2)
+    result = utility_study(train_images, train_labels, train_images, train_labels, synthetic_images, synthetic_labels,
+                           ["h", "v"], seeds=1, epochs=1, progress=False,
+                           arms=["real", "real+augmentation", BALANCED_ARM])
+    assert result["counts"][BALANCED_ARM] == {"real": 12, "synthetic": 0}
+    assert result["arms"][BALANCED_ARM] == result["arms"]["real+augmentation"]
+    assert any(f"{BALANCED_ARM} is real+augmentation" in note for note in result["notes"])
 
 
 def test_balanced_arm_with_too_few_synthetic_samples_of_a_class_says_so(recorded):
