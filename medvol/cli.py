@@ -133,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="crop each image to the body (foreground bounding box) before fitting it to --size",
     )
+    p.add_argument(
+        "--duplicates",
+        choices=["keep", "drop", "error"],
+        default="keep",
+        help="identical images (same pixels) of different subjects or classes, which would leak test images into "
+        "training: 'keep' every copy and put each group's subjects in one split (default: nothing is lost, nothing "
+        "leaks), 'drop' the copies of other subjects than the first, or stop with an 'error'. Counts of exact and "
+        "near duplicates (thumbnail correlation above 0.98, reported only) go to report.json",
+    )
     p.add_argument("--spacing", type=_floats, help="target spacing in mm, comma separated (e.g. 1,1,1)")
     p.add_argument(
         "--split",

@@ -123,6 +123,8 @@ def run(args) -> int:
         MedvolInputError: missing/empty SOURCE, nothing usable, bad labels CSV, bad --split/--size/--spacing,
             2D images with ``--mode volume``.
     """
+    from tqdm.auto import tqdm
+
     from medvol.data.splits import (
         DEFAULT_FRACTIONS,
         SPLIT_NAMES,
@@ -135,6 +137,7 @@ def run(args) -> int:
     from medvol.io import datalist as datalists
     from medvol.io.dicom import parse_irregular_kinds
     from medvol.io.discovery import build_datalist, require_usable
+    from medvol.io.duplicates import apply_duplicate_policy, duplicate_message, duplicate_summary, find_duplicates
 
     started = time.perf_counter()
     split_given = getattr(args, "split", None) is not None
@@ -212,13 +215,17 @@ def run(args) -> int:
         preprocessing["volume_size"] = volume_size
     sizing = describe_sizing(preprocessing, spatial_dims)
 
+    scanned = list(datalist.entries)
+    duplicate_scan = find_duplicates(scanned, progress=lambda items: tqdm(
+        items, desc="finding duplicates", unit="image", disable=None, leave=False))
+    linked, dropped = apply_duplicate_policy(datalist, duplicate_scan, scanned, getattr(args, "duplicates", "keep"))
     official = all(e.get("_split") for e in datalist.entries) and not split_given
     if official:  # a source with its own split (MedMNIST .npz) keeps it unless --split asks for another
         splits = {name: [e for e in datalist.entries if e["_split"] == name] for name in SPLIT_NAMES}
         fractions = tuple(round(len(splits[name]) / len(datalist.entries), 4) for name in SPLIT_NAMES)
         datalist.messages.append(f"the official split of {datalist.source} is kept (--split replaces it)")
     else:
-        splits = split_subjects(datalist.entries, fractions, seed=args.seed)
+        splits = split_subjects(datalist.entries, fractions, seed=args.seed, linked=linked)
     if train_fraction is not None:
         splits["training"], left_out = subsample_training(splits["training"], train_fraction, seed=args.seed)
         left_out_ids = {id(e) for e in left_out}
@@ -231,6 +238,10 @@ def run(args) -> int:
         if fraction > 0 and not splits[name]:
             datalist.messages.append(f"the {name} split is empty: {len(set(e['subject'] for e in datalist.entries))} "
                                      f"subject(s) are too few for the fractions {list(fractions)}")
+    duplicates = duplicate_summary(duplicate_scan, scanned, getattr(args, "duplicates", "keep"),
+                                   {str(e["subject"]): name for name, split in splits.items() for e in split}, dropped)
+    if line := duplicate_message(duplicates):
+        datalist.messages.append(line)
     coverage, coverage_lines = class_coverage(splits, datalist.classes, fractions)
     datalist.messages.extend(coverage_lines)
     source_text = str(args.source) if builtin_dims is not None else datalist.source
@@ -259,7 +270,8 @@ def run(args) -> int:
                            summary={"splits": split_summary(splits, datalist.classes), "class_coverage": coverage,
                                     "seconds": round(elapsed, 3),
                                     "accepted_irregular_dicom": sorted(accept_irregular)},
-                           preprocessing={**preprocessing, "description": sizing}, preview=preview)
+                           preprocessing={**preprocessing, "description": sizing}, preview=preview,
+                           duplicates=duplicates)
     for message in datalist.messages:
         if message.startswith(("labels read from", "--train-fraction", "the official split")):
             print(message)

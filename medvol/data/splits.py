@@ -88,6 +88,7 @@ def split_subjects(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     seed: int = 0,
     stratify: bool = True,
+    linked: Sequence[Sequence[str]] = (),
 ) -> dict[str, list[dict]]:
     """Split entries at subject level into ``training``, ``validation`` and ``test``.
 
@@ -98,6 +99,8 @@ def split_subjects(
         stratify: keep label proportions in every split (subjects whose entries carry several labels form their
             own stratum). A stratum smaller than the number of splits fills training first, then the split whose
             overall share is furthest below its fraction.
+        linked: groups of subjects that must share a split (subjects holding identical images): each group is
+            split as one unit.
 
     Returns:
         ``{split name: entries}``, entries in their input order within each split.
@@ -112,7 +115,8 @@ def split_subjects(
     for position, entry in enumerate(entries):
         if entry.get("subject") in (None, ""):
             raise MedvolInputError(None, f"datalist entry {position} ({entry.get('image')}) has no subject id")
-    strata = subject_strata(entries)
+    unit_of = _units(sorted({str(e["subject"]) for e in entries}), linked)
+    strata = subject_strata([{**e, "subject": unit_of[str(e["subject"])]} for e in entries])
     groups: dict[tuple, list[str]] = defaultdict(list)
     for subject in sorted(strata):
         groups[strata[subject] if stratify else ()].append(subject)
@@ -130,9 +134,28 @@ def split_subjects(
             start += count
     splits: dict[str, list[dict]] = {name: [] for name in SPLIT_NAMES}
     for entry in entries:
-        splits[split_of[str(entry["subject"])]].append(entry)
+        splits[split_of[unit_of[str(entry["subject"])]]].append(entry)
     check_no_subject_leak(splits)
     return splits
+
+
+def _units(subjects: Sequence[str], linked: Sequence[Sequence[str]]) -> dict[str, str]:
+    """Subject -> the unit it is split with: the first (sorted) subject of its linked component, else itself."""
+    parent = {s: s for s in subjects}
+
+    def find(s: str) -> str:
+        while parent[s] != s:
+            parent[s] = parent[parent[s]]
+            s = parent[s]
+        return s
+
+    for group in linked:
+        members = sorted(str(m) for m in group if str(m) in parent)
+        for other in members[1:]:
+            a, b = find(members[0]), find(other)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    return {s: find(s) for s in subjects}
 
 
 def subsample_training(

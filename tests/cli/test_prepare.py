@@ -621,3 +621,65 @@ def test_a_class_too_small_for_the_splits_gets_a_line(tmp_path, caplog):
     assert all(line in caplog.text for line in expected)
     assert report["summary"]["class_coverage"] == {"too_few_subjects": {"rare": 1},
                                                    "missing": {"validation": ["rare"], "test": ["rare"]}}
+
+
+def duplicated_mednist(shared_data: Path, source: Path) -> dict[str, list[str]]:
+    """Two classes of real MedNIST JPEGs plus 10 byte-identical copies under new names (6 in their own class, 4 in
+    the other class) and one image 3 grey levels brighter saved as PNG (a near duplicate). Returns the copies' names by kind."""
+    import shutil
+
+    from PIL import Image
+
+    originals = {c: sorted((shared_data / "mednist64" / c).glob("*.jpg"))[:15] for c in ("CXR", "MRBrain")}
+    for name, files in originals.items():
+        (source / name).mkdir(parents=True)
+        for file in files:
+            shutil.copy(file, source / name / file.name)
+    copies = {"same_class": [], "other_class": [], "near": []}
+    for k in range(6):
+        shutil.copy(originals["CXR"][k], source / "CXR" / f"copy_{k}.jpg")
+        copies["same_class"].append(f"CXR/copy_{k}.jpg")
+    for k in range(4):
+        shutil.copy(originals["MRBrain"][k], source / "CXR" / f"mislabelled_{k}.jpg")
+        copies["other_class"].append(f"CXR/mislabelled_{k}.jpg")
+    brighter = np.asarray(Image.open(originals["MRBrain"][10])).astype(np.int16) + 3
+    Image.fromarray(np.clip(brighter, 0, 255).astype(np.uint8)).save(source / "MRBrain" / "brighter.png")
+    copies["near"].append("MRBrain/brighter.png")
+    return copies
+
+
+@pytest.mark.shared_data
+def test_identical_images_of_different_subjects_never_span_splits(shared_data, tmp_path, caplog):
+    source = tmp_path / "src"
+    duplicated_mednist(shared_data, source)
+    assert prepare(source, "--out", tmp_path / "out") == 0
+    datalist, report = load(tmp_path / "out")
+    duplicates = report["duplicates"]
+    assert duplicates["policy"] == "keep" and duplicates["dropped"] == 0
+    assert (duplicates["exact_groups"], duplicates["exact_images"]) == (10, 20)
+    assert duplicates["exact_groups_across_subjects"] == 10 and duplicates["exact_groups_across_classes"] == 4
+    assert duplicates["exact_groups_across_splits"] == 0
+    split_of = {e["image"]: name for name in SPLITS for e in datalist[name]}
+    assert len(split_of) == 41  # nothing lost
+    for group in duplicates["exact"]:
+        assert len({split_of[f] for f in group["files"]}) == 1, group
+    assert len({g["splits"][0] for g in duplicates["exact"]}) > 1  # groups are spread, not all put in training
+    assert duplicates["near_pairs_across_subjects"] >= 1  # brighter.png and its original, at least
+    (line,) = [m for m in report["messages"] if m.startswith("duplicates: 10 group(s) of identical images")]
+    assert "10 across subjects, 4 across classes, 0 across splits" in line and line in caplog.text
+    (conflict,) = [m for m in report["messages"] if "carry different class labels" in m]
+    assert conflict.startswith("4 group(s) of identical images")
+
+
+@pytest.mark.shared_data
+def test_duplicates_drop_and_error(shared_data, tmp_path, capsys):
+    source = tmp_path / "src"
+    duplicated_mednist(shared_data, source)
+    assert prepare(source, "--out", tmp_path / "dropped", "--duplicates", "drop") == 0
+    datalist, report = load(tmp_path / "dropped")
+    assert report["duplicates"]["dropped"] == 10 and sum(len(datalist[s]) for s in SPLITS) == 31
+    skipped = [f for f in report["files"] if f["status"] == "skipped"]
+    assert len(skipped) == 10 and all("dropped by --duplicates drop" in f["reason"] for f in skipped)
+    assert prepare(source, "--out", tmp_path / "refused", "--duplicates", "error") == 2
+    line = one_error_line(capsys)
+    assert "10 group(s) of identical images belong to different subjects" in line and "--duplicates keep" in line
