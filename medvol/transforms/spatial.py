@@ -198,7 +198,8 @@ class FitToShape(Transform):
         pad_value = self.pad_value
         if pad_value is None:
             record = intensity_record(img)
-            pad_value = float(record["output_range"][0]) if record else float(img.min()) if img.numel() else 0.0
+            finite = torch.as_tensor(img)[torch.isfinite(torch.as_tensor(img))]
+            pad_value = float(record["output_range"][0]) if record else float(finite.min()) if finite.numel() else 0.0
         interpolation = "bilinear" if len(shape) == 2 else "trilinear"
         if self.mode == ShapeMode.RESIZE:
             return Resize(target, mode=interpolation, anti_aliasing=True)(img)
