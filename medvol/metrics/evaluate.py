@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
@@ -58,6 +59,7 @@ NEAREST_K = 5
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
 SYNTHETIC_DATALIST = "datalist.json"
+_SLICE_SUFFIX = re.compile(r"\[slice \d+\]$")
 
 
 @dataclass
@@ -68,11 +70,14 @@ class ImageSet:
         images: float32 ``[N, 1, *size]`` in [-1, 1].
         labels: int64 ``[N]`` class indices of the real data's classes, -1 when unlabelled.
         paths: the file of each image (``path[slice k]`` for a slice cut from a volume).
+        subjects: the subject of each image (the datalist's ``subject``); None: each file its own subject. Intervals
+            resample subjects, so that the slices of one volume are not counted as independent images.
     """
 
     images: torch.Tensor
     labels: np.ndarray
     paths: list[str]
+    subjects: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -90,7 +95,15 @@ class ImageSet:
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> ImageSet:
         indices = np.asarray(indices, dtype=np.int64)
-        return ImageSet(self.images[torch.as_tensor(indices)], self.labels[indices], [self.paths[i] for i in indices])
+        subjects = None if self.subjects is None else [self.subjects[i] for i in indices]
+        return ImageSet(self.images[torch.as_tensor(indices)], self.labels[indices], [self.paths[i] for i in indices],
+                        subjects)
+
+    @property
+    def groups(self) -> np.ndarray:
+        """One integer per image, equal for the images of one subject (else of one file): the bootstrap's unit."""
+        keys = self.subjects if self.subjects is not None else [_SLICE_SUFFIX.sub("", p) for p in self.paths]
+        return np.unique(np.asarray(keys, dtype=object).astype(str), return_inverse=True)[1].astype(np.int64)
 
 
 @dataclass
@@ -159,6 +172,18 @@ def _dataset_paths(dataset) -> list[str]:
         items = dataset.volumes.data
         return [items[p]["image"] if k < 0 else f"{items[p]['image']}[slice {k}]" for p, k in dataset.index]
     return [item["image"] for item in dataset.data]
+
+
+def _dataset_subjects(dataset) -> list[str]:
+    """The subject of every sample of a `build_dataset` dataset (its file when the datalist names none)."""
+    from medvol.data.datasets import SliceDataset
+
+    def subject(item: Mapping) -> str:
+        return str(item.get("subject") or item["image"])
+
+    if isinstance(dataset, SliceDataset):
+        return [subject(dataset.volumes.data[p]) for p, _ in dataset.index]
+    return [subject(item) for item in dataset.data]
 
 
 def _stack(dataset, indices: Sequence[int], desc: str, progress: bool) -> tuple[torch.Tensor, np.ndarray]:
@@ -254,8 +279,8 @@ def load_real(
         settings = dataset.preprocessing
         indices = _chosen(len(dataset), max_samples, seed)
         images, labels = _stack(dataset, indices, f"loading real {split}", progress)
-        all_paths = _dataset_paths(dataset)
-        splits[split] = ImageSet(images, labels, [all_paths[i] for i in indices])
+        all_paths, all_subjects = _dataset_paths(dataset), _dataset_subjects(dataset)
+        splits[split] = ImageSet(images, labels, [all_paths[i] for i in indices], [all_subjects[i] for i in indices])
     shapes = {tuple(s.images.shape[1:]) for s in splits.values() if len(s)}
     if len(shapes) > 1:
         raise MedvolInputError(path, f"training and test images have different shapes {sorted(shapes)}: prepare with --size")
@@ -570,6 +595,8 @@ def _methods(real: RealData, extractor, fidelity_counts: Mapping, knn: Mapping, 
     """One sentence per number of metrics.json: how it was computed."""
     heldout = f"the held-out real {HELDOUT_SPLIT} split"
     n = fidelity_counts["n"]
+    unit = ("resampling subjects: all slices of a volume together" if fidelity_counts.get("by_subject")
+            else "resampling images")
     space = f"features of the {extractor.kind} feature extractor ({extractor.description})"
     methods = {
         "preprocessing": f"Real and synthetic files went through the same preprocessing as training "
@@ -578,12 +605,23 @@ def _methods(real: RealData, extractor, fidelity_counts: Mapping, knn: Mapping, 
                          f"the real spatial preprocessing, `medvol sample` files were read back with the window they "
                          f"were written with (inputs.synthetic_preprocessing).",
         "fid": f"Frechet distance between Gaussians fitted to the {space} of the real training split and of the "
-               f"synthetic samples, every set subsampled (seeded) to the same n = {n} (FID grows as n shrinks), with "
-               f"a 95% percentile bootstrap interval resampling both sets.",
+               f"synthetic samples, every set subsampled (seeded) to the same n = {n} (FID grows as n shrinks). "
+               f"ci95: the 2.5th-97.5th percentiles of the FID over {fidelity_counts.get('resamples')} bootstrap resamples of both "
+               f"sets ({unit}), shifted down by the bootstrap bias (resampling duplicates images, which raises the "
+               f"FID, so the plain percentiles, kept as `percentile`, lie above the point estimate and usually "
+               f"exclude it), lower end clipped at 0: the spread of the FID of n-sample sets, an interval for the "
+               f"expected FID at this n (simulated at the extractor's width it covered that in every trial, i.e. "
+               f"conservative), not for the distance between the distributions, which the finite-n bias puts well "
+               f"below; compare it with fid_real_baseline at the same n. `bias_corrected` and `ci95_bias_corrected` "
+               f"remove part of that bias (rough: they covered the population FID in 2-70% of simulated trials). An "
+               f"FID below the real baseline is no sign of quality by itself: the feature extractor is trained on "
+               f"the training split, so copies of training images score lower than new real images (`fid_note`, "
+               f"read the privacy section).",
         "fid_real_baseline": f"The same Frechet distance, same n = {n} and the same training subsample, between the "
                              f"real training split and {heldout}: what new real images score, the scale for `fid`.",
         "kid": f"Kernel inception distance (unbiased MMD^2 with the kernel (x.y / F + 1)^3) between training-split "
-               f"and synthetic features, n = {n} each, with a 95% bootstrap interval.",
+               f"and synthetic features, n = {n} each, with a 95% bootstrap interval as for `fid` ({unit}; not "
+               f"clipped: the unbiased estimate can be below 0).",
         "kid_real_baseline": f"The same KID between the real training split and {heldout}, n = {n} each.",
         "mmd": f"Maximum mean discrepancy (Gaussian kernel, bandwidth the median pairwise distance of the training "
                f"subsample) between training-split and synthetic features, n = {n} each.",
@@ -756,12 +794,20 @@ def evaluate(
 
     metrics: dict = {}
     with timer.stage("fidelity"):
-        fid_kid = fidelity.fidelity_with_baseline(train_f, heldout_f, synth_f, seed=seed)
+        fid_kid = fidelity.fidelity_with_baseline(train_f, heldout_f, synth_f, seed=seed, train_groups=train.groups,
+                                                  heldout_groups=heldout.groups, synthetic_groups=synth.groups)
+        note = fidelity.below_baseline_note(fid_kid["fid"], fid_kid["fid_real_baseline"])
+        if note:
+            metrics["fid_note"] = note
         metrics.update({key: fid_kid[key] for key in ("fid", "kid", "fid_real_baseline", "kid_real_baseline", "mmd")})
         knn = fidelity.matched_precision_recall(train_f, heldout_f, synth_f, k=NEAREST_K, seed=seed)
         metrics.update(knn["synthetic"])
         metrics["mmd_real_baseline"] = fid_kid["mmd_real_baseline"]
         fidelity_counts = {key: fid_kid[key] for key in ("n", "n_train", "n_heldout", "n_synthetic")}
+        fidelity_counts["resamples"] = fid_kid["fid"]["resamples"]
+        fidelity_counts["by_subject"] = any(fid_kid[key]["groups_real"] < fid_kid[key]["n_real"]
+                                            or fid_kid[key]["groups_synthetic"] < fid_kid[key]["n_synthetic"]
+                                            for key in ("fid", "fid_real_baseline"))
         for key in ("precision", "recall", "density", "coverage"):
             metrics[f"{key}_real_baseline"] = knn["real_baseline"][key]
         metrics["precision_recall_n"] = {key: knn[key] for key in ("n", "n_reference", "repeats")}

@@ -206,9 +206,18 @@ def _summary(metrics: Mapping) -> str:
                 real_entry = arms["real"].get(metric) or {}
                 add(f"utility: {metric}, {arm}", _mean_sd(entry), _mean_sd(real_entry), "higher; baseline: the `real` arm")
     header = ["number", "synthetic", "real baseline", "reading"]
+    knn_n = (metrics.get("precision_recall_n") or {}).get("n")
+    same_n = (f" Precision, recall, density and coverage: the synthetic set and the held-out baseline both with "
+              f"n = {_number(knn_n)} samples (coverage and recall grow with n)." if knn_n is not None else "")
     note = ('<p class="note">Each synthetic number sits next to the same number computed for real held-out images '
-            "(the scale it should be read on). Brackets: 95% bootstrap intervals.</p>")
-    return _section("summary", "Summary", _table(header, rows, numeric_to=3) + note)
+            "(the scale it should be read on). Brackets of FID and KID: 95% bootstrap intervals of the value at this "
+            "sample size (the percentiles over resampled sets, shifted by the bootstrap bias so that they are centred "
+            "on the value; FID clipped at 0); they describe the spread between sets of this size, not the distance "
+            f"between the distributions (see Methods).{same_n}</p>")
+    warning = ""
+    if metrics.get("fid_note"):
+        warning = f'<p><span class="flag">{_e(metrics["fid_note"])}</span> <a href="#privacy">Privacy</a></p>'
+    return _section("summary", "Summary", warning + _table(header, rows, numeric_to=3) + note)
 
 
 def _reasons(metrics: Mapping) -> list[str]:

@@ -249,3 +249,21 @@ def test_utility_options_balance_pretrain_and_a_selection_that_never_sees_the_te
     assert second["utility"]["test_count"] == 8
     assert second["utility"]["selection"]["keep"] == selection["keep"]
     assert second["utility"]["selection"]["probabilities"] == pytest.approx(selection["probabilities"])
+
+
+def test_intervals_of_slices_cut_from_volumes_resample_subjects(tmp_path):
+    """Real slices of 16^3 phantom volumes and synthetic volumes cut the same way: the FID/KID bootstrap resamples
+    subjects (real) and files (synthetic), not slices."""
+    data = tmp_path / "data"
+    assert main(["prepare", "builtin:phantoms3d", "--out", str(data), "--mode", "slice", "--size", "16,16,16"]) == 0
+    images, labels = make_phantom_batch(8, 3, (SIZE,) * 3, seed=3)
+    folder = write_synthetic(tmp_path / "volumes", images * 500.0, labels)
+    metrics = evaluate(data, folder, tmp_path / "eval", classifier_epochs=1, device="cpu", progress=False,
+                       report=False)
+    n = metrics["fid"]["n_real"]
+    assert n == 8 * SIZE  # the test split: 8 volumes of 16 slices
+    for key in ("fid", "kid", "fid_real_baseline", "kid_real_baseline"):
+        entry = metrics[key]
+        assert entry["n_real"] == entry["n_synthetic"] == n
+        assert 8 <= entry["groups_real"] <= 24 and entry["groups_synthetic"] == 8, (key, entry)
+    assert "resampling subjects" in metrics["methods"]["fid"]

@@ -16,6 +16,7 @@ from medvol.metrics.evaluate import ImageSet
 from medvol.report.figures import line_plot, principal_components, scatter_plot
 from medvol.report.html import SECTIONS, ReportInputs, read_scalar_curves, render_report, write_report
 
+UTILITY_ARMS = ("real", "real+augmentation", "synthetic", "real+synthetic", "real+augmentation+synthetic")
 VOID_ELEMENTS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
 
@@ -114,11 +115,14 @@ def fake_metrics(classes, n_synthetic, flagged_paths, with_utility: bool) -> dic
         "timing": {"load": 1.0, "features": 2.0},
     }
     if with_utility:
-        arms = {arm: {"accuracy": {"mean": 0.7, "sd": 0.05, "values": [0.65, 0.7, 0.75]},
-                      "auc": {"mean": 0.8, "sd": 0.01, "values": [0.79, 0.8, 0.81]}}
-                for arm in ("real", "real+augmentation", "synthetic", "real+synthetic", "real+augmentation+synthetic")}
+        # every arm its own numbers, so that a number shown in another arm's row or column is caught
+        arms = {arm: {"accuracy": {"mean": 0.7 + i / 100, "sd": 0.05 + i / 1000,
+                                   "values": [0.65 + i / 100, 0.7 + i / 100, 0.75 + i / 100]},
+                      "auc": {"mean": 0.8 + i / 100, "sd": 0.01 + i / 1000, "values": [0.79, 0.8, 0.81]}}
+                for i, arm in enumerate(UTILITY_ARMS)}
         metrics["utility"] = {"seeds": [0, 1, 2], "arms": arms,
-                              "paired_difference": {a: {"accuracy": {"mean": 0.01, "ci95": [-0.02, 0.04]}} for a in arms if a != "real"},
+                              "paired_difference": {a: {"accuracy": {"mean": i / 100, "ci95": [i / 100 - 0.03, i / 100 + 0.03]}}
+                                                    for i, a in enumerate(arms) if a != "real"},
                               "confusion": {a: [[[3, 1], [1, 3]]] * 3 for a in arms},
                               "counts": {a: {"real": 0 if a == "synthetic" else 24, "synthetic": 8 if "synthetic" in a else 0}
                                          for a in arms},
@@ -169,7 +173,16 @@ def test_report_is_valid_self_contained_html_with_every_section(tmp_path, size, 
     assert len(pictures) == expected
     assert "<between>" not in text and "&lt;between&gt;" in text, "text is not escaped"
     if with_utility:
-        assert "0.7 ± 0.05" in text and "0.65, 0.7, 0.75" in text and "0.01 [-0.02, 0.04]" in text
+        for i, arm in enumerate(UTILITY_ARMS):  # each arm's numbers in its own row, accuracy before auc
+            accuracy, auc = f"{0.7 + i / 100:.4g} ± {0.05 + i / 1000:.4g}", f"{0.8 + i / 100:.4g} ± {0.01 + i / 1000:.4g}"
+            assert f'<tr><td>{arm}</td><td class="num">{accuracy}</td><td class="num">{auc}</td></tr>' in text, arm
+            seeds = ", ".join(f"{v + i / 100:.4g}" for v in (0.65, 0.7, 0.75))
+            assert f'<tr><td>{arm}</td><td class="num">{seeds}</td>' in text, arm
+            if arm != "real":  # summary: the arm's number, then the real arm's as its baseline
+                assert (f'<tr><td>utility: accuracy, {arm}</td><td class="num">{accuracy}</td>'
+                        f'<td class="num">0.7 ± 0.05</td>') in text, arm
+                paired = f"{i / 100:.4g} [{i / 100 - 0.03:.4g}, {i / 100 + 0.03:.4g}]"
+                assert f'<tr><td>{arm}</td><td class="num">{paired}</td></tr>' in text, arm
         assert "real+synthetic 24 real + 8 synthetic" in text and "&lt;recipe&gt;" in text
         assert "only 8 are available" in text
         assert "evaluation/fid" in text and "time/seconds_per_step" in text  # drawn / listed as not drawn
@@ -247,3 +260,18 @@ def test_utility_section_shows_steps_selection_balancing_pretraining_and_the_aug
     assert "b 7" in html and "up to 12" in html
     assert "252 steps pre-training" in html
     assert "Paired difference against <code>real+augmentation</code>" in html and "0.0045" in html
+
+
+def test_summary_sends_an_fid_below_the_baseline_to_privacy_and_gives_the_knn_n(tmp_path):
+    train, heldout, synthetic = (image_set(n, (16, 16), [0] * n, seed, name) for n, seed, name in
+                                 ((20, 0, "train"), (10, 1, "test"), (10, 2, "synthetic")))
+    features = [np.random.default_rng(s).normal(size=(len(x), 8)) for s, x in enumerate((train, heldout, synthetic))]
+    metrics = fake_metrics(["a"], len(synthetic), [], False)
+    metrics["precision_recall_n"] = {"n": 10, "n_reference": 20, "repeats": {"synthetic": 1, "real_baseline": 1}}
+    plain = render_report(metrics, ReportInputs(["a"], train, heldout, synthetic, *features))
+    assert "n = 10 samples" in plain and "read the privacy section" not in plain
+    metrics["fid_note"] = "FID 2 is below the real baseline 12.5: read the privacy section <now>."
+    text = render_report(metrics, ReportInputs(["a"], train, heldout, synthetic, *features))
+    check_self_contained_valid_html(text)
+    summary = text[text.index('<section id="summary">'):text.index('<section id="samples">')]
+    assert "read the privacy section &lt;now&gt;." in summary and '<a href="#privacy">' in summary
