@@ -314,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
         "synthetic samples, half fine-tuning on real+augmentation (implies --utility)",
     )
     p.add_argument("--device", choices=["cpu", "cuda"], help="device (default: cuda when available)")
-    p.add_argument("--max-samples", type=int, help="at most this many samples per real split and synthetic set (seeded subset)")
+    p.add_argument("--max-samples", type=int, help="at most this many samples per real split and synthetic set (seeded "
+                   "subset) in the distribution metrics; privacy searches the whole training split and --utility uses "
+                   "every sample")
     p.add_argument("--seed", type=int, default=0, help="seed of subsets, feature extractor, bootstrap (default 0)")
 
     p = sub.add_parser("bench", help="benchmark loading, caching and training speed")
