@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -37,11 +38,47 @@ PHANTOMS_PER_CLASS = 20
 PHANTOM_DATA_SEED = 0
 DEFAULT_PHANTOM_SIZE = {2: (64, 64), 3: (32, 32, 32)}
 PREVIEW_FILE = "preview.png"
+PENDING_DATALIST = ".pending-datalist.json"  # the new datalist until report.json and preview.png are written
 PREVIEW_PER_CLASS = {2: 4, 3: 3}
 PREVIEW_UNLABELLED = {2: 16, 3: 6}
 PREVIEW_MIN_TILE = 96  # pixels: smaller samples are enlarged (nearest neighbour) in the picture
 PREVIEW_SIZE = 64  # per axis, when --size is not given (training then fits to the bundle's image size)
 SLICE_AXIS = 2  # slice mode cuts volumes across their last (RAS: axial) axis
+
+
+SIZE_CHECK_COPIES = 4  # a sample is held about four times while it is read, resampled, cast and batched
+MIN_TRAINING_BATCH = 2  # the smallest batch medvol trains on (batch-norm networks refuse a batch of one)
+
+
+def check_size_fits_memory(size, option: str, batch: int = MIN_TRAINING_BATCH) -> None:
+    """Refuse a sample size whose batch cannot fit in the memory available now, before any work starts.
+
+    Args:
+        size: the sample shape (``--size`` / ``--image-size``).
+        option: what to name in the error (the flag, or the datalist the size came from).
+        batch: samples held at once.
+
+    Raises:
+        MedvolInputError: naming `option`, the memory the size needs and the memory available.
+    """
+    import psutil
+
+    voxels = math.prod(int(v) for v in size)
+    needed = voxels * 4 * batch * SIZE_CHECK_COPIES
+    available = psutil.virtual_memory().available
+    if needed > available:
+        raise MedvolInputError(option, f"{'x'.join(str(int(v)) for v in size)} is {voxels:,} voxels a sample: a batch "
+                               f"of {batch} needs at least {needed / 2**30:,.1f} GiB (4 bytes a voxel, "
+                               f"{SIZE_CHECK_COPIES} working copies) but {available / 2**30:,.1f} GiB of memory is "
+                               "available; choose a smaller size")
+
+
+def _innermost(err: BaseException) -> str:
+    """The message of the error at the bottom of a chain (MONAI wraps transform errors in ones that print the
+    transform object)."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
 
 def resolve_builtin(source: str, mode: str) -> int | None:
@@ -146,6 +183,8 @@ def run(args) -> int:
         raise MedvolInputError("--seed", f"must be a non-negative integer, got {args.seed}")
     _check_positive("--size", args.size)
     _check_positive("--spacing", args.spacing)
+    if args.size is not None:  # before any work: a size no batch of which fits in memory
+        check_size_fits_memory(args.size, "--size")
     train_fraction = getattr(args, "train_fraction", None)
     if train_fraction is not None and not 0 < train_fraction <= 1:
         raise MedvolInputError("--train-fraction", f"must be in (0, 1], got {train_fraction:g}")
@@ -181,6 +220,10 @@ def run(args) -> int:
         exclude=[out_dir], find_labels_csv=not ignore_labels_csv, id_column=getattr(args, "id_column", None),
         label_column=getattr(args, "label_column", None), unlabelled=getattr(args, "unlabelled", None),
         accept_irregular_dicom=accept_irregular)
+    # one run's outputs are published together: the previous run's datalist and preview go first, the new datalist
+    # (what train and evaluate trust) comes last, renamed into place after report.json and preview.png
+    for stale in (datalists.DATALIST_FILE, PENDING_DATALIST, PREVIEW_FILE):
+        (out_dir / stale).unlink(missing_ok=True)
     if not datalist.entries:
         datalists.write_report(out_dir / datalists.REPORT_FILE, datalist)
         require_usable(datalist)
@@ -246,7 +289,7 @@ def run(args) -> int:
     datalist.messages.extend(coverage_lines)
     source_text = str(args.source) if builtin_dims is not None else datalist.source
     document = datalists.write_datalist(
-        out_dir / datalists.DATALIST_FILE, datalist, splits,
+        out_dir / PENDING_DATALIST, datalist, splits,
         source=source_text,
         mode=mode,
         spatial_dims=spatial_dims,
@@ -261,9 +304,10 @@ def run(args) -> int:
     )
     try:
         preview = write_preview(out_dir / PREVIEW_FILE, document)
-    except (MedvolInputError, RuntimeError, ValueError) as err:  # training would meet the same problem: say it now
-        preview = {"file": None, "description": f"not written: {err}"}
-        datalist.messages.append(f"{PREVIEW_FILE} not written: preprocessing a training sample failed: {err}")
+    except (MedvolInputError, RuntimeError, ValueError, MemoryError) as err:  # training would meet it too: say it now
+        preview = {"file": None, "description": f"not written: {_innermost(err)}"}
+        datalist.messages.append(f"{PREVIEW_FILE} not written: preprocessing a training sample failed: "
+                                 f"{_innermost(err)}")
     elapsed = time.perf_counter() - started
     summary = datalist.summary()
     datalists.write_report(out_dir / datalists.REPORT_FILE, datalist,
@@ -272,6 +316,7 @@ def run(args) -> int:
                                     "accepted_irregular_dicom": sorted(accept_irregular)},
                            preprocessing={**preprocessing, "description": sizing}, preview=preview,
                            duplicates=duplicates)
+    os.replace(out_dir / PENDING_DATALIST, out_dir / datalists.DATALIST_FILE)
     for message in datalist.messages:
         if message.startswith(("labels read from", "--train-fraction", "the official split")):
             print(message)

@@ -132,6 +132,10 @@ def training_overrides(args: argparse.Namespace, data_dir: Path, run_dir: Path) 
         size = image_size
     if size is not None:
         overrides["image_size"] = size
+        from medvol.commands.prepare import MIN_TRAINING_BATCH, check_size_fits_memory
+
+        batch = int(args.batch_size) if str(args.batch_size).isdigit() else MIN_TRAINING_BATCH
+        check_size_fits_memory(size, "--image-size" if image_size else f"{data_dir} (its prepared --size)", batch)
     if args.iterations is not None:
         if args.iterations < 1:
             raise MedvolInputError("--iterations", f"must be at least 1, got {args.iterations}")

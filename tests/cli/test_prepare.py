@@ -683,3 +683,20 @@ def test_duplicates_drop_and_error(shared_data, tmp_path, capsys):
     assert prepare(source, "--out", tmp_path / "refused", "--duplicates", "error") == 2
     line = one_error_line(capsys)
     assert "10 group(s) of identical images belong to different subjects" in line and "--duplicates keep" in line
+
+
+def test_a_size_no_machine_can_hold_is_refused_up_front(tmp_path, capsys):
+    source = tmp_path / "src"
+    write_pngs(source / "a", ["a0", "a1", "a2"])
+    write_pngs(source / "b", ["b0", "b1", "b2"])
+    assert prepare(source, "--out", tmp_path / "huge", "--size", "1000000,1000000") == 2
+    line = one_error_line(capsys)
+    assert "--size: 1000000x1000000 is 1,000,000,000,000 voxels a sample: a batch of 2 needs at least" in line
+    assert "GiB of memory is available; choose a smaller size" in line
+    assert not (tmp_path / "huge" / "datalist.json").exists()
+    assert prepare(source, "--out", tmp_path / "ok", "--size", "16,16") == 0
+    capsys.readouterr()
+    assert main(["train", "--bundle", "cgan", "--data", str(tmp_path / "ok"), "--out", str(tmp_path / "run"),
+                 "--image-size", "1000000,1000000", "--iterations", "1", "--device", "cpu"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medvol train: error: --image-size: 1000000x1000000 is")
