@@ -721,6 +721,24 @@ def _study_problems(series_list: list[DicomSeries], datasets_by_volume: dict[str
                     )
 
 
+def _name_skipped_files_in_gaps(series_list: Sequence[DicomSeries], records: dict[str, FileRecord]) -> None:
+    """A series with missing slices gets a problem naming the files skipped in its folders (a truncated or damaged
+    slice is the usual cause of the gap), so the gap is not the only thing the user reads."""
+    skipped_by_folder: dict[Path, list[FileRecord]] = defaultdict(list)
+    for record in records.values():
+        if record.status == SKIPPED and not record.reason.startswith("not DICOM ("):
+            skipped_by_folder[Path(record.path).parent].append(record)
+    for series in series_list:
+        if "gap" not in series.irregular:
+            continue
+        skipped = [r for folder in sorted({Path(f).parent for f in series.files}) for r in skipped_by_folder[folder]]
+        if skipped:
+            named = "; ".join(f"{Path(r.path).name} ({r.reason})" for r in skipped[:3])
+            more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+            series.problems.append(f"{len(skipped)} file(s) in its folder were skipped and may be the missing "
+                                   f"slices: {named}{more}")
+
+
 def discover_series(
     path: str | os.PathLike, files: Iterable[str | os.PathLike] | None = None, progress: bool = False
 ) -> DicomScan:
@@ -774,6 +792,7 @@ def discover_series(
             order[series.volume_id] = (volumes[0].files[0], number)
         series_list.extend(volumes)
     _study_problems(series_list, datasets_by_volume)
+    _name_skipped_files_in_gaps(series_list, records)
     for series in series_list:
         if series.problems:
             for file in series.files:

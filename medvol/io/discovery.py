@@ -548,8 +548,15 @@ def require_usable(datalist: Datalist) -> None:
     """Raise `MedvolInputError` naming the source and the first skip reason when no entry is left."""
     if datalist.entries:
         return
-    skipped = [r for r in datalist.records.values() if r.status == SKIPPED]
-    example = f"; e.g. {skipped[0].path}: {skipped[0].reason}" if skipped else ""
+    by_reason: dict[str, list[str]] = defaultdict(list)
+    for record in datalist.records.values():
+        if record.status == SKIPPED:
+            by_reason[record.reason].append(record.path)
+    reasons = sorted(by_reason.items(), key=lambda item: len(item[1]))  # a file's own problem before its series'
+    shown = [f"{paths[0]}: {reason}" if len(paths) == 1 else f"{len(paths)} files (e.g. {paths[0]}): {reason}"
+             for reason, paths in reasons[:3]]
+    more = f"; {len(reasons) - 3} other reasons in report.json" if len(reasons) > 3 else ""
+    example = f"; {'; '.join(shown)}{more}" if shown else ""
     raise MedvolInputError(
         datalist.source, f"nothing usable: none of its {len(datalist.records)} files gave an image{example}")
 

@@ -700,3 +700,22 @@ def test_a_size_no_machine_can_hold_is_refused_up_front(tmp_path, capsys):
                  "--image-size", "1000000,1000000", "--iterations", "1", "--device", "cpu"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("medvol train: error: --image-size: 1000000x1000000 is")
+
+
+@pytest.mark.shared_data
+def test_a_truncated_slice_inside_a_series_is_named(shared_data, tmp_path, capsys):
+    import shutil
+
+    source = tmp_path / "series"
+    shutil.copytree(shared_data / "dicom/crop_series/study1_hippo_crop", source)
+    victim = source / "12.dcm"
+    victim.chmod(0o644)
+    victim.write_bytes(victim.read_bytes()[:2000])  # a slice cut off in its pixel data
+    assert prepare(source, "--out", tmp_path / "out") == 2
+    line = one_error_line(capsys)
+    own = line.index(f"{victim}: truncated: pixel data declares")
+    assert own < line.index("31 files (e.g. ") and "1 between 11.dcm (11.00 mm) and 13.dcm (13.00 mm)" in line
+    assert main(["inspect", str(source), "--json"]) == 0
+    (series,) = json.loads(capsys.readouterr().out)["series"]
+    assert any(p.startswith("1 file(s) in its folder were skipped and may be the missing slices: 12.dcm (truncated")
+               for p in series["problems"])
