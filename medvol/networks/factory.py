@@ -10,6 +10,12 @@
 | wgan_gp   | ResidualGenerator / ResidualCritic (no norm in critic)   | Wasserstein, gradient penalty          |
 | cgan      | DCGAN pair, label embedding in G, projection critic      | non-saturating BCE                     |
 | acwgan_gp | residual pair, label embedding in G, class head in critic| gradient penalty + auxiliary CE        |
+
+Options of the conditional recipe for small data (any GAN family, through `generator={...}` / `critic={...}`):
+`critic={"spectral_norm": True, "norm": None}` (spectral-norm critic), `critic={"projection": True}` (projection
+conditioning), `generator={"conditional_norm": True}` (per-class gain and bias in the generator's normalisation),
+`generator={"upsampling": "nearest"}` (DCGAN generator: interpolation + convolution instead of transposed
+convolutions); with `build_objective(family, loss="hinge")` for the hinge loss.
 """
 
 from __future__ import annotations
