@@ -236,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder written by `medvol train`")
     p.add_argument("--n", type=int, required=True, help="number of samples (per class for conditional models)")
     p.add_argument("--label", help="only this class label")
-    p.add_argument("--format", choices=["nifti", "dicom"], default="nifti", help="output format (default nifti)")
+    p.add_argument("--format", choices=["nifti", "dicom", "png"], default="nifti",
+                   help="output format (default nifti): NIfTI with the training geometry, one DICOM series per sample, "
+                   "or for 2D runs PNG in source units (8-bit when the training images' values fit 0-255, else 16-bit)")
     p.add_argument("--out", required=True, help="output folder (gets datalist.json)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument(
@@ -402,3 +404,11 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+    except (OSError, RuntimeError) as err:  # a full disk or an unwritable folder, possibly wrapped by MONAI
+        from medvol.io.files import os_error_line, user_fixable_os_error
+
+        problem = user_fixable_os_error(err)
+        if problem is None:
+            raise
+        print(f"medvol {args.command}: error: {os_error_line(problem, getattr(args, 'out', None))}", file=sys.stderr)
+        return EXIT_BAD_INPUT

@@ -27,7 +27,7 @@ import torch
 
 from medvol import __version__
 from medvol.errors import MedvolInputError
-from medvol.io.files import write_json
+from medvol.io.files import atomic_folder, write_json
 
 __all__ = [
     "RUN_RECORD",
@@ -49,7 +49,7 @@ RUN_RECORD = "run.json"
 MODEL_EXPORT = Path("models") / "model.pt"  # the generator-only export training writes (medvol.engines.trainer)
 CAE_FIT_SAMPLES = 64
 SAMPLE_BATCH = 8
-FORMATS = ("nifti", "dicom")
+FORMATS = ("nifti", "dicom", "png")
 MODALITY_BY_INTENSITY = {"ct": "CT", "mr": "MR"}
 
 
@@ -337,22 +337,43 @@ def write_samples(
         arrays: ``[N, 1, *image_size]`` in source units.
         labels: class index per sample (None for unconditional models).
         record: the run record (geometry under ``reference_affine``, ``modality``, classes).
-        out_dir: output folder.
-        fmt: ``nifti`` or ``dicom``.
+        out_dir: output folder, absent or empty; it appears with every file and ``datalist.json`` or not at all
+            (written in a temporary folder beside it, then renamed).
+        fmt: ``nifti``, ``dicom`` or ``png`` (2D runs whose source intensities are 0 or more: 8-bit when they fit
+            0-255, else 16-bit).
         provenance: ``run`` (the run folder), ``checkpoint``, ``seed`` and ``family``; written without absolute
             paths (`relative_provenance`) into the datalist, the NIfTI descriptions and the DICOM headers.
 
     Returns:
         the datalist document written to ``out_dir/datalist.json``.
     """
-    from medvol.io.writers import lps_geometry_from_affine_ras, write_synthetic_dicom_series, write_synthetic_nifti
-
     if fmt not in FORMATS:
         raise MedvolInputError("--format", f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    provenance = relative_provenance(provenance)
     out = Path(out_dir).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise MedvolInputError(out, "--out is not an empty folder: choose a new folder for the synthetic files")
+    with atomic_folder(out) as staging:
+        return _write_samples(arrays, labels, record, out, staging, fmt, relative_provenance(provenance))
+
+
+def _write_samples(arrays: np.ndarray, labels: Sequence[int | None], record: Mapping, out: Path, staging: Path,
+                   fmt: str, provenance: Mapping[str, Any]) -> dict:
+    """`write_samples` into `staging`, with the paths the files will have in `out`."""
+    from medvol.io.writers import (
+        lps_geometry_from_affine_ras,
+        png_bit_depth,
+        write_synthetic_dicom_series,
+        write_synthetic_nifti,
+        write_synthetic_png,
+    )
+
     spatial_dims = int(record["spatial_dims"])
+    bit_depth = None
+    if fmt == "png":
+        if spatial_dims != 2:
+            raise MedvolInputError("--format", f"png is for 2D runs; this run is {spatial_dims}D: write nifti or dicom")
+        mapping = record.get("intensity") or {}
+        bit_depth = png_bit_depth(mapping.get("window_range") or mapping.get("window") or (0, 255))
     affine = np.asarray(record.get("reference_affine") or np.eye(4 if spatial_dims == 3 else 3), dtype=float)
     spacing, origin, direction = lps_geometry_from_affine_ras(affine)
     modality = record.get("modality") or "OT"
@@ -364,11 +385,15 @@ def write_samples(
             stem += f"_{_safe(name)}"
         sample_provenance = {**provenance, "sample_index": index}
         if fmt == "nifti":
-            path = write_synthetic_nifti(array[0], out / f"{stem}.nii.gz", affine_ras=affine, label=name, provenance=sample_provenance)
+            path = write_synthetic_nifti(array[0], staging / f"{stem}.nii.gz", affine_ras=affine, label=name,
+                                         provenance=sample_provenance)
+        elif fmt == "png":
+            path = write_synthetic_png(array[0], staging / f"{stem}.png", bit_depth=bit_depth, label=name,
+                                       provenance=sample_provenance)
         else:
             export = write_synthetic_dicom_series(
                 array[0],
-                out / stem,
+                staging / stem,
                 spacing=spacing[:spatial_dims] if spatial_dims == 2 else spacing,
                 origin=origin,
                 direction=direction.ravel(),
@@ -378,7 +403,7 @@ def write_samples(
                 series_number=index + 1,
             )
             path = Path(export.directory)
-        entry = {"image": str(path), "id": stem, "subject": stem, "synthetic": True}
+        entry = {"image": str(out / path.name), "id": stem, "subject": stem, "synthetic": True}
         if label is not None:
             entry.update({"label": int(label), "label_name": name})
         entries.append(entry)
@@ -393,6 +418,7 @@ def write_samples(
         "provenance": dict(provenance),
         "preprocessing": {"size": list(arrays.shape[2:]), "spacing": None},
         "intensity": sample_intensity(record),
+        **({"png_bit_depth": bit_depth} if bit_depth else {}),
         "training": entries,
         "validation": [],
         "test": [],
@@ -400,7 +426,7 @@ def write_samples(
         "numValidation": 0,
         "numTest": 0,
     }
-    write_json(out / "datalist.json", document, indent=2)
+    write_json(staging / "datalist.json", document, indent=2)
     return document
 
 

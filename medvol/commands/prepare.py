@@ -288,35 +288,38 @@ def run(args) -> int:
     coverage, coverage_lines = class_coverage(splits, datalist.classes, fractions)
     datalist.messages.extend(coverage_lines)
     source_text = str(args.source) if builtin_dims is not None else datalist.source
-    document = datalists.write_datalist(
-        out_dir / PENDING_DATALIST, datalist, splits,
-        source=source_text,
-        mode=mode,
-        spatial_dims=spatial_dims,
-        seed=args.seed,
-        split_fractions=list(fractions),
-        **({"official_split": True} if official else {}),
-        **({"train_fraction": train_fraction} if train_fraction is not None else {}),
-        preprocessing=preprocessing,
-        intensity=intensity_hint(datalist.source_spatial_dims, datalist.modality, datalist.intensity),
-        labels_csv=datalist.labels_csv,
-        **({"synthetic": True} if all(e.get("synthetic") for e in datalist.entries) else {}),
-    )
     try:
-        preview = write_preview(out_dir / PREVIEW_FILE, document)
-    except (MedvolInputError, RuntimeError, ValueError, MemoryError) as err:  # training would meet it too: say it now
-        preview = {"file": None, "description": f"not written: {_innermost(err)}"}
-        datalist.messages.append(f"{PREVIEW_FILE} not written: preprocessing a training sample failed: "
-                                 f"{_innermost(err)}")
-    elapsed = time.perf_counter() - started
-    summary = datalist.summary()
-    datalists.write_report(out_dir / datalists.REPORT_FILE, datalist,
-                           summary={"splits": split_summary(splits, datalist.classes), "class_coverage": coverage,
-                                    "seconds": round(elapsed, 3),
-                                    "accepted_irregular_dicom": sorted(accept_irregular)},
-                           preprocessing={**preprocessing, "description": sizing}, preview=preview,
-                           duplicates=duplicates)
-    os.replace(out_dir / PENDING_DATALIST, out_dir / datalists.DATALIST_FILE)
+        document = datalists.write_datalist(
+            out_dir / PENDING_DATALIST, datalist, splits,
+            source=source_text,
+            mode=mode,
+            spatial_dims=spatial_dims,
+            seed=args.seed,
+            split_fractions=list(fractions),
+            **({"official_split": True} if official else {}),
+            **({"train_fraction": train_fraction} if train_fraction is not None else {}),
+            preprocessing=preprocessing,
+            intensity=intensity_hint(datalist.source_spatial_dims, datalist.modality, datalist.intensity),
+            labels_csv=datalist.labels_csv,
+            **({"synthetic": True} if all(e.get("synthetic") for e in datalist.entries) else {}),
+        )
+        try:
+            preview = write_preview(out_dir / PREVIEW_FILE, document)
+        except (MedvolInputError, RuntimeError, ValueError, MemoryError) as err:  # training would meet it too
+            preview = {"file": None, "description": f"not written: {_innermost(err)}"}
+            datalist.messages.append(f"{PREVIEW_FILE} not written: preprocessing a training sample failed: "
+                                     f"{_innermost(err)}")
+        elapsed = time.perf_counter() - started
+        summary = datalist.summary()
+        datalists.write_report(out_dir / datalists.REPORT_FILE, datalist,
+                               summary={"splits": split_summary(splits, datalist.classes), "class_coverage": coverage,
+                                        "seconds": round(elapsed, 3),
+                                        "accepted_irregular_dicom": sorted(accept_irregular)},
+                               preprocessing={**preprocessing, "description": sizing}, preview=preview,
+                               duplicates=duplicates)
+        os.replace(out_dir / PENDING_DATALIST, out_dir / datalists.DATALIST_FILE)
+    finally:  # interrupted or failed: no half-published datalist is left
+        (out_dir / PENDING_DATALIST).unlink(missing_ok=True)
     for message in datalist.messages:
         if message.startswith(("labels read from", "--train-fraction", "the official split")):
             print(message)

@@ -260,6 +260,7 @@ def check_resumable(run_dir: Path, workflow) -> None:
     # the optimiser state in the checkpoint carries the old settings; a resumed run must train as it started
     settings = {"objective": (previous.get("objective"), dict(parser.get_parsed_content("objective") or {})),
                 "augment": ((previous.get("dataset_options") or {}).get("augment"),
+    _check_resumed_classes(run_dir, previous, parser)
                             bool(parser.get_parsed_content("augment")))}
     for key, (before, now) in settings.items():
         if before is not None and json.loads(json.dumps(before)) != json.loads(json.dumps(now)):
@@ -279,6 +280,44 @@ def check_conditional(workflow, data_dir: Path) -> None:
         return
     datalist = read_datalist(data_dir)
     classes = datalist.get("classes") or []
+def _check_resumed_classes(run_dir: Path, previous: Mapping[str, Any], parser) -> None:
+    """A conditional run resumes only on data with the classes it was trained on (its label embedding and class
+    head have one row per class)."""
+    from medvol.networks.factory import GAN_FAMILIES
+
+    family = previous.get("family")
+    if previous.get("num_classes") is None or family not in GAN_FAMILIES or not GAN_FAMILIES[family][4]:
+        return
+    before, now = int(previous["num_classes"]), int(parser.get_parsed_content("num_classes"))
+    if before != now:
+        data = Path(str(parser.get_parsed_content("dataset_dir"))) / DATALIST_FILE
+        names = read_datalist(data).get("classes") or []
+        raise MedvolInputError(
+            run_dir, f"holds a {family} run trained on {before} classes {list(previous.get('classes') or [])}, but "
+            f"{data} has {now} {list(names)}: resume it with the data it was trained on, or use another --out to "
+            "start a new run"
+        )
+
+
+def check_networks(workflow, pairs: list[str]) -> None:
+    """Build the networks once, before any work, when `medvol train --network KEY=VALUE` changed them: a key no
+    network of the family takes, or a value it cannot use, is one line instead of a traceback from the config.
+
+    Raises:
+        MedvolInputError: the networks cannot be built with these settings.
+    """
+    if not pairs:
+        return
+    try:
+        with bundles.input_errors_unwrapped():
+            workflow.parser.get_parsed_content("networks")
+    except RuntimeError as error:
+        cause = error.__cause__
+        if not isinstance(cause, (TypeError, ValueError)):
+            raise
+        raise MedvolInputError("--network", f"{' '.join(pairs)}: {cause}") from None
+
+
     unlabelled = sum(1 for entry in datalist.get("training") or [] if entry.get("label") is None)
     if len(classes) >= 2 and unlabelled:
         raise MedvolInputError(
@@ -358,6 +397,7 @@ def train(
         run_dir: the run folder.
         nproc: processes; above 1 the workflow runs under ``torchrun`` with ``multi_gpu_train.yaml``.
         extra_handlers: more ignite/MONAI handlers for the trainer (single process only).
+    network_pairs: tuple[str, ...] = (),
 
     Returns:
         ``{"iterations", "checkpoint", "seconds", "resumed_from"}``.
@@ -367,6 +407,8 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     config_workflow = bundles.load_workflow(bundle, "train", overrides, distributed=nproc > 1, logging_file=False)
+        network_pairs: the ``--network KEY=VALUE`` texts behind ``overrides["network"]`` (checked, see
+            `check_networks`).
     check_conditional(config_workflow, Path(overrides["dataset_dir"]))
     check_resumable(run_dir, config_workflow)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(bundles.resolved_config(config_workflow), sort_keys=False))
@@ -377,6 +419,7 @@ def train(
         error_file, signal_file = run_dir / WORKER_ERROR_FILE, run_dir / WORKER_SIGNAL_FILE
         error_file.unlink(missing_ok=True)
         signal_file.unlink(missing_ok=True)
+    check_networks(config_workflow, list(network_pairs))
         code, received = run_workers(command, run_dir)
         iteration, checkpoint = _latest_checkpoint(run_dir)
         if error_file.is_file():
@@ -441,7 +484,8 @@ def run(args: argparse.Namespace) -> int:
             overrides["objective"] = objective_overrides(args.objective,
                                                          objective if isinstance(objective, Mapping) else None,
                                                          str(bundle_config.get("family", bundle_dir.name)))
-    summary = train(bundle_dir, overrides, run_dir, nproc=args.nproc)
+    summary = train(bundle_dir, overrides, run_dir, nproc=args.nproc,
+                    network_pairs=tuple(getattr(args, "network", None) or ()))
     resumed = f" (resumed from {summary['resumed_from']})" if summary.get("resumed_from") else ""
     plan_path = run_dir / "plan.json"
     plan = ""

@@ -1,13 +1,17 @@
-"""Files: what kind of image a path is (one list of suffixes for the whole project), listing a folder, and atomic
-writes (temporary file, fsync, rename) for every JSON and checkpoint medvol writes."""
+"""Files: what kind of image a path is (one list of suffixes for the whole project), listing a folder, atomic
+writes (temporary file, fsync, rename) for every file and folder medvol publishes, and the one-line answer to a
+write that fails for a reason the user can fix (full disk, no permission)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gzip
 import json
 import os
+import shutil
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -19,6 +23,17 @@ NON_IMAGE_SUFFIXES = frozenset(
      ".zip", ".tar", ".gz", ".npz", ".npy", ".pkl", ".pt", ".ini", ".cfg", ".doc", ".docx", ".xls", ".xlsx", ".sh"}
 )
 TEMP_PREFIX = ".tmp-"
+# a failed read or write the user can fix: full disk or quota, no permission, read-only file system, a file where a
+# folder should be (or the other way round, or in the way of a new folder), a name too long
+USER_FIXABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
+                                 errno.EEXIST, errno.EISDIR, errno.ENAMETOOLONG})
+_ERRNO_HINTS = {errno.ENOSPC: "free some space or choose another output folder, then rerun",
+                errno.EDQUOT: "the disk quota is used up: free some space or choose another output folder",
+                errno.EACCES: "choose a folder you may write to (or fix its permissions)",
+                errno.EPERM: "choose a folder you may write to (or fix its permissions)",
+                errno.EROFS: "the file system is read-only: choose another output folder",
+                errno.ENOTDIR: "a part of this path is a file, not a folder: choose another output folder",
+                errno.EEXIST: "a file is in the way of a folder to create: choose another output folder"}
 
 
 def image_suffix(path: str | os.PathLike) -> str:
@@ -120,6 +135,91 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def user_fixable_os_error(error: BaseException) -> OSError | None:
+    """The first `OSError` with a `USER_FIXABLE_ERRNOS` code in `error` or its causes (MONAI wraps errors raised in
+    bundle config expressions), else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in USER_FIXABLE_ERRNOS:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def os_error_line(error: OSError, fallback: str | os.PathLike | None = None) -> str:
+    """One line for a failed read or write: the path (`fallback` when the error names none), the problem, what to
+    do."""
+    from medvol.errors import MedvolInputError
+
+    where = error.filename if error.filename is not None else fallback
+    problem = error.strerror or str(error)
+    hint = _ERRNO_HINTS.get(error.errno)
+    return str(MedvolInputError(where, f"{problem}{': ' + hint if hint else ''}; nothing was published there"))
+
+
+def _raise_naming(error: OSError, path: Path) -> None:
+    """Raise `error`, as an error naming `path` when it named no file (a full disk fails in write(), which names
+    none)."""
+    if error.filename is not None:
+        raise error
+    raise OSError(error.errno, error.strerror, str(path)) from error
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary name next to `path` for writers that take a file name (nibabel, PIL, pydicom): renamed to `path`
+    when the block ends, removed when it fails, so `path` is the old file or the whole new one, never a partial one.
+
+    Args:
+        path: the file to (re)write; its folder is created. The temporary name keeps its suffix (``.nii.gz``...).
+
+    Raises:
+        OSError: as raised inside the block or by the rename, naming `path` when it named no file.
+    """
+    path = Path(path)
+    temp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{path.name}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield temp
+        os.replace(temp, path)
+    except OSError as err:
+        temp.unlink(missing_ok=True)
+        _raise_naming(err, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder next to `path` to fill: it becomes `path` when the block ends and is removed when it
+    fails, so a folder of outputs appears whole or not at all.
+
+    Args:
+        path: the folder to publish; it must be absent or empty.
+
+    Raises:
+        OSError: as raised inside the block or by the rename, naming `path` when it named no file.
+    """
+    path = Path(path)
+    temp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{path.name}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(temp, ignore_errors=True)
+        temp.mkdir()
+        yield temp
+        if path.is_dir():
+            path.rmdir()
+        os.replace(temp, path)
+    except OSError as err:
+        shutil.rmtree(temp, ignore_errors=True)
+        _raise_naming(err, path)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:
     """Call ``write(binary_stream)`` on a temporary file next to `path`, fsync it and rename it to `path`: readers
     see the old file or the new one, never a partial one (a crash leaves at most a ``.tmp-<pid>-<name>`` file).
@@ -136,6 +236,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) 
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp, path)
+    except OSError as err:
+        temp.unlink(missing_ok=True)
+        _raise_naming(err, path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise

@@ -14,7 +14,7 @@ import numpy as np
 from monai.utils import optional_import
 
 from medvol.errors import MedvolInputError
-from medvol.io.files import NIFTI_SUFFIXES, gzip_problem
+from medvol.io.files import NIFTI_SUFFIXES, atomic_path, gzip_problem
 from medvol.io.geometry import ImageGeometry, geometry_from_affine_ras
 from medvol.io.images import size_problem
 from medvol.io.report import SKIPPED, USED, WARNING
@@ -105,7 +105,8 @@ def write_nifti(array: np.ndarray, affine_ras: np.ndarray, path: str | os.PathLi
     image.set_qform(affine_ras, code=1)
     image.set_sform(affine_ras, code=1)
     image.header.set_xyzt_units("mm", "sec")
-    nib.save(image, str(path))
+    with atomic_path(path) as temporary:  # a full disk leaves no partial file that a later command would read
+        nib.save(image, str(temporary))
     return path
 
 

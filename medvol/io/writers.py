@@ -42,6 +42,7 @@ from pydicom.valuerep import PersonName, format_number_as_ds
 
 from medvol import __version__ as medvol_version
 from medvol.errors import MedvolInputError
+from medvol.io.files import atomic_path, atomic_write_bytes
 from medvol.io.geometry import affine_ras_from_geometry, geometry_from_affine_ras
 
 nibabel, _ = optional_import("nibabel")
@@ -61,6 +62,8 @@ __all__ = [
     "lps_geometry_from_affine_ras",
     "write_synthetic_dicom_series",
     "write_synthetic_nifti",
+    "write_synthetic_png",
+    "png_bit_depth",
 ]
 
 SYNTHETIC_MARK = "SYNTHETIC"
@@ -326,8 +329,8 @@ def write_synthetic_nifti(
     header["descrip"] = " ".join(description).encode("utf-8")[:80]
     header["intent_name"] = SYNTHETIC_MARK.encode()
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nibabel.save(image, str(path))
+    with atomic_path(path) as temporary:
+        nibabel.save(image, str(temporary))
     record = _provenance_record(provenance, label)
     record["image"] = path.name
     record["affine_ras"] = affine.tolist()
@@ -336,6 +339,64 @@ def write_synthetic_nifti(
     record["origin_lps"] = origin_lps.tolist()
     record["direction_lps"] = direction_lps.ravel().tolist()
     sidecar.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return path
+
+
+def png_bit_depth(value_range: Sequence[float]) -> int:
+    """8 when source values within `value_range` fit 0-255 (8-bit pictures), else 16.
+
+    Raises:
+        MedvolInputError: negative source values (CT HU), which a PNG cannot hold.
+    """
+    low, high = (float(v) for v in value_range)
+    if low < 0:
+        raise MedvolInputError("--format", f"png holds values of 0 or more, but this run's source intensities reach "
+                                           f"{low:g}: write nifti or dicom")
+    return 8 if high <= 255 else 16
+
+
+def write_synthetic_png(
+    array,
+    path: str | os.PathLike,
+    *,
+    bit_depth: int = 8,
+    label: str | int | None = None,
+    provenance: SyntheticProvenance | Mapping | None = None,
+) -> Path:
+    """Writes one synthetic 2D image as a greyscale PNG (rounded to integers, clipped to the bit depth's range) with
+    ``SYNTHETIC`` and the provenance in its text chunks and a JSON sidecar, as `write_synthetic_nifti` does.
+
+    The array is medvol's ``[x, y]`` with y pointing up (what `UprightPicturesd` makes of a picture), so the file's
+    first row is the highest y and medvol reads the same array back.
+
+    Args:
+        array: image [x, y] in source units (numpy or torch, no channel axis).
+        path: output file ending in ``.png``; parent folders are created.
+        bit_depth: 8 or 16 (see `png_bit_depth`).
+        label: class name or index of the sample, when the model is conditional.
+        provenance: run, checkpoint, seed (:class:`SyntheticProvenance` or a mapping).
+
+    Returns:
+        the path written.
+    """
+    from PIL import Image, PngImagePlugin
+
+    path = Path(path)
+    values = _finite_array(array, path)
+    if values.ndim != 2 or bit_depth not in (8, 16):
+        raise ValueError(f"{path}: PNG needs a 2D [x, y] image and bit depth 8 or 16, got {values.shape}, {bit_depth}")
+    dtype = np.uint8 if bit_depth == 8 else np.uint16
+    stored = np.clip(np.rint(values), 0, np.iinfo(dtype).max).astype(dtype)
+    provenance = None if provenance is None else SyntheticProvenance.coerce(provenance)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Description", _provenance_summary(provenance, label))
+    info.add_text("Software", f"medvol {medvol_version}")
+    with atomic_path(path) as temporary:
+        Image.fromarray(np.ascontiguousarray(stored[:, ::-1].T)).save(temporary, format="PNG", pnginfo=info)
+    record = _provenance_record(provenance, label)
+    record.update({"image": path.name, "bit_depth": bit_depth,
+                   "max_error": float(np.max(np.abs(values - stored))) if values.size else 0.0})
+    atomic_write_bytes(path.with_suffix(".json"), (json.dumps(record, indent=2, default=str) + "\n").encode())
     return path
 
 

@@ -326,11 +326,26 @@ def _synthetic_entries(folder: Path, cache_dir: Path) -> tuple[str, list[dict], 
         raise MedvolInputError(folder, "synthetic folder does not exist" if not folder.exists() else "is not a folder")
     discovered = datalist_from_files(folder, images_dir=cache_dir / "synthetic_dicom")
     skipped = [{"path": r.path, "reason": r.reason} for r in discovered.records.values() if r.status == "skipped"]
+    _refuse_unreadable_images(folder, skipped, len(discovered.entries))
     if not discovered.entries:
         example = f"; e.g. {skipped[0]['path']}: {skipped[0]['reason']}" if skipped else ""
         raise MedvolInputError(folder, f"holds no image or volume{example}")
     entries = [{"image": e["image"], "label_name": e.get("label_name"), "listed": e["image"]} for e in discovered.entries]
     return "folder", entries, list(discovered.classes), {}, skipped, None
+
+
+def _refuse_unreadable_images(folder: Path, skipped: list[dict], usable: int) -> None:
+    """A synthetic folder is judged whole: an image file that cannot be read (empty, truncated, damaged), e.g. left
+    by a failed or interrupted copy, stops the evaluation instead of being left out without a word."""
+    from medvol.io.files import DICOM_SUFFIXES, IMAGE_2D_SUFFIXES, NIFTI_SUFFIXES, image_suffix
+
+    suffixes = (*NIFTI_SUFFIXES, *IMAGE_2D_SUFFIXES, *DICOM_SUFFIXES)
+    bad = [s for s in skipped if image_suffix(s["path"]) in suffixes and not Path(s["path"]).name.startswith(".")]
+    if bad:
+        empty = Path(bad[0]["path"]).is_file() and Path(bad[0]["path"]).stat().st_size == 0
+        raise MedvolInputError(bad[0]["path"], f"{'empty file' if empty else bad[0]['reason']} ({len(bad)} of "
+                               f"{usable + len(bad)} image files in {folder} unreadable): replace or remove them, a "
+                               "synthetic set is evaluated whole")
 
 
 def _dicom_sample_to_nifti(series_dir: Path, out_dir: Path) -> Path:
