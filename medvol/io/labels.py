@@ -247,12 +247,18 @@ def apply_labels_csv(datalist: Datalist, csv_path: str | Path, class_order: Sequ
         if path_col is not None and path_col < len(cells) and cells[path_col]:
             listed = cells[path_col]
             path = next((b / listed for b in (csv_path.parent, Path(datalist.source)) if (b / listed).is_file()), None)
+            if path is None and key_col == path_col and listed in lookup:
+                path = False  # not a file but an image id: the column holds ids, read it as such
+            elif path is None and key_col != path_col and key in lookup:
+                note(row.line, WARNING, f"{header[path_col].strip()!r} {listed!r} is no file here; matched by its id "
+                     f"{key!r}", key)
+                path = False
             if path is None:
                 note(row.line, SKIPPED, f"missing image: {listed} exists neither next to the CSV nor under "
                      f"{datalist.source}", None if key_col == path_col else key)
                 unknown_ids.append(listed)
                 continue
-            if key_col == path_col:
+            if key_col == path_col and path:
                 key = str(path.resolve())
         if delimiter in key:
             note(row.line, WARNING, f"id {key!r} contains the CSV separator ({sep_name}); quote or rename such ids",
@@ -297,9 +303,16 @@ def apply_labels_csv(datalist: Datalist, csv_path: str | Path, class_order: Sequ
         raise MedvolInputError(csv_path, f"{ambiguous[0]}{more}; fix or quote these rows")
     image_ids = [e["id"] for e in datalist.entries]
     if datalist.entries and not labels_of:
-        raise MedvolInputError(csv_path, f"none of its {len(body)} ids matches an image under {datalist.source} "
-                               f"(its ids look like {_examples(unknown_ids)}; image ids look like "
-                               f"{_examples(image_ids)})")
+        column = f"its column {header[key_col].strip()!r}" if layout.has_header else "its first column"
+        read_as = " (read as image paths)" if path_col == key_col else ""
+        matching = [header[c].strip() for c in range(len(header)) if layout.has_header and c != key_col
+                    and any(c < len(r.cells) and r.cells[c].strip() in lookup for r in body)]
+        hint = (f"; its column {matching[0]!r} holds image ids: --id-column {matching[0]}" if matching else
+                "; name the column of image ids (file names, stems or subject ids) with --id-column")
+        values = unknown_ids or [r.cells[key_col].strip() for r in body if key_col < len(r.cells)]
+        raise MedvolInputError(csv_path, f"none of the {len(body)} values of {column}{read_as} names an image under "
+                               f"{datalist.source} (they look like {_examples(values)}; image ids look like "
+                               f"{_examples(image_ids)}){hint}")
     missing = [i for i in range(len(datalist.entries)) if i not in labels_of and i not in conflicted]
     labelled = len([i for i in labels_of if i not in conflicted])
     if missing and policy is None:

@@ -719,3 +719,28 @@ def test_a_truncated_slice_inside_a_series_is_named(shared_data, tmp_path, capsy
     (series,) = json.loads(capsys.readouterr().out)["series"]
     assert any(p.startswith("1 file(s) in its folder were skipped and may be the missing slices: 12.dcm (truncated")
                for p in series["problems"])
+
+
+@pytest.mark.parametrize("header, row, outcome", [
+    ["image,diagnosis", "{id},{label}", "labelled"],  # 'image' holds ids, not paths: read as ids
+    ["patient,image,diagnosis", "{id},scan{n}.dcm,{label}", "labelled"],  # paths elsewhere: matched by the id
+    ["image,diagnosis,mrn", "scan{n}.dcm,{label},{id}", "medvol prepare: error: {csv}: none of the 6 values of its "
+     "column 'image' (read as image paths) names an image under {src} (they look like 'scan0.dcm', 'scan1.dcm', "
+     "'scan2.dcm', ...; image ids look like '000', '001', '002', ...); its column 'mrn' holds image ids: "
+     "--id-column mrn"],
+    ["accession,diagnosis", "A{n},{label}", "medvol prepare: error: {csv}: none of the 6 values of its column "
+     "'accession' names an image under {src} (they look like 'A0', 'A1', 'A2', ...; image ids look like '000', "
+     "'001', '002', ...); name the column of image ids (file names, stems or subject ids) with --id-column"],
+])
+def test_a_csv_whose_id_column_holds_something_else(tmp_path, capsys, header, row, outcome):
+    source = write_pngs(tmp_path / "src", [f"{i:03d}" for i in range(6)])
+    csv = tmp_path / "labels.csv"
+    csv.write_text(header + "\n" + "".join(row.format(id=f"{i:03d}", n=i, label=i % 2) + "\n" for i in range(6)))
+    code = prepare(source, "--out", tmp_path / "out", "--labels", csv)
+    if outcome == "labelled":
+        assert code == 0
+        datalist, _ = load(tmp_path / "out")
+        assert datalist["classes"] == ["0", "1"] and sum(len(datalist[s]) for s in SPLITS) == 6
+    else:
+        assert code == 2
+        assert one_error_line(capsys) == outcome.format(csv=csv, src=source)

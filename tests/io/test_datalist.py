@@ -191,7 +191,7 @@ def test_csv_path_column_reports_missing_image(volume_folder):
 TEST_CASES_BAD_CSV = [
     ["id,label\nsub,0,1,lesion\n", "joining", []],  # three pieces that join to nothing known
     ["id,label\nsub 01,lesion\n", "matches several images", ["sub-01"]],  # sub_01 and sub-01 both exist
-    ["id,label\nghost,lesion\n", "none of its 1 ids", []],
+    ["id,label\nghost,lesion\n", "none of the 1 values of its column 'id' names an image", []],
     ["name;value;other\nx;y;z\n", r"header \['name', 'value', 'other'\] is ambiguous \(label column", []],
     ["", "empty", []],
 ]

@@ -114,6 +114,6 @@ def test_unlabelled_skip_and_keep(image_folder):
 
 
 def test_no_matching_id_at_all_says_what_ids_look_like(image_folder):
-    with pytest.raises(MedvolInputError, match=r"none of its 2 ids matches an image .*\(its ids look like 'P1', 'P2'; "
-                                                r"image ids look like 'scan_00'"):
+    with pytest.raises(MedvolInputError, match=r"none of the 2 values of its column 'patient' names an image .*\(they "
+                                                r"look like 'P1', 'P2'; image ids look like 'scan_00'"):
         label(image_folder, "patient,diagnosis\nP1,a\nP2,b\n")
