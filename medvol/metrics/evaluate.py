@@ -914,6 +914,13 @@ def evaluate(
             metrics["utility"], f"the held-out real {HELDOUT_SPLIT} split")
     metrics["timing"] = timer.seconds
     metrics = _plain(metrics)
+    from medvol.metrics.verdict import VERDICT_METHOD, samples_verdict
+
+    run_record = None
+    if run_path is not None and (run_path / "run.json").is_file():
+        run_record = {**json.loads((run_path / "run.json").read_text()), "output_dir": str(run_path)}
+    metrics["verdict"] = samples_verdict(metrics, run_record)
+    metrics["methods"]["verdict"] = VERDICT_METHOD
     if report:
         from medvol.report.html import ReportInputs, write_report
 

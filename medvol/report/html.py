@@ -57,6 +57,7 @@ th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: ta
 figure { margin: 0; } figcaption { font-size: 0.85em; color: #555; max-width: 520px; }
 img.picture { image-rendering: pixelated; border: 1px solid #ddd; }
 .flag { color: #b00020; font-weight: bold; } .ok { color: #1b7a1b; font-weight: bold; }
+.warn { color: #8a5a00; font-weight: bold; } .verdict { font-size: 1.1em; border-left: 4px solid; padding: 4px 10px; }
 .note { color: #555; font-size: 0.9em; } nav a { margin-right: 12px; }
 .real { color: rgb(31, 119, 180); font-weight: bold; } .synthetic { color: rgb(255, 127, 14); font-weight: bold; }
 dt { font-weight: bold; margin-top: 6px; } dd { margin-left: 18px; }
@@ -168,32 +169,57 @@ def _first(indices: np.ndarray, count: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------------- sections
+def _unrealistic(metrics: Mapping) -> bool:
+    return (metrics.get("verdict") or {}).get("realistic") is False
+
+
+def _verdict(metrics: Mapping) -> str:
+    """The verdict (``metrics["verdict"]``, `medvol.metrics.verdict`) as the report's first paragraph."""
+    verdict = metrics.get("verdict")
+    if not verdict:
+        return ""
+    style = {"not_realistic": "flag", "concerns": "warn", "close_to_real": "ok"}.get(verdict.get("level"), "")
+    return f'<p id="verdict" class="verdict {style}">{_e(verdict.get("headline", ""))}</p>\n'
+
+
 def _summary(metrics: Mapping) -> str:
     rows = []
 
     def add(name: str, synthetic: str, baseline: str, better: str) -> None:
         rows.append([_e(name), synthetic, baseline, _e(better)])
 
-    add("FID", _interval(metrics.get("fid")), _interval(metrics.get("fid_real_baseline")), "lower; near the baseline is as good as real")
-    add("KID", _interval(metrics.get("kid")), _interval(metrics.get("kid_real_baseline")), "lower")
-    add("MMD", _number(metrics.get("mmd")), _number(metrics.get("mmd_real_baseline")), "lower")
-    for key, note in (("precision", "higher: synthetic samples look real"), ("recall", "higher: the real variety is covered"),
-                      ("density", "about 1"), ("coverage", "higher")):
+    add("FID", _interval(metrics.get("fid")), _interval(metrics.get("fid_real_baseline")),
+        "lower; 0 = the same feature statistics; read as a multiple of the baseline (new real images score it)")
+    add("KID", _interval(metrics.get("kid")), _interval(metrics.get("kid_real_baseline")),
+        "lower; 0 = the same distribution (unbiased: slightly below 0 happens); read against the baseline as FID")
+    add("MMD", _number(metrics.get("mmd")), _number(metrics.get("mmd_real_baseline")),
+        "lower; 0 = the same distribution")
+    for key, note in (("precision", "0 to 1, higher: the share of samples that lie among real images"),
+                      ("recall", "0 to 1, higher: the share of the real variety the samples cover"),
+                      ("density", "about 1 for samples spread like real ones; near 0: outside the real images"),
+                      ("coverage", "0 to 1, higher: the share of real images with a sample close by")):
         add(key, _number(metrics.get(key)), _number(metrics.get(f"{key}_real_baseline")), note)
     add("MS-SSIM among samples", _number(metrics.get("ms_ssim_synthetic")), _number(metrics.get("ms_ssim_real")),
-        "close to the real value; much higher means less diverse")
+        "0 to 1 (1 = identical pairs); should be near the real value: much higher, less diverse; much lower, "
+        "noise-like")
     collapse = metrics.get("mode_collapse")
     collapse_text = '<span class="flag">yes</span>' if collapse else '<span class="ok">no</span>'
+    if not collapse and _unrealistic(metrics):  # noise is diverse: no all-clear for unrealistic samples
+        collapse_text = '<span class="note">not judged</span>'
     reasons = _reasons(metrics)
     reading = reasons[0] + (f"; and {len(reasons) - 1} more (see Diversity)" if len(reasons) > 1 else "") if reasons else ""
     add("mode collapse", collapse_text, "–", reading)
     privacy = metrics.get("privacy") or {}
     expected = privacy.get("expected_fraction", 0.05)
     add("possible copies (flagged fraction)", _number(privacy.get("flagged_fraction")), _number(expected),
-        f"about {expected:.0%} (held-out real images pass the threshold that often by construction); far more: memorisation")
+        f"the share of samples closer to a training image than 95% of held-out real images are; about {expected:.0%} "
+        "by construction (held-out real images pass that often); far more: memorisation")
     recognised = metrics.get("recognisability") or {}
+    classes = len(recognised.get("per_class") or {})
+    chance = f"; chance {1 / classes:.2f} for {classes} classes" if classes >= 2 else ""
     add("recognisability (overall)", _number(recognised.get("overall")),
-        _number((recognised.get("real_test") or {}).get("overall")), "higher; baseline: the same classifier on real test images")
+        _number((recognised.get("real_test") or {}).get("overall")),
+        f"0 to 1, higher; baseline: the same classifier on real test images{chance}")
     utility = metrics.get("utility")
     if utility:
         arms = utility.get("arms") or {}
@@ -305,6 +331,9 @@ def _diversity(metrics: Mapping) -> str:
     table = _table(["class", "MS-SSIM synthetic", "MS-SSIM real", "mean |difference| synthetic", "mean |difference| real"], rows) if rows else ""
     collapse = metrics.get("mode_collapse")
     verdict = '<p><span class="flag">Mode collapse.</span></p>' if collapse else '<p><span class="ok">No mode collapse.</span></p>'
+    if not collapse and _unrealistic(metrics):
+        verdict = ('<p><span class="note">Mode collapse not judged: the samples are not realistic (see the verdict), '
+                   "and unrealistic samples such as noise can be as diverse as real images.</span></p>")
     reasons = _reasons(metrics)
     if reasons:
         verdict += "<ul>" + "".join(f"<li>{_e(r)}</li>" for r in reasons) + "</ul>"
@@ -349,9 +378,11 @@ def _recognisability(metrics: Mapping) -> str:
     real = (recognised.get("real_test") or {}).get("per_class") or {}
     rows = [[_e(name), _number(value), _number(real.get(name))] for name, value in (recognised.get("per_class") or {}).items()]
     rows.append(["<b>overall</b>", _number(recognised.get("overall")), _number((recognised.get("real_test") or {}).get("overall"))])
+    classes = len(recognised.get("per_class") or {})
+    chance = (f" Chance (a classifier guessing): {1 / classes:.2f} for {classes} classes." if classes >= 2 else "")
     text = ("<p>A classifier trained on the real training split labels every synthetic sample; the table gives the "
             "fraction labelled as the class it was generated for, and the same classifier's recall on real test "
-            "images of the class for scale.</p>")
+            f"images of the class for scale.{chance}</p>")
     return _section("recognisability", "Recognisability", text + _table(["class", "synthetic recognised", "real test recall"], rows))
 
 
@@ -528,7 +559,8 @@ def render_report(metrics: Mapping, inputs: ReportInputs, title: str = "medvol e
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-        f"<h1>{_e(title)}</h1>\n<p class=\"note\">Synthetic: {_e(source)}</p>\n<nav>{nav}</nav>\n{body}</body>\n</html>\n"
+        f"<h1>{_e(title)}</h1>\n{_verdict(metrics)}<p class=\"note\">Synthetic: {_e(source)}</p>\n<nav>{nav}</nav>\n"
+        f"{body}</body>\n</html>\n"
     )
 
 
