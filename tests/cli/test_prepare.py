@@ -744,3 +744,20 @@ def test_a_csv_whose_id_column_holds_something_else(tmp_path, capsys, header, ro
     else:
         assert code == 2
         assert one_error_line(capsys) == outcome.format(csv=csv, src=source)
+
+
+def test_cgan_on_a_datalist_without_training_split_says_so(tmp_path, capsys):
+    source = tmp_path / "src"
+    write_pngs(source / "a", ["a0", "a1", "a2"])
+    write_pngs(source / "b", ["b0", "b1", "b2"])
+    assert prepare(source, "--out", tmp_path / "prepared") == 0
+    document = json.loads((tmp_path / "prepared" / "datalist.json").read_text())
+    document["test"] += document.pop("training")  # a test-only datalist, such as evaluation sets are
+    document["classes"] = []
+    (tmp_path / "prepared" / "datalist.json").write_text(json.dumps(document))
+    capsys.readouterr()
+    assert main(["train", "--bundle", "cgan", "--data", str(tmp_path / "prepared"), "--out", str(tmp_path / "run"),
+                 "--iterations", "1", "--device", "cpu"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "datalist.json: has no training split" in lines[0], lines
+    assert "class labels" not in lines[0]
