@@ -146,3 +146,14 @@ def test_train_on_the_archive_keeps_the_split_and_samples_masks(tmp_path):
     assert main(["sample", str(run), "--n", "2", "--out", str(tmp_path / "samples")]) == 0
     for path in sorted((tmp_path / "samples").glob("*.nii.gz")):  # snapped to the masks' two values
         assert set(np.unique(np.asarray(nib.load(path).dataobj))) <= {0.0, 255.0}
+
+
+@pytest.mark.shared_data
+def test_an_archive_with_a_failing_zip_crc_is_one_line(shared_data, tmp_path, capsys):
+    data = bytearray((shared_data / "adrenal3d/adrenalmnist3d.npz").read_bytes())
+    data[len(data) // 3] ^= 0xFF  # inside train_images.npy, stored uncompressed: only its CRC-32 can tell
+    (tmp_path / "damaged.npz").write_bytes(bytes(data))
+    assert prepare(tmp_path / "damaged.npz", "--out", tmp_path / "out") == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"medvol prepare: error: {tmp_path / 'damaged.npz'}: array train_images cannot be read "
+                     "(BadZipFile: Bad CRC-32 for file 'train_images.npy')"]
