@@ -24,6 +24,7 @@ __all__ = [
     "output_range",
     "image_shape",
     "build_trainer",
+    "critic_augment_settings",
     "exported_network_name",
 ]
 
@@ -106,12 +107,32 @@ def image_shape(image_size: int | Sequence[int], spatial_dims: int) -> list[int]
     return [int(s) for s in image_size]
 
 
+def critic_augment_settings(value: Any, family: str) -> dict[str, Any]:
+    """The bundle's ``critic_augment`` value as canonical settings (what run.json records and the trainer takes).
+
+    Args:
+        value: ``off``, ``fixed:P``, ``ada[:target=T,speed=S]`` or a mapping (`parse_critic_augment`).
+        family: the bundle's family; the autoencoders have no critic and take only ``off``.
+
+    Raises:
+        MedvolInputError: an unreadable value, or augmentation asked of an autoencoder.
+    """
+    from medvol.networks.factory import AUTOENCODER_FAMILIES
+    from medvol.transforms.differentiable import parse_critic_augment
+
+    settings = parse_critic_augment(value, option="critic_augment")
+    if family in AUTOENCODER_FAMILIES and settings["mode"] != "off":
+        raise MedvolInputError("critic_augment", f"{family} has no critic to augment for: use off")
+    return settings
+
+
 def build_trainer(
     family: str,
     networks: Mapping[str, torch.nn.Module],
     optimizers: Mapping[str, torch.optim.Optimizer],
     objective: Any,
     ema_decay: float | None = None,
+    critic_augment: Any = None,
     **options: Any,
 ):
     """The trainer of a family: `medvol.engines.AutoencoderTrainer` for the autoencoders, else
@@ -123,6 +144,8 @@ def build_trainer(
         optimizers: one optimiser per network, by the same names.
         objective: what `medvol.objectives.build_objective` built for the family.
         ema_decay: decay of the generator's exponential moving average (GAN families only).
+        critic_augment: differentiable augmentation before every critic call (GAN families only; see
+            `critic_augment_settings`).
         options: keyword arguments both trainers take (`medvol.engines.trainer.MedvolTrainer`).
     """
     from medvol import engines
@@ -139,5 +162,6 @@ def build_trainer(
         d_optimizer=optimizers["critic"],
         objective=objective,
         ema_decay=ema_decay,
+        critic_augment=critic_augment,
         **options,
     )

@@ -18,7 +18,8 @@ with a warning and ``plan.json`` says why; an out-of-memory error is then not an
 
 Randomness: every random draw of an iteration (latents, sampled labels, the gradient penalty's mixing weights, label
 flips, dropout) comes from this rank's stream for that iteration (:meth:`MedvolTrainer.rank_random_stream`), so the
-ranks of a distributed run draw different samples and a resume continues every rank's stream exactly.
+ranks of a distributed run draw different samples and a resume continues every rank's stream exactly. The critic
+augmentation of :class:`AdversarialTrainer` draws from a stream of its own, seeded the same way.
 
 Events: MONAI's ``IterationEvents`` fire as usual: ``INNER_ITERATION_STARTED/COMPLETED`` around each critic step,
 ``FORWARD_COMPLETED`` / ``LOSS_COMPLETED`` / ``BACKWARD_COMPLETED`` per optimiser step and ``MODEL_COMPLETED`` at the
@@ -114,6 +115,7 @@ from medvol.engines.memory import (
 )
 from medvol.engines.stream import BatchStream
 from medvol.errors import MedvolInputError
+from medvol.transforms.differentiable import AugmentedCritic, CriticAugmentation
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
@@ -200,7 +202,8 @@ def unwrapped(network: nn.Module) -> nn.Module:
 
 def step_seed(seed: int, rank: int, iteration: int, stream: int = 0) -> int:
     """The seed of rank `rank`'s random stream `stream` in iteration `iteration` (well mixed, 63 bits); stream 0
-    drives the training steps, stream 1 the global generators of a resumed rank other than 0."""
+    drives the training steps, stream 1 the global generators of a resumed rank other than 0, stream 2 the critic
+    augmentation."""
     words = [int(value) & (2**64 - 1) for value in (seed, rank, iteration, stream)]
     return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> 1)
 
@@ -906,6 +909,13 @@ class AdversarialTrainer(MedvolTrainer):
             (with a fixed 0.999, 600 iterations leave 55 % of the untrained weights in the average).
         health_interval: check for a winning critic / collapsed generator every this many iterations (0: never).
         health: thresholds for those checks (:class:`AdversarialHealth`).
+        critic_augment: differentiable augmentation of every image the critic sees in training, real and generated
+            (critic step, generator step, gradient penalty; never samples): a
+            :class:`medvol.transforms.differentiable.CriticAugmentation`, or settings
+            :func:`~medvol.transforms.differentiable.parse_critic_augment` reads (``"off"``, ``"fixed:0.3"``, ``"ada"``,
+            a mapping); None: off. Its random numbers come from a stream of their own per iteration and rank, and its
+            probability and the critic's real-sign statistic are logged (``critic_augment/p``,
+            ``critic_augment/real_sign``) and checkpointed.
         kwargs: everything :class:`MedvolTrainer` takes (``max_iterations``, ``precision``, ``memory_plan``,
             ``run_dir``, ``checkpoint_every``, ``monitor``, ...).
     """
@@ -923,6 +933,7 @@ class AdversarialTrainer(MedvolTrainer):
         ema_decay: float | None = None,
         health_interval: int = 10,
         health: AdversarialHealth | None = None,
+        critic_augment: Any = None,
         **kwargs: Any,
     ):
         self.critic_steps = int(critic_steps if critic_steps is not None else getattr(objective, "critic_steps", 1))
@@ -955,6 +966,13 @@ class AdversarialTrainer(MedvolTrainer):
         # the generator step only differentiates through the frozen critic: called without its DistributedDataParallel
         # wrapper, whose forward would prepare a gradient reduction that never comes and fire it in the next backward
         self._critic_amp_g_step = AutocastModule(unwrapped(critic), self.precision)
+        # what the objectives call: the critic, behind the augmentation when there is one
+        self.critic_augmentation = CriticAugmentation.from_settings(critic_augment, self.spatial_dims)
+        self._critic_d = self._critic_amp_d_step
+        self._critic_g = self._critic_amp_g_step
+        if self.critic_augmentation is not None:
+            self._critic_d = AugmentedCritic(self._critic_amp_d_step, self.critic_augmentation)
+            self._critic_g = AugmentedCritic(self._critic_amp_g_step, self.critic_augmentation)
 
     @property
     def spatial_dims(self) -> int:
@@ -1001,19 +1019,33 @@ class AdversarialTrainer(MedvolTrainer):
         def step(micro_batch: int) -> dict[str, float]:
             self.optimizers["critic"].zero_grad(set_to_none=True)
 
+            if self.critic_augmentation is not None:
+                self._critic_d.signs.clear()  # a step repeated after an out-of-memory error counts once
+
             def loss_of(part: slice) -> dict[str, torch.Tensor]:
                 part_labels = None if labels is None else labels[part]
                 with torch.no_grad():
                     fake = self._generator_amp(z[part], part_labels)
                 self.fire_event(IterationEvents.FORWARD_COMPLETED)
-                return self.objective.discriminator_loss(self._critic_amp_d_step, real[part], fake, labels=part_labels)
+                part_real = real[part]
+                if self.critic_augmentation is not None:
+                    self._critic_d.real = part_real  # ADA counts the signs of the critic's scores of these
+                return self.objective.discriminator_loss(self._critic_d, part_real, fake, labels=part_labels)
 
             logs = self._accumulate("critic", real.shape[0], micro_batch, loss_of)
             self._optimizer_step("critic")
             self.objective.after_critic_step(self.critic)
             return logs
 
-        return self._with_oom_backoff(step)
+        logs = self._with_oom_backoff(step)
+        if self.critic_augmentation is not None:
+            self._critic_d.real = None
+            signs = self._critic_d.signs
+            if signs:
+                total = float(torch.stack([part for part, _ in signs]).sum())
+                self.critic_augmentation.observe(total, sum(count for _, count in signs))
+            signs.clear()
+        return logs
 
     def _generator_step(self, count: int) -> tuple[dict[str, float], torch.Tensor, torch.Tensor | None]:
         z = self._latents(count)
@@ -1031,7 +1063,7 @@ class AdversarialTrainer(MedvolTrainer):
                 self.fire_event(IterationEvents.FORWARD_COMPLETED)
                 # the mode-seeking term compares images generated from different noise
                 noise = {"latents": z[part]} if getattr(self.objective, "mode_seeking_weight", 0) else {}
-                return self.objective.generator_loss(self._critic_amp_g_step, fake, labels=part_labels, **noise)
+                return self.objective.generator_loss(self._critic_g, fake, labels=part_labels, **noise)
 
             self.critic.requires_grad_(False)
             try:
@@ -1060,6 +1092,7 @@ class AdversarialTrainer(MedvolTrainer):
         def work() -> dict[str, Any]:
             critic_logs: dict[str, float] = {}
             real = labels = None
+            self._start_augmentation_stream()
             for batch in batches:
                 self.fire_event(IterationEvents.INNER_ITERATION_STARTED)
                 real, labels = self.prepare_batch(batch, self.state.device, self.non_blocking)
@@ -1080,11 +1113,30 @@ class AdversarialTrainer(MedvolTrainer):
             output[GanKeys.GLOSS] = generator_logs["loss"]
             output[GanKeys.REALS] = real.detach()
             output[GanKeys.FAKES] = fakes
+            if self.critic_augmentation is not None:
+                output.update(self.critic_augmentation.end_iteration(self._summed_over_ranks))
             if self.health_interval and (self.state.iteration % self.health_interval == 0):
                 self._check_health(real, labels, fakes, fake_labels)
             return output
 
         return self._timed_iteration(work, samples=self.effective_batch * (self.critic_steps + 1))
+
+    def _start_augmentation_stream(self) -> None:
+        """Seed this iteration's augmentation stream (stream 2 of :func:`step_seed`): its draws depend on the seed, the
+        rank and the iteration alone, and leave the latents of the training stream as they are without augmentation."""
+        if self.critic_augmentation is None:
+            return
+        generator = torch.Generator().manual_seed(step_seed(self.seed, self.rank, int(self.state.iteration), stream=2))
+        self._critic_d.generator = self._critic_g.generator = generator
+
+    def _summed_over_ranks(self, values: list[float]) -> list[float]:
+        distributed = torch.distributed
+        if self.world_size == 1 or not (distributed.is_available() and distributed.is_initialized()):
+            return values
+        device = self.state.device if distributed.get_backend() == "nccl" else torch.device("cpu")
+        totals = torch.tensor(values, dtype=torch.float64, device=device)
+        distributed.all_reduce(totals)
+        return totals.tolist()
 
     @torch.no_grad()
     def _check_health(
@@ -1128,14 +1180,15 @@ class AdversarialTrainer(MedvolTrainer):
             z = self._latents(micro_batch)
             with torch.no_grad():
                 fake = self._generator_amp(z, labels)
-            terms = self.objective.discriminator_loss(self._critic_amp_d_step, real, fake, labels=labels)
+            self._start_augmentation_stream()
+            terms = self.objective.discriminator_loss(self._critic_d, real, fake, labels=labels)
             terms["loss"].float().backward()
             del terms, fake
             self.critic.zero_grad(set_to_none=True)
             self.critic.requires_grad_(False)
             try:
                 fake = self._generator_amp(z, labels)
-                terms = self.objective.generator_loss(self._critic_amp_g_step, fake, labels=labels)
+                terms = self.objective.generator_loss(self._critic_g, fake, labels=labels)
                 terms["loss"].float().backward()
             finally:
                 self.critic.requires_grad_(True)
@@ -1144,7 +1197,10 @@ class AdversarialTrainer(MedvolTrainer):
 
     # ---- extra checkpoint state ---------------------------------------------------------------------------------
     def extra_state_dict(self) -> dict[str, Any]:
-        return {"ema_generator": self.ema_generator.state_dict() if self.ema_generator is not None else None}
+        state = {"ema_generator": self.ema_generator.state_dict() if self.ema_generator is not None else None}
+        if self.critic_augmentation is not None:
+            state["critic_augment"] = self.critic_augmentation.state_dict()
+        return state
 
     def exported_network(self) -> tuple[str, nn.Module, bool]:
         """The generator; its exponential moving average when there is one (what sampling uses)."""
@@ -1155,6 +1211,14 @@ class AdversarialTrainer(MedvolTrainer):
     def load_extra_state_dict(self, state: Mapping[str, Any]) -> None:
         if self.ema_generator is not None and state.get("ema_generator") is not None:
             self.ema_generator.load_state_dict(_without_ddp_prefix(state["ema_generator"]))
+        saved = state.get("critic_augment")
+        if (saved is None) != (self.critic_augmentation is None):
+            raise ValueError(
+                f"the checkpoint was trained {'without' if saved is None else 'with'} critic augmentation and this run is "
+                f"{'with' if saved is None else 'without'} it: resume with the setting the run started with"
+            )
+        if saved is not None:
+            self.critic_augmentation.load_state_dict(saved)
 
 
 def _score(output: Any) -> torch.Tensor:

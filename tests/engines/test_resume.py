@@ -177,6 +177,26 @@ def test_running_a_finished_run_again_does_nothing_and_more_iterations_continue_
     assert not all(torch.equal(v, longer.generator.state_dict()[k]) for k, v in finished.items())
 
 
+def test_a_run_with_adaptive_critic_augmentation_resumes_bitwise_mid_interval(tmp_path):
+    ada = "ada:p=0.5,speed=0.2"  # p moves every 4 iterations; the resume at 3 falls inside the first interval
+    reference = _gan_trainer(tmp_path / "reference", 6, critic_augment=ada)
+    reference.run()
+    _gan_trainer(tmp_path / "resumed", 3, critic_augment=ada).run()
+    resumed = _gan_trainer(tmp_path / "resumed", 6, critic_augment=ada)
+    resumed.run()
+    assert resumed.state.resumed_from.endswith("checkpoint_00000003.pt")
+    assert reference.critic_augmentation.p != 0.5 and reference.critic_augmentation.real_sign is not None
+    expected = CheckpointManager(tmp_path / "reference" / "checkpoints").load_latest()
+    actual = CheckpointManager(tmp_path / "resumed" / "checkpoints").load_latest()
+    assert expected["extra"]["critic_augment"] == actual["extra"]["critic_augment"]
+    for part in ("networks", "optimizers", "extra"):
+        flat_expected, flat_actual = _tensors(expected[part]), _tensors(actual[part])
+        assert flat_expected.keys() == flat_actual.keys()
+        for key, value in flat_expected.items():
+            same = torch.equal(value, flat_actual[key]) if isinstance(value, torch.Tensor) else value == flat_actual[key]
+            assert same, f"{part}{key} differs"
+
+
 def test_best_checkpoint_is_kept_by_metric(tmp_path):
     trainer = _gan_trainer(tmp_path, 6, keep_last=1, best_metric=lambda t: -t.state.iteration if t.state.iteration <= 2 else 0.0)
     trainer.run()
