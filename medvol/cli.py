@@ -231,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
         "time an image is read; the generator then learns the augmented variations too (docs/results.md: MedNIST "
         "with 180 images)",
     )
+    p.add_argument(
+        "--critic-augment",
+        metavar="off|fixed:P|ada",
+        help="differentiable augmentation (translation, rotation, scaling, brightness, contrast, cutout) of the real and "
+        "generated images before every critic call, never of the samples: off (the bundle's default), fixed:P (each "
+        "operation with probability P), or ada (P adapted so that the critic scores a fraction TARGET of real images "
+        "positive; ada:target=0.6,speed=0.005); ops=translation+cutout picks operations. GAN families only",
+    )
 
     p = sub.add_parser("sample", help="generate synthetic NIfTI or DICOM files from a trained run")
     p.add_argument("run", help="run folder written by `medvol train`")
@@ -400,10 +408,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or medvol.engines.trainer.TrainingInterrupted (SIGINT/SIGTERM)
         print(f"medvol {args.command}: {str(interrupt) or 'interrupted'}", file=sys.stderr)
         return int(getattr(interrupt, "exit_code", 130))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
     except (OSError, RuntimeError) as err:  # a full disk or an unwritable folder, possibly wrapped by MONAI
         from medvol.io.files import os_error_line, user_fixable_os_error
 
@@ -412,3 +416,7 @@ if __name__ == "__main__":
             raise
         print(f"medvol {args.command}: error: {os_error_line(problem, getattr(args, 'out', None))}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -153,6 +153,11 @@ def training_overrides(args: argparse.Namespace, data_dir: Path, run_dir: Path) 
         overrides["device"] = args.device
     if getattr(args, "augment", False):
         overrides["augment"] = True
+    critic_augment = getattr(args, "critic_augment", None)
+    if critic_augment is not None:
+        from medvol.transforms.differentiable import parse_critic_augment
+
+        overrides["critic_augment"] = parse_critic_augment(critic_augment)
     width = getattr(args, "width", None)
     if width is not None:
         if width < 1:
@@ -255,31 +260,26 @@ def check_resumable(run_dir: Path, workflow) -> None:
             raise MedvolInputError(
                 run_dir, f"holds a run with {key}={previous[key]}, not {current[key]}: use another --out to start a new run"
             )
+    _check_resumed_classes(run_dir, previous, parser)
     if not (run_dir / "checkpoints" / "latest.json").is_file():
         return
     # the optimiser state in the checkpoint carries the old settings; a resumed run must train as it started
     settings = {"objective": (previous.get("objective"), dict(parser.get_parsed_content("objective") or {})),
                 "augment": ((previous.get("dataset_options") or {}).get("augment"),
-    _check_resumed_classes(run_dir, previous, parser)
-                            bool(parser.get_parsed_content("augment")))}
+                            bool(parser.get_parsed_content("augment"))),
+                # runs from before critic augmentation had none
+                "critic_augment": (previous.get("critic_augment", {"mode": "off"}),
+                                   parser.get_parsed_content("train#critic_augment"))}
+    options = {"objective": "--objective", "augment": "--augment", "critic_augment": "--critic-augment"}
     for key, (before, now) in settings.items():
         if before is not None and json.loads(json.dumps(before)) != json.loads(json.dumps(now)):
-            option = "--objective" if key == "objective" else "--augment"
+            option = options[key]
             raise MedvolInputError(
                 run_dir, f"was trained with {key} {before}, not {now}: resume it with the same {option} settings, or "
                 "use another --out to start a new run"
             )
 
 
-def check_conditional(workflow, data_dir: Path) -> None:
-    """Refuse, before any work, to train a conditional family (cgan, acwgan_gp) on data without class labels."""
-    from medvol.networks.factory import GAN_FAMILIES
-
-    family = workflow.parser.get_parsed_content("family")
-    if family not in GAN_FAMILIES or not GAN_FAMILIES[family][4]:
-        return
-    datalist = read_datalist(data_dir)
-    classes = datalist.get("classes") or []
 def _check_resumed_classes(run_dir: Path, previous: Mapping[str, Any], parser) -> None:
     """A conditional run resumes only on data with the classes it was trained on (its label embedding and class
     head have one row per class)."""
@@ -318,6 +318,21 @@ def check_networks(workflow, pairs: list[str]) -> None:
         raise MedvolInputError("--network", f"{' '.join(pairs)}: {cause}") from None
 
 
+def check_conditional(workflow, data_dir: Path) -> None:
+    """Refuse, before any work, to train a conditional family (cgan, acwgan_gp) on data without class labels."""
+    from medvol.networks.factory import GAN_FAMILIES
+
+    family = workflow.parser.get_parsed_content("family")
+    if family not in GAN_FAMILIES or not GAN_FAMILIES[family][4]:
+        return
+    datalist = read_datalist(data_dir)
+    if not datalist.get("training"):
+        raise MedvolInputError(
+            data_dir / DATALIST_FILE,
+            f"has no training split (its 'training' list is {'empty' if 'training' in datalist else 'missing'}): "
+            "train on a folder `medvol prepare SOURCE --out DIR` wrote (its --split gives training a fraction)",
+        )
+    classes = datalist.get("classes") or []
     unlabelled = sum(1 for entry in datalist.get("training") or [] if entry.get("label") is None)
     if len(classes) >= 2 and unlabelled:
         raise MedvolInputError(
@@ -388,6 +403,7 @@ def train(
     run_dir: Path,
     nproc: int = 1,
     extra_handlers: list | None = None,
+    network_pairs: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run a bundle's train workflow into `run_dir` (resuming from its checkpoints) and summarise it.
 
@@ -397,7 +413,8 @@ def train(
         run_dir: the run folder.
         nproc: processes; above 1 the workflow runs under ``torchrun`` with ``multi_gpu_train.yaml``.
         extra_handlers: more ignite/MONAI handlers for the trainer (single process only).
-    network_pairs: tuple[str, ...] = (),
+        network_pairs: the ``--network KEY=VALUE`` texts behind ``overrides["network"]`` (checked, see
+            `check_networks`).
 
     Returns:
         ``{"iterations", "checkpoint", "seconds", "resumed_from"}``.
@@ -407,9 +424,8 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     config_workflow = bundles.load_workflow(bundle, "train", overrides, distributed=nproc > 1, logging_file=False)
-        network_pairs: the ``--network KEY=VALUE`` texts behind ``overrides["network"]`` (checked, see
-            `check_networks`).
     check_conditional(config_workflow, Path(overrides["dataset_dir"]))
+    check_networks(config_workflow, list(network_pairs))
     check_resumable(run_dir, config_workflow)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(bundles.resolved_config(config_workflow), sort_keys=False))
     if nproc > 1:
@@ -419,7 +435,6 @@ def train(
         error_file, signal_file = run_dir / WORKER_ERROR_FILE, run_dir / WORKER_SIGNAL_FILE
         error_file.unlink(missing_ok=True)
         signal_file.unlink(missing_ok=True)
-    check_networks(config_workflow, list(network_pairs))
         code, received = run_workers(command, run_dir)
         iteration, checkpoint = _latest_checkpoint(run_dir)
         if error_file.is_file():
