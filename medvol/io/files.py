@@ -214,6 +214,8 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(temp, path)
     except OSError as err:
         shutil.rmtree(temp, ignore_errors=True)
+        if err.filename is not None and Path(err.filename).is_relative_to(temp):  # name the file it was to become
+            raise OSError(err.errno, err.strerror, str(path / Path(err.filename).relative_to(temp))) from err
         _raise_naming(err, path)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
