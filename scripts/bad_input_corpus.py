@@ -723,6 +723,19 @@ def _(w):
     return _evaluate(w, folder, "e_unlabelled", "--utility")
 
 
+@case("synthetic PNGs from another tool at 957x821 (real data at 16x16)", "evaluate", expect="synthetic files not at")
+def _(w):
+    from PIL import Image
+
+    folder = w.folder("external") / "synthetic"
+    rng = np.random.default_rng(5)
+    for name in ("normal", "lesion"):
+        (folder / name).mkdir(parents=True)
+        for index in range(6):
+            Image.fromarray(rng.integers(0, 255, (821, 957), dtype=np.uint8)).save(folder / name / f"{index}.png")
+    return _evaluate(w, folder, "e_external")
+
+
 @case("output folder under a regular file", "evaluate",
       "tests/cli/test_writes_and_runs.py::test_an_output_folder_under_a_file_is_one_line_naming_it")
 def _(w):

@@ -34,6 +34,7 @@ import yaml
 from medvol import bundles
 from medvol.errors import MedvolInputError
 from medvol.io.datalist import read_datalist
+from medvol.io.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -427,7 +428,8 @@ def train(
     check_conditional(config_workflow, Path(overrides["dataset_dir"]))
     check_networks(config_workflow, list(network_pairs))
     check_resumable(run_dir, config_workflow)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(bundles.resolved_config(config_workflow), sort_keys=False))
+    atomic_write_bytes(run_dir / "config.yaml",
+                       yaml.safe_dump(bundles.resolved_config(config_workflow), sort_keys=False).encode())
     if nproc > 1:
         # each process takes the GPU of its local rank: only an explicit CPU choice is passed on
         per_process = {k: v for k, v in overrides.items() if k != "device" or str(v) == "cpu"}

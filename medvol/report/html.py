@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medvol.io.files import atomic_write_bytes
 from medvol.report.figures import (
     REAL_COLOUR,
     SYNTHETIC_COLOUR,
@@ -568,7 +569,5 @@ def write_report(path: str | os.PathLike, metrics: Mapping, inputs: ReportInputs
     """Write `render_report` to `path` (atomically) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(render_report(metrics, inputs, title), encoding="utf-8")
-    temporary.replace(path)
+    atomic_write_bytes(path, render_report(metrics, inputs, title).encode("utf-8"))
     return path

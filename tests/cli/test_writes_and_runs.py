@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -214,3 +215,18 @@ def test_png_samples_of_a_3d_run_are_refused_in_one_line(tmp_path, capsys):
         write_samples(np.zeros((1, 1, 4, 4, 4), np.float32), [None], {"spatial_dims": 3}, tmp_path / "out", "png",
                       {"run": str(run_dir), "checkpoint": str(run_dir / "checkpoints" / "c.pt"), "seed": 0})
     assert not (tmp_path / "out").exists()
+
+
+def test_a_read_only_output_folder_is_one_line(run2d, tmp_path, capsys):
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("chmod does not stop this user (root) from writing; the output-folder-under-a-file test "
+                        "covers unwritable folders for every user")
+        assert main(["sample", str(run2d), "--n", "1", "--out", str(folder / "out")]) == 2
+        line = _one_line(capsys)
+        assert str(folder) in line and "Permission denied" in line, line
+    finally:
+        folder.chmod(0o700)
