@@ -230,3 +230,60 @@ def test_a_read_only_output_folder_is_one_line(run2d, tmp_path, capsys):
         assert str(folder) in line and "Permission denied" in line, line
     finally:
         folder.chmod(0o700)
+
+
+@pytest.mark.parametrize("window_range,bit_depth,mode", [((0.0, 200.0), 8, "L"), ((0.0, 4000.0), 16, "I;16")])
+def test_png_bit_depth_follows_the_source_range(window_range, bit_depth, mode, tmp_path):
+    from medvol.sampling import write_samples
+
+    record = {"spatial_dims": 2, "intensity": {"window": list(window_range), "window_range": list(window_range),
+                                               "output_range": [-1.0, 1.0]}}
+    values = np.linspace(0, window_range[1], 64, dtype=np.float32).reshape(1, 1, 8, 8)
+    provenance = {"run": str(tmp_path / "run"), "checkpoint": str(tmp_path / "run" / "c.pt"), "seed": 0}
+    document = write_samples(values, [None], record, tmp_path / "out", "png", provenance)
+    assert document["png_bit_depth"] == bit_depth
+    with Image.open(document["training"][0]["image"]) as picture:
+        assert picture.mode == mode
+        stored = np.asarray(picture)
+    # the file's first row is the top of the picture (highest y): medvol's [x, y] is its transpose, flipped
+    np.testing.assert_array_equal(stored, np.rint(values[0, 0])[:, ::-1].T.astype(stored.dtype))
+
+
+def test_png_samples_of_ct_hounsfield_units_are_refused_in_one_line(tmp_path):
+    from medvol.errors import MedvolInputError
+    from medvol.sampling import write_samples
+
+    record = {"spatial_dims": 2, "intensity": {"window": [-1024.0, 3071.0], "window_range": [-1024.0, 3071.0],
+                                               "output_range": [-1.0, 1.0]}}
+    provenance = {"run": str(tmp_path / "run"), "checkpoint": str(tmp_path / "run" / "c.pt"), "seed": 0}
+    with pytest.raises(MedvolInputError, match="source intensities reach -1024: write nifti or dicom"):
+        write_samples(np.zeros((1, 1, 8, 8), np.float32), [None], record, tmp_path / "out", "png", provenance)
+    assert not (tmp_path / "out").exists() and not _leftovers(tmp_path)
+
+
+def test_evaluate_on_a_full_disk_is_one_line_and_leaves_no_metrics_or_report(tmp_path, capsys, monkeypatch):
+    data = tmp_path / "data"
+    assert main(["prepare", "phantoms", "--out", str(data), "--mode", "slice", "--size", "16,16"]) == 0
+    held_out = tmp_path / "held_out"  # the validation split, which evaluate does not use, as a synthetic set
+    for entry in json.loads((data / "datalist.json").read_text())["validation"]:
+        (held_out / entry["label_name"]).mkdir(parents=True, exist_ok=True)
+        Path(held_out / entry["label_name"] / Path(entry["image"]).name).write_bytes(Path(entry["image"]).read_bytes())
+    real_atomic_write = files.atomic_write
+
+    def full(path, write):
+        def fail(stream):
+            stream.write(b"{")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        real_atomic_write(path, fail)
+
+    capsys.readouterr()
+    monkeypatch.setattr(files, "atomic_write", full)
+    out = tmp_path / "evaluation"
+    assert main(["evaluate", "--real", str(data), "--synthetic", str(held_out), "--out", str(out),
+                 "--classifier-epochs", "20"]) == 2
+    error = capsys.readouterr().err  # progress bars, then the one line
+    line = error.strip().splitlines()[-1]
+    assert "Traceback" not in error and line.startswith("medvol evaluate: error:"), error[-2000:]
+    assert f"medvol evaluate: error: {out}/" in line and "No space left on device" in line, line
+    assert not (out / "metrics.json").exists() and not (out / "report.html").exists() and not _leftovers(tmp_path)
