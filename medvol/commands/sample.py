@@ -1,10 +1,11 @@
-"""`medvol sample RUN --n N [--label L] --format nifti|dicom --out DIR`: synthetic files from a trained run.
+"""`medvol sample RUN --n N [--label L] --format nifti|dicom|png --out DIR`: synthetic files from a trained run.
 
 Runs the bundle's sample workflow (``bundles/NAME/configs/inference.yaml``, the one ``python -m monai.bundle run``
 runs) with the arguments as overrides: N samples (per class for conditional models), intensities mapped back to the
 source range (HU for CT), NIfTI with the training data's spacing and orientation or one DICOM series per sample
-(new UIDs, DERIVED\\SECONDARY, SYNTHETIC, no identifiers), and ``DIR/datalist.json`` in the datalist format of
-``medvol prepare`` with labels and provenance (run, checkpoint, seed).
+(new UIDs, DERIVED\\SECONDARY, SYNTHETIC, no identifiers), or for 2D runs PNG in source units (8 or 16 bits), and
+``DIR/datalist.json`` in the datalist format of ``medvol prepare`` with labels and provenance (run, checkpoint,
+seed). DIR appears with all of it or not at all (`medvol.io.files.atomic_folder`).
 """
 
 from __future__ import annotations
