@@ -201,14 +201,20 @@ class FitToShape(Transform):
             finite = torch.as_tensor(img)[torch.isfinite(torch.as_tensor(img))]
             pad_value = float(record["output_range"][0]) if record else float(finite.min()) if finite.numel() else 0.0
         interpolation = "bilinear" if len(shape) == 2 else "trilinear"
+
+        def resized(image: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
+            # the anti-aliasing Gaussian pads with zeros: shifted so that zero is the background, the borders of the
+            # picture are not pulled towards an intensity below (or above) its background
+            return Resize(spatial, mode=interpolation, anti_aliasing=True)(image - pad_value) + pad_value
+
         if self.mode == ShapeMode.RESIZE:
-            return Resize(target, mode=interpolation, anti_aliasing=True)(img)
+            return resized(img, target)
         if self.mode == ShapeMode.FIT:
             extents = [s * v for s, v in zip(shape, voxel_size(img))]
             new_voxel = max((e / t for e, t in zip(extents, target) if t > 0), default=1.0)
             scaled = [min(t, max(1, round(e / new_voxel))) if t > 0 else -1 for e, t in zip(extents, target)]
             if scaled != [s if t > 0 else -1 for s, t in zip(shape, target)]:
-                img = Resize(scaled, mode=interpolation, anti_aliasing=True)(img)
+                img = resized(img, scaled)
         return ResizeWithPadOrCrop(target, mode="constant", value=pad_value)(img)
 
 
