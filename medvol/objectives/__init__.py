@@ -33,7 +33,8 @@ OBJECTIVES: dict[str, tuple[type, dict[str, Any]]] = {
     "cgan": (NonSaturatingGANLoss, {"mode_seeking_weight": 1.0}),
     "wgan": (WassersteinWeightClipping, {}),
     "wgan_gp": (WassersteinGradientPenalty, {}),
-    "acwgan_gp": (WassersteinGradientPenalty, {"auxiliary_weight": 1.0}),
+    # the conditional families ignore their noise without the mode-seeking term (one image per class; docs/results.md)
+    "acwgan_gp": (WassersteinGradientPenalty, {"auxiliary_weight": 1.0, "mode_seeking_weight": 1.0}),
 }
 SETTING_KEYS = ("critic_steps", "optimizer", "lr", "betas")
 #: adversarial losses any GAN family can switch to with `loss=NAME` (the family's defaults that the new class takes,

@@ -49,5 +49,8 @@ def test_generator_loss_adds_the_weighted_term_only_with_latents():
 
 def test_conditional_gan_uses_mode_seeking_by_default():
     assert build_objective("cgan")[0].mode_seeking_weight == 1.0
+    # acwgan_gp returned one image per class without it (MedNIST, docs/results.md, issue J)
+    assert build_objective("acwgan_gp")[0].mode_seeking_weight == 1.0
+    assert build_objective("acwgan_gp", loss="hinge")[0].mode_seeking_weight == 1.0
     assert build_objective("cgan", mode_seeking_weight=0)[0].mode_seeking_weight == 0.0
     assert build_objective("dcgan")[0].mode_seeking_weight == 0.0
