@@ -53,7 +53,8 @@ def _summary_lines(metrics: dict) -> list[str]:
             lines.append(f"selection (own-class probability >= {selection['threshold']:g}): kept " + ", ".join(
                 f"{name} {kept}/{selection['available_per_class'][name]}"
                 for name, kept in selection["kept_per_class"].items()))
-    return lines
+    verdict = metrics.get("verdict")
+    return ([f"verdict: {verdict['headline']}"] if verdict else []) + lines
 
 
 def _reconstruction_lines(metrics: dict) -> list[str]:

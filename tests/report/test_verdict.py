@@ -69,8 +69,10 @@ def test_report_of_an_untrained_run_opens_with_not_realistic_and_held_out_real_i
                  "--device", "cpu", "--precision", "fp32", "--width", "4", "--evaluate-every", "0"]) == 0
     assert main(["sample", str(run_dir), "--n", "12", "--out", str(tmp_path / "samples")]) == 0
     evaluation = tmp_path / "evaluation"
+    capsys.readouterr()
     assert main(["evaluate", "--real", str(data), "--synthetic", str(tmp_path / "samples"), "--out", str(evaluation),
                  "--run", str(run_dir), "--classifier-epochs", "100"]) == 0
+    assert "verdict: Samples not yet realistic (cgan" in capsys.readouterr().out  # the console says it too
     verdict = json.loads((evaluation / "metrics.json").read_text())["verdict"]
     assert verdict["level"] == NOT_REALISTIC and verdict["headline"].startswith("Samples not yet realistic (cgan, iteration 3 of 3")
     report = (evaluation / "report.html").read_text()
