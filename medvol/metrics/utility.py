@@ -332,12 +332,12 @@ def utility_study(
             None: trained here.
 
     Returns:
-        dict with `seeds`, `steps` {arm: optimiser steps}, `synthetic_ratio`, `counts` {arm: {real, synthetic}}, `synthetic_requested`,
-        `synthetic_available`, `test_count`, `notes`, `metrics` (names), `arms` {arm: {metric: {mean, sd, values}}},
-        `paired_difference` {arm: {metric: {mean, ci95, values}}} against `real` (seed by seed),
+        dict with `seeds`, `steps` {arm: optimiser steps}, `synthetic_ratio`, `counts` {arm: {real, synthetic}},
+        `synthetic_requested`, `synthetic_available`, `test_count`, `notes`, `metrics` (names), `arms` {arm: {metric:
+        {mean, sd, values}}}, `paired_difference` {arm: {metric: {mean, ci95, values}}} against `real` (seed by seed),
         `paired_difference_augmentation` the same against `real+augmentation` (when run) for the arms with synthetic
-        data, `confusion`
-        {arm: [[...]] summed over seeds, rows true, columns predicted}, `confusion_per_seed` {arm: [matrix per seed]},
+        data, `confusion` {arm: [[...]] summed over seeds, rows true, columns predicted}, `confusion_per_seed` {arm:
+        [matrix per seed]},
         `recipe` (words), with the balanced arm `balanced` {per_class: synthetic samples added, target}, with the
         pre-training arm `pretraining` (steps of each stage), with `select_confidence` `selection`
         (`confidence_selection`), and with `record_curves` `curves` {arm: [[accuracy per epoch] per seed]}.
@@ -460,7 +460,9 @@ def utility_study(
             with_real = arm != "synthetic"
             # real+synthetic arms train on both at once; the pre-training arm sees the synthetic part first
             mixed = synthetic_index if arm != PRETRAINED_ARM else chosen[:0]
-            parts = ([train_images] if with_real else []) + ([synthetic_images[torch.as_tensor(mixed)]] if mixed.size else [])
+            parts = [train_images] if with_real else []
+            if mixed.size:
+                parts.append(synthetic_images[torch.as_tensor(mixed)])
             images = torch.cat(parts) if len(parts) > 1 else parts[0]
             labels = np.concatenate(([train_labels] if with_real else []) + [synthetic_labels[mixed]])
             augment = "augmentation" in arm  # every sample of the arm, real and synthetic alike
