@@ -338,7 +338,7 @@ def write_synthetic_nifti(
     record["spacing"] = spacing_lps[: values.ndim].tolist()
     record["origin_lps"] = origin_lps.tolist()
     record["direction_lps"] = direction_lps.ravel().tolist()
-    sidecar.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    atomic_write_bytes(sidecar, (json.dumps(record, indent=2, default=str) + "\n").encode())
     return path
 
 
@@ -871,7 +871,7 @@ def write_synthetic_dicom_series(
             "units": "HU" if modality == "CT" else "source units of the training data",
         },
     })  # fmt: skip
-    sidecar.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    atomic_write_bytes(sidecar, (json.dumps(record, indent=2, default=str) + "\n").encode())
     return DicomSeriesExport(
         directory=out_dir,
         files=files,
