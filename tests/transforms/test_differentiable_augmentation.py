@@ -62,7 +62,7 @@ def test_cutout_fills_a_box_of_at_most_half_the_size_per_axis_with_the_backgroun
     assert bool(((out == -1.0) | (out == 1.0)).all())
 
 
-def test_translation_shifts_by_whole_voxels_as_far_as_an_eighth_of_the_size():
+def test_translation_moves_images_at_most_an_eighth_of_their_size():
     image = -torch.ones(1, 1, 32, 32)
     image[0, 0, 15:17, 15:17] = 1.0
     augment = DifferentiableAugment(2, operations=["translation"], translation=0.125)
