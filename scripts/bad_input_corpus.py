@@ -520,12 +520,14 @@ def _(w):
     return ["prepare", str(w.png_classes(folder / "raw")), "--out", str(folder / "out")]
 
 
-@case("Ctrl-C after the datalist, before report.json and preview.png", "prepare",
+@case("Ctrl-C after the datalist, before report.json and preview.png (rerun over an earlier run)", "prepare",
       "tests/cli/test_writes_and_runs.py::test_prepare_interrupted_before_report_and_preview_leaves_no_new_datalist",
       patch=lambda w: mock.patch("medvol.commands.prepare.write_preview", side_effect=KeyboardInterrupt))
 def _(w):
     folder = w.folder("prep_ctrl_c")
-    return ["prepare", str(w.png_classes(folder / "raw")), "--out", str(folder / "out")]
+    raw = w.png_classes(folder / "raw")
+    run_medvol(["prepare", str(raw), "--out", str(folder / "out")])  # an earlier run's outputs are there
+    return ["prepare", str(raw), "--out", str(folder / "out"), "--seed", "1"]
 
 
 # ------------------------------------------------------------------------------------------------------------- train
@@ -770,6 +772,16 @@ def answer(code: int, out: str, err: str, argv: list[str], expect: str = "") -> 
     return output[-1] if output else ""
 
 
+def left_behind(argv: list[str]) -> str:
+    """The files in the output folder of `argv` (``--out``, or the folder of convert's OUTPUT)."""
+    folder = Path(argv[argv.index("--out") + 1]) if "--out" in argv else Path(argv[2]).parent
+    if not folder.exists():
+        return f"{folder.name}/ does not exist"
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    shown = ", ".join(files[:8]) + (f" and {len(files) - 8} more" if len(files) > 8 else "")
+    return f"{folder.name}/ holds {shown}" if files else f"{folder.name}/ is empty"
+
+
 def cell(text: str, root: Path) -> str:
     text = text.replace(str(root), "TMP").replace(str(ROOT), "REPO").replace("|", "\\|").replace("\n", " ")
     return text if len(text) <= 600 else text[:600] + " ..."
@@ -784,6 +796,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     logging.basicConfig(stream=_CurrentStderr(), format="%(levelname)s %(name)s: %(message)s")
     import torch
+
+    import medvol.engines.checkpoint  # noqa: F401 - binds the real atomic_write before a case patches it
 
     torch.set_num_threads(1)
     shared = Path(args.shared)
@@ -808,6 +822,8 @@ def main(argv: list[str] | None = None) -> int:
                 code, out, err = run_medvol(argv_case)
             seconds = time.perf_counter() - started
             text = answer(code, out, err, argv_case, item.expect)
+            if item.patch:  # an injected failure: say what it left where the outputs go
+                text += f" [afterwards: {left_behind(argv_case)}]"
             rows.append((number, item, code, cell(text, root), cell("medvol " + " ".join(argv_case), root), seconds))
             print(f"{number:3d} {item.command:8s} exit {code} {seconds:5.1f} s  {item.input}: {text[:150]}",
                   file=sys.__stdout__, flush=True)
