@@ -105,8 +105,9 @@ class DifferentiableAugment(nn.Module):
         def uniform(*shape: int) -> torch.Tensor:
             return torch.rand(shape, generator=generator)
 
-        # one draw of every parameter whatever p, so the stream advances the same way for every p
-        active = {op: (uniform(count) < p).to(device) for op in AUGMENT_OPERATIONS}
+        # every parameter is drawn for every p > 0 and operation, so the stream advances alike; decided on the CPU
+        chosen = {op: uniform(count) < p for op in AUGMENT_OPERATIONS}
+        active = {op: value.to(device) for op, value in chosen.items()}
         shift = (uniform(count, dims) * 2 - 1) * self.translation * 2  # normalised coordinates span 2
         angles = (uniform(count, 3) * 2 - 1) * math.radians(self.rotation)
         zoom = torch.exp((uniform(count) * 2 - 1) * math.log1p(self.scale))
@@ -116,14 +117,14 @@ class DifferentiableAugment(nn.Module):
 
         x = images.float()
         geometric = [op for op in ("translation", "rotation", "scale") if op in self.operations]
-        moved = torch.zeros(count, dtype=torch.bool, device=device)
+        moved = torch.zeros(count, dtype=torch.bool)
         for op in geometric:
-            moved = moved | active[op]
+            moved = moved | chosen[op]
         if bool(moved.any()):
-            theta = self._affine(shift, angles, zoom, {op: active[op].cpu() for op in geometric}, x.shape[2:])
+            theta = self._affine(shift, angles, zoom, {op: chosen[op] for op in geometric}, x.shape[2:])
             grid = F.affine_grid(theta.to(device), list(x.shape), align_corners=False)
             warped = F.grid_sample(x - self.background, grid, padding_mode="zeros", align_corners=False)
-            x = torch.where(_per_sample(moved, x), warped + self.background, x)
+            x = torch.where(_per_sample(moved.to(device), x), warped + self.background, x)
         if "cutout" in self.operations:
             box = _cutout_mask(centre.to(device), x.shape[2:], self.cutout) & _per_sample(active["cutout"], x)
             x = torch.where(box, torch.full_like(x, self.background), x)
