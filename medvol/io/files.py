@@ -29,8 +29,8 @@ USER_FIXABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno
                                  errno.EEXIST, errno.EISDIR, errno.ENAMETOOLONG})
 _ERRNO_HINTS = {errno.ENOSPC: "free some space or choose another output folder, then rerun",
                 errno.EDQUOT: "the disk quota is used up: free some space or choose another output folder",
-                errno.EACCES: "choose a folder you may write to (or fix its permissions)",
-                errno.EPERM: "choose a folder you may write to (or fix its permissions)",
+                errno.EACCES: "this user may not use it: fix its permissions or choose another path",
+                errno.EPERM: "this user may not use it: fix its permissions or choose another path",
                 errno.EROFS: "the file system is read-only: choose another output folder",
                 errno.ENOTDIR: "a part of this path is a file, not a folder: choose another output folder",
                 errno.EEXIST: "a file is in the way of a folder to create: choose another output folder"}
@@ -155,13 +155,15 @@ def os_error_line(error: OSError, fallback: str | os.PathLike | None = None) -> 
     where = error.filename if error.filename is not None else fallback
     problem = error.strerror or str(error)
     hint = _ERRNO_HINTS.get(error.errno)
-    return str(MedvolInputError(where, f"{problem}{': ' + hint if hint else ''}; nothing was published there"))
+    # a failed write (not a failed read) published nothing: medvol writes under temporary names and renames
+    published = "; nothing was published there" if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else ""
+    return str(MedvolInputError(where, f"{problem}{': ' + hint if hint else ''}{published}"))
 
 
-def _raise_naming(error: OSError, path: Path) -> None:
+def _raise_naming(error: OSError, path: Path, temp: Path | None = None) -> None:
     """Raise `error`, as an error naming `path` when it named no file (a full disk fails in write(), which names
-    none)."""
-    if error.filename is not None:
+    none) or the temporary file `temp` that was to become `path`."""
+    if error.filename is not None and (temp is None or Path(error.filename) != temp):
         raise error
     raise OSError(error.errno, error.strerror, str(path)) from error
 
@@ -185,7 +187,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(temp, path)
     except OSError as err:
         temp.unlink(missing_ok=True)
-        _raise_naming(err, path)
+        _raise_naming(err, path, temp)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
@@ -216,7 +218,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(temp, ignore_errors=True)
         if err.filename is not None and Path(err.filename).is_relative_to(temp):  # name the file it was to become
             raise OSError(err.errno, err.strerror, str(path / Path(err.filename).relative_to(temp))) from err
-        _raise_naming(err, path)
+        _raise_naming(err, path, temp)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -240,7 +242,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) 
         os.replace(temp, path)
     except OSError as err:
         temp.unlink(missing_ok=True)
-        _raise_naming(err, path)
+        _raise_naming(err, path, temp)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise

@@ -128,7 +128,7 @@ def test_an_output_folder_under_a_file_is_one_line_naming_it(command, run2d, tmp
     }[command]
     assert main(argv) == 2
     line = _one_line(capsys)
-    assert line.startswith(f"medvol {command}: error: {blocker}") and "nothing was published" in line or \
+    assert line.startswith(f"medvol {command}: error: {blocker}") and "choose another output folder" in line or \
         line.startswith(f"medvol {command}: error: {out}"), line
 
 
@@ -287,3 +287,16 @@ def test_evaluate_on_a_full_disk_is_one_line_and_leaves_no_metrics_or_report(tmp
     assert "Traceback" not in error and line.startswith("medvol evaluate: error:"), error[-2000:]
     assert f"medvol evaluate: error: {out}/" in line and "No space left on device" in line, line
     assert not (out / "metrics.json").exists() and not (out / "report.html").exists() and not _leftovers(tmp_path)
+
+
+def test_no_permission_is_one_line_naming_the_file(run2d, tmp_path, capsys, monkeypatch):
+    def denied(image, filename, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(filename))
+
+    monkeypatch.setattr(nib, "save", denied)  # what a read-only folder does for a user chmod binds (not root)
+    out = tmp_path / "synthetic"
+    assert main(["sample", str(run2d), "--n", "1", "--out", str(out)]) == 2
+    line = _one_line(capsys)
+    assert line.startswith(f"medvol sample: error: {out}/synthetic_0000_a.nii.gz: Permission denied: this user may "
+                           "not use it"), line
+    assert not out.exists() and not _leftovers(tmp_path)
