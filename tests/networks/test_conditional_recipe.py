@@ -1,5 +1,6 @@
 """Options of the conditional recipe for small data (issue J): spectral-norm critics, projection, class-conditional
-normalisation in the generator and upsampling without transposed convolutions, in 2D and 3D; resume with spectral norm."""
+normalisation in the generator and upsampling without transposed convolutions, in 2D and 3D; resume with spectral
+norm."""
 
 from __future__ import annotations
 
@@ -99,7 +100,8 @@ def test_spectral_norm_brings_every_largest_singular_value_to_one(critic_cls, op
 @pytest.mark.parametrize("spatial_dims,size", SIZES)
 def test_projection_term_uses_the_label_with_spectral_norm(spatial_dims, size):
     torch.manual_seed(0)
-    critic = ResidualCritic(spatial_dims, size, channels=(4, 8), num_classes=3, projection=True, spectral_norm=True).eval()
+    critic = ResidualCritic(spatial_dims, size, channels=(4, 8), num_classes=3, projection=True, spectral_norm=True)
+    critic.eval()
     images = torch.randn(3, 1, *size)
     with torch.no_grad():
         scores = torch.stack([critic(images, torch.full((3,), label)) for label in range(3)])
@@ -172,7 +174,7 @@ def _trainer(run_dir, iterations: int) -> AdversarialTrainer:
     networks = build("cgan", 2, 8, num_classes=2, latent_size=4, generator={"channels": (8,), "conditional_norm": True},
                      critic={"channels": (4,), "norm": None, "spectral_norm": True})
     objective, settings = build_objective("cgan", loss="hinge")
-    optimizers = [build_optimizer(networks[name].parameters(), settings["optimizer"]) for name in ("generator", "critic")]
+    optimizers = [build_optimizer(networks[name].parameters(), settings["optimizer"]) for name in networks]
     return AdversarialTrainer(
         "cpu", make_loader(size=8, num_classes=2), networks["generator"], networks["critic"], *optimizers, objective,
         max_iterations=iterations, run_dir=run_dir, checkpoint_every=2, ema_decay=0.5, health_interval=0,
