@@ -96,17 +96,22 @@ class AdversarialObjective:
     Args:
         auxiliary_weight: weight of the auxiliary classification term (used when the critic has a class head).
         mode_seeking_weight: weight of `mode_seeking_term` in the generator loss (0: off).
+        auxiliary_on_fakes: train the critic's class head on generated images too (AC-GAN); False: on real images
+            only, so that the head cannot learn the generator's own labelling of its images.
     """
 
     critic_steps = 1
     #: recommended optimiser for generator and critic: a name of torch.optim plus its keyword arguments
     optimizer: dict[str, Any] = {"name": "Adam", "lr": 2e-4, "betas": (0.5, 0.999)}
 
-    def __init__(self, auxiliary_weight: float = 1.0, mode_seeking_weight: float = 0.0) -> None:
+    def __init__(
+        self, auxiliary_weight: float = 1.0, mode_seeking_weight: float = 0.0, auxiliary_on_fakes: bool = True
+    ) -> None:
         if mode_seeking_weight < 0:
             raise ValueError(f"mode_seeking_weight must be 0 or positive, got {mode_seeking_weight}")
         self.auxiliary_weight = float(auxiliary_weight)
         self.mode_seeking_weight = float(mode_seeking_weight)
+        self.auxiliary_on_fakes = bool(auxiliary_on_fakes)
 
     def _critic_terms(self, real_score: torch.Tensor, fake_score: torch.Tensor) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
@@ -141,7 +146,9 @@ class AdversarialObjective:
         loss = loss + extra
         logs.update(extra_logs)
         if real_logits is not None and labels is not None and self.auxiliary_weight > 0:
-            aux = auxiliary_classification_loss(real_logits, labels) + auxiliary_classification_loss(fake_logits, fake_labels)
+            aux = auxiliary_classification_loss(real_logits, labels)
+            if self.auxiliary_on_fakes:
+                aux = aux + auxiliary_classification_loss(fake_logits, fake_labels)
             loss = loss + self.auxiliary_weight * aux
             logs["aux_loss"] = aux.detach()
         logs["d_real"] = real_score.detach().float().mean()
@@ -187,7 +194,7 @@ class NonSaturatingGANLoss(AdversarialObjective):
             targets stay 0.
         label_flip_probability: probability of swapping the real and fake targets of each sample in the critic loss
             (noisy labels, against an over-confident discriminator).
-        auxiliary_weight: weight of the auxiliary classification term.
+        auxiliary_weight, auxiliary_on_fakes: the auxiliary classification term (see `AdversarialObjective`).
         mode_seeking_weight: weight of the mode-seeking term of the generator loss.
     """
 
@@ -197,8 +204,9 @@ class NonSaturatingGANLoss(AdversarialObjective):
         label_flip_probability: float = 0.0,
         auxiliary_weight: float = 1.0,
         mode_seeking_weight: float = 0.0,
+        auxiliary_on_fakes: bool = True,
     ):
-        super().__init__(auxiliary_weight, mode_seeking_weight)
+        super().__init__(auxiliary_weight, mode_seeking_weight, auxiliary_on_fakes)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if not 0.0 <= label_flip_probability <= 0.5:
@@ -231,7 +239,7 @@ class HingeLoss(AdversarialObjective):
     published setting with one critic update per generator update).
 
     Args:
-        auxiliary_weight: weight of the auxiliary classification term.
+        auxiliary_weight, auxiliary_on_fakes: the auxiliary classification term (see `AdversarialObjective`).
         mode_seeking_weight: weight of the mode-seeking term of the generator loss.
     """
 
@@ -264,14 +272,17 @@ class WassersteinWeightClipping(WassersteinLoss):
 
     Args:
         clip_value: c (0.01).
-        auxiliary_weight: weight of the auxiliary classification term.
+        auxiliary_weight, auxiliary_on_fakes: the auxiliary classification term (see `AdversarialObjective`).
         mode_seeking_weight: weight of the mode-seeking term of the generator loss.
     """
 
     optimizer = {"name": "RMSprop", "lr": 5e-5}
 
-    def __init__(self, clip_value: float = 0.01, auxiliary_weight: float = 1.0, mode_seeking_weight: float = 0.0) -> None:
-        super().__init__(auxiliary_weight, mode_seeking_weight)
+    def __init__(
+        self, clip_value: float = 0.01, auxiliary_weight: float = 1.0, mode_seeking_weight: float = 0.0,
+        auxiliary_on_fakes: bool = True,
+    ) -> None:
+        super().__init__(auxiliary_weight, mode_seeking_weight, auxiliary_on_fakes)
         if clip_value <= 0:
             raise ValueError(f"clip_value must be positive, got {clip_value}")
         self.clip_value = float(clip_value)
@@ -292,14 +303,17 @@ class WassersteinGradientPenalty(WassersteinLoss):
 
     Args:
         penalty_weight: lambda (10).
-        auxiliary_weight: weight of the auxiliary classification term.
+        auxiliary_weight, auxiliary_on_fakes: the auxiliary classification term (see `AdversarialObjective`).
         mode_seeking_weight: weight of the mode-seeking term of the generator loss.
     """
 
     optimizer = {"name": "Adam", "lr": 1e-4, "betas": (0.0, 0.9)}
 
-    def __init__(self, penalty_weight: float = 10.0, auxiliary_weight: float = 1.0, mode_seeking_weight: float = 0.0) -> None:
-        super().__init__(auxiliary_weight, mode_seeking_weight)
+    def __init__(
+        self, penalty_weight: float = 10.0, auxiliary_weight: float = 1.0, mode_seeking_weight: float = 0.0,
+        auxiliary_on_fakes: bool = True,
+    ) -> None:
+        super().__init__(auxiliary_weight, mode_seeking_weight, auxiliary_on_fakes)
         self.penalty_weight = float(penalty_weight)
 
     def _extra_critic_terms(
