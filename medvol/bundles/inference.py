@@ -54,11 +54,12 @@ class LatentGenerator(nn.Module):
         # hasattr is decided when TorchScript compiles: only the branch of this network's kind is compiled
         if hasattr(self, "decoder"):
             return self.decoder(latent)
+        labels: torch.Tensor | None = None
+        h = latent
         if hasattr(self, "conditioning"):
             noise, labels = latent[:, : self.latent_size], latent[:, self.latent_size].round().long()
-            embedding = self.conditioning["embedding"](labels).to(noise.dtype)
-            return self.body(torch.cat([noise, embedding], dim=1))
-        return self.body(latent)
+            h = torch.cat([noise, self.conditioning["embedding"](labels).to(noise.dtype)], dim=1)
+        return self.body(h, labels)  # a ConditionedSequential: class-conditional normalisation takes the labels
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
         try:

@@ -14,7 +14,7 @@ from monai.networks.layers.factories import Conv, Norm, Pool
 from monai.utils import ensure_tuple_rep
 from torch import nn
 
-from medvol.networks.conditioning import ConditionalNorm, apply_layers
+from medvol.networks.conditioning import ConditionalNorm, ConditionedSequential, LabelConditioned
 
 NORMS = (None, "batch", "instance", "layer")
 #: how a generator doubles its resolution: a transposed convolution, or interpolation then a convolution (no
@@ -258,7 +258,7 @@ class MinibatchStdDev(nn.Module):
         return torch.cat([features, channel.to(features.dtype)], dim=1)
 
 
-class ResidualUpBlock(nn.Module):
+class ResidualUpBlock(LabelConditioned):
     """Pre-activation residual block that upsamples: norm, ReLU, nearest upsampling, 3-conv, norm, ReLU, 3-conv,
     plus an additive skip (upsampling and a 1-conv).
 
@@ -270,8 +270,6 @@ class ResidualUpBlock(nn.Module):
         norm: normalisation, see `norm_layer`.
         num_classes: above 0, class-conditional normalisation (`forward(x, labels)` then needs the labels).
     """
-
-    takes_labels = True
 
     def __init__(
         self,
@@ -286,7 +284,7 @@ class ResidualUpBlock(nn.Module):
         conv = Conv[Conv.CONV, spatial_dims]
         scale = tuple(int(s) for s in scale)
         upsample = nn.Upsample(scale_factor=tuple(float(s) for s in scale), mode="nearest")
-        self.residual = nn.Sequential(
+        self.residual = ConditionedSequential(
             norm_layer(norm, spatial_dims, in_channels, num_classes=num_classes),
             nn.ReLU(),
             upsample,
@@ -298,7 +296,7 @@ class ResidualUpBlock(nn.Module):
         self.skip = nn.Sequential(upsample, conv(in_channels, out_channels, 1))
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return apply_layers(self.residual, x, labels) + self.skip(x)
+        return self.residual(x, labels) + self.skip(x)
 
 
 class ResidualDownBlock(nn.Module):

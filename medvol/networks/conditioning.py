@@ -55,11 +55,33 @@ class LabelNoiseConcat(nn.Module):
         return torch.cat([z, self.embedding(labels).to(z.dtype)], dim=1)
 
 
-class ConditionalNorm(nn.Module):
+class LabelConditioned(nn.Module):
+    """Base of the layers of a `ConditionedSequential` that are called as `layer(x, labels)`; they carry the attribute
+    `takes_labels`, which TorchScript can test (`hasattr` on a module is decided when it compiles)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.takes_labels = True
+
+
+class ConditionedSequential(nn.Sequential):
+    """`nn.Sequential` whose `forward(x, labels=None)` passes the labels to its `LabelConditioned` layers; it compiles
+    with `torch.jit.script` (the loop is unrolled and `hasattr` decided per layer)."""
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self:
+            if hasattr(layer, "takes_labels"):
+                x = layer(x, labels)
+            else:
+                x = layer(x)
+        return x
+
+
+class ConditionalNorm(LabelConditioned):
     """Normalisation whose gain and bias are chosen by the class: `norm(x) * (1 + gain[y]) + bias[y]`, per channel.
 
     Gains and biases start at 0 (the layer starts as the plain normalisation with unit scale). Called as
-    `layer(x, labels)`; `apply_layers` passes the labels to it inside a `nn.Sequential`.
+    `layer(x, labels)`.
 
     Args:
         norm: "batch", "instance" or "layer" (GroupNorm with one group), each without an affine of its own.
@@ -68,8 +90,6 @@ class ConditionalNorm(nn.Module):
         num_classes: number of classes (> 0).
         momentum: running-statistics momentum of batch norm.
     """
-
-    takes_labels = True
 
     def __init__(self, norm: str, spatial_dims: int, channels: int, num_classes: int, momentum: float = 0.1) -> None:
         super().__init__()
@@ -89,19 +109,21 @@ class ConditionalNorm(nn.Module):
         nn.init.zeros_(self.gain.weight)
         nn.init.zeros_(self.bias.weight)
 
+    @torch.jit.unused
+    def _checked(self, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
+        return check_labels(labels, self.num_classes, batch_size)
+
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        labels = check_labels(labels, self.num_classes, x.shape[0]).to(x.device)
-        shape = (x.shape[0], -1) + (1,) * (x.ndim - 2)
-        gain = self.gain(labels).to(x.dtype).view(shape)
-        bias = self.bias(labels).to(x.dtype).view(shape)
+        if labels is None:
+            raise ValueError(f"this layer is conditioned on {self.num_classes} classes: pass labels")
+        if not torch.jit.is_scripting():
+            labels = self._checked(labels, x.shape[0])
+        labels = labels.to(x.device)
+        gain = self.gain(labels).to(x.dtype)
+        bias = self.bias(labels).to(x.dtype)
+        while gain.dim() < x.dim():
+            gain, bias = gain.unsqueeze(-1), bias.unsqueeze(-1)
         return self.norm(x) * (1.0 + gain) + bias
-
-
-def apply_layers(layers: nn.Module, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """Run the layers of a `nn.Sequential` in order, passing `labels` to those with `takes_labels` set."""
-    for layer in layers:
-        x = layer(x, labels) if getattr(layer, "takes_labels", False) else layer(x)
-    return x
 
 
 class InputLabelEmbedding(nn.Module):

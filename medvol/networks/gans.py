@@ -25,15 +25,15 @@ from medvol.networks.blocks import (
     strided_conv,
     upsampling_conv,
 )
-from medvol.networks.conditioning import CriticHead, InputLabelEmbedding, LabelNoiseConcat, apply_layers
+from medvol.networks.conditioning import ConditionedSequential, CriticHead, InputLabelEmbedding, LabelNoiseConcat
 from medvol.networks.init import init_dcgan_weights
 
 
 class Generator(nn.Module):
     """Base of every generator: checks the noise, concatenates the label embedding when conditional, runs `self.body`.
 
-    Subclasses build `self.body`, mapping `[B, self.input_size]` to images `[B, out_channels, *image_size]` in [-1, 1];
-    its layers with `takes_labels` (class-conditional normalisation) get the labels too.
+    Subclasses build `self.body`, a `ConditionedSequential` mapping `[B, self.input_size]` to images
+    `[B, out_channels, *image_size]` in [-1, 1] (its class-conditional normalisation layers get the labels).
 
     Args:
         spatial_dims: 2 or 3.
@@ -77,7 +77,7 @@ class Generator(nn.Module):
         if z.ndim != 2 or z.shape[1] != self.latent_size:
             raise ValueError(f"noise must have shape [B, {self.latent_size}], got {tuple(z.shape)}")
         h = z if self.conditioning is None else self.conditioning(z, labels)
-        return apply_layers(self.body, h, labels if self.num_classes > 0 else None)
+        return self.body(h, labels)
 
 
 class Critic(nn.Module):
@@ -207,7 +207,7 @@ class FullyConnectedGenerator(Generator):
             nn.Tanh(),
             nn.Unflatten(1, (self.out_channels, *self.image_size)),
         ]
-        self.body = nn.Sequential(*layers)
+        self.body = ConditionedSequential(*layers)
 
 
 class FullyConnectedDiscriminator(Critic):
@@ -318,7 +318,7 @@ class DCGANGenerator(Generator):
                 [nn.Tanh()] if last
                 else [norm_layer(norm, spatial_dims, widths[stage + 1], num_classes=norm_classes), nn.ReLU()]
             )
-        self.body = nn.Sequential(*layers)
+        self.body = ConditionedSequential(*layers)
         if dcgan_init:
             init_dcgan_weights(self)
 
@@ -449,7 +449,7 @@ class ResidualGenerator(Generator):
             Conv[Conv.CONV, spatial_dims](widths[-1], self.out_channels, 3, padding=1),
             nn.Tanh(),
         ]
-        self.body = nn.Sequential(*layers)
+        self.body = ConditionedSequential(*layers)
 
 
 class ResidualCritic(Critic):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from medvol.bundles.inference import LatentGenerator
 from medvol.engines import AdversarialTrainer, CheckpointManager
 from medvol.networks import DCGANDiscriminator, DCGANGenerator, ResidualCritic, ResidualGenerator, build
 from medvol.networks.conditioning import ConditionalNorm
@@ -196,3 +197,22 @@ def test_a_spectral_norm_hinge_run_resumes_bitwise(tmp_path):
     for name in ("generator", "critic"):
         for key, value in expected["networks"][name].items():
             assert torch.equal(value, actual["networks"][name][key]), f"{name}.{key}"
+
+
+@pytest.mark.parametrize("spatial_dims,size", SIZES)
+@pytest.mark.parametrize("family,generator", [
+    ("cgan", {"channels": (16, 8), "conditional_norm": True, "upsampling": "linear"}),
+    ("acwgan_gp", {"base_channels": 4, "max_channels": 8, "conditional_norm": True}),
+])
+def test_generators_with_the_recipe_options_export_with_torchscript(family, generator, spatial_dims, size):
+    torch.manual_seed(0)
+    network = build(family, spatial_dims, size, num_classes=3, latent_size=8, generator=generator)["generator"].eval()
+    for layer in network.modules():
+        if isinstance(layer, ConditionalNorm):
+            nn.init.normal_(layer.gain.weight)
+    exported = LatentGenerator(network)
+    exported.load_state_dict(network.state_dict())
+    scripted = torch.jit.script(exported.eval())
+    z, labels = torch.randn(3, 8), torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        assert torch.allclose(scripted(torch.cat([z, labels[:, None].float()], dim=1)), network(z, labels), atol=1e-6)
