@@ -30,13 +30,17 @@ NEAR_ZERO = 0.1
 BASELINE_SOLID = 0.5
 CHANCE_MARGIN = 0.25
 COPIES_FACTOR = 2.0  # flagged fraction above this many times the expected one: memorisation concern
+# per-class recalls are many comparisons at 95% each: only the summary metrics of a utility arm are judged
+HEADLINE_UTILITY_METRICS = ("accuracy", "balanced_accuracy", "auc")
 VERDICT_METHOD = (
     f"Not realistic when two of these hold (or the first with FID at least {FID_RATIO_ALONE:g} times the baseline): "
     f"FID at least {FID_RATIO:g} times the real baseline and above its 95% interval; precision or recall at most "
     f"{NEAR_ZERO:g} where held-out real images reach {BASELINE_SOLID:g}; recognisability within "
     f"{CHANCE_MARGIN:.0%} of the way from chance (1 / classes) to the real test images' score. Concerns: one of "
     f"these, mode collapse, more than {COPIES_FACTOR:g} times the expected fraction of possible copies, or a "
-    "utility arm whose paired difference to real alone is below 0 with its whole 95% interval."
+    "utility arm with synthetic data whose paired difference (accuracy, balanced accuracy or AUC) to the same arm "
+    "without synthetic data (real alone, or real+augmentation for the augmented arms) is below 0 with its whole 95% "
+    "interval."
 )
 
 
@@ -114,13 +118,24 @@ def _concerns(metrics: Mapping) -> list[str]:
     if flagged is not None and expected and flagged > COPIES_FACTOR * expected:
         concerns.append(f"{flagged:.0%} of the samples flagged as possible copies of training images (about "
                         f"{expected:.0%} by chance)")
-    for arm, entry in ((metrics.get("utility") or {}).get("paired_difference") or {}).items():
+    utility = metrics.get("utility") or {}
+    against_augmentation = utility.get("paired_difference_augmentation") or {}
+    for arm, entry in (utility.get("paired_difference") or {}).items():
+        if not _uses_synthetic(arm):
+            continue  # real+augmentation against real says nothing about the samples
+        reference = "real alone"
+        if "augmentation" in arm and arm in against_augmentation:
+            entry, reference = against_augmentation[arm], "real+augmentation"
         for name, difference in (entry or {}).items():
             interval = difference.get("ci95") if isinstance(difference, Mapping) else None
-            if interval and float(interval[1]) < 0:
-                concerns.append(f"utility: {arm} is worse than real alone in {name} "
+            if name in HEADLINE_UTILITY_METRICS and interval and float(interval[1]) < 0:
+                concerns.append(f"utility: {arm} is worse than {reference} in {name} "
                                 f"({_value(difference):+.3f} [{float(interval[0]):+.3f}, {float(interval[1]):+.3f}])")
     return concerns
+
+
+def _uses_synthetic(arm: str) -> bool:
+    return "synthetic" in arm or "balanced" in arm
 
 
 def samples_verdict(metrics: Mapping, run_record: Mapping | None = None) -> dict:

@@ -38,6 +38,31 @@ CASES = [
     ({"privacy": {"flagged_fraction": 0.4, "expected_fraction": 0.05}}, CONCERNS, ["40% of the samples flagged"]),
 ]
 
+WORSE = {"mean": -0.05, "ci95": [-0.08, -0.02]}
+UNCLEAR = {"mean": -0.01, "ci95": [-0.04, 0.02]}
+# the utility judgement: arms with synthetic data against the same arm without it, summary metrics only
+UTILITY_CASES = [
+    # augmentation against real alone says nothing about the samples; a per-class recall is one of many comparisons
+    ({"paired_difference": {"real+augmentation": {"accuracy": WORSE},
+                            "real+synthetic": {"recall_a": WORSE, "accuracy": UNCLEAR}}}, CLOSE_TO_REAL, []),
+    ({"paired_difference": {"real+synthetic": {"accuracy": WORSE}}}, CONCERNS,
+     ["real+synthetic is worse than real alone in accuracy (-0.050"]),
+    # an augmented arm is judged against real+augmentation, not against real alone
+    ({"paired_difference": {"real+augmentation+synthetic": {"balanced_accuracy": {"mean": 0.03, "ci95": [0.01, 0.05]}}},
+      "paired_difference_augmentation": {"real+augmentation+synthetic": {"balanced_accuracy": WORSE}}}, CONCERNS,
+     ["real+augmentation+synthetic is worse than real+augmentation in balanced_accuracy (-0.050"]),
+    ({"paired_difference": {"real+augmentation+synthetic": {"accuracy": WORSE}},
+      "paired_difference_augmentation": {"real+augmentation+synthetic": {"accuracy": UNCLEAR}}}, CLOSE_TO_REAL, []),
+]
+
+
+@pytest.mark.parametrize("utility,level,phrases", UTILITY_CASES)
+def test_utility_concerns_compare_like_with_like(utility, level, phrases):
+    verdict = samples_verdict({**REAL_LIKE, "utility": utility})
+    assert verdict["level"] == level, verdict
+    for phrase in phrases:
+        assert phrase in verdict["headline"], verdict["headline"]
+
 
 @pytest.mark.parametrize("changes,level,phrases", CASES)
 def test_verdict_levels(changes, level, phrases):
