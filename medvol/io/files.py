@@ -165,7 +165,8 @@ def _raise_naming(error: OSError, path: Path, temp: Path | None = None) -> None:
     none) or the temporary file `temp` that was to become `path`."""
     if error.filename is not None and (temp is None or Path(error.filename) != temp):
         raise error
-    raise OSError(error.errno, error.strerror, str(path)) from error
+    # an OSError raised with a message only has no strerror: keep its message
+    raise OSError(error.errno, error.strerror or str(error), str(path)) from error
 
 
 @contextlib.contextmanager

@@ -70,7 +70,8 @@ def test_montage_puts_input_left_of_reconstruction():
 @pytest.mark.shared_data
 def test_prepared_crop_pad_grid_slices_are_the_2d_training_slices(shared_data, tmp_path):
     """Hippocampus volumes resampled to 1.5 mm and centre-cropped/padded: the in-plane pixels of the 3D grid's
-    slices equal those of the slices a 2D run trains on (same intensity window, same in-plane crop)."""
+    slices equal those of the slices a 2D run trains on (same in-plane crop; the per-volume intensity window is measured
+    on the grid each mode keeps, the central 24 slices or all of them: 0.006 apart at most, a crop one slice off 0.78)."""
     from medvol.data.datasets import build_dataset
 
     paths = sorted((shared_data / "hippocampus3d" / "images").glob("*.nii.gz"))[:3]
@@ -85,7 +86,7 @@ def test_prepared_crop_pad_grid_slices_are_the_2d_training_slices(shared_data, t
         depth = stack.shape[2]
         if depth >= 24:  # the 3D grid keeps the central 24 slices
             start = (depth - 24) // 2
-            torch.testing.assert_close(volume, stack[:, :, start : start + 24])
+            torch.testing.assert_close(volume, stack[:, :, start : start + 24], atol=0.01, rtol=0)
         else:
             start = (24 - depth) // 2
-            torch.testing.assert_close(volume[:, :, start : start + depth], stack)
+            torch.testing.assert_close(volume[:, :, start : start + depth], stack, atol=0.01, rtol=0)
