@@ -318,6 +318,10 @@ def run(args) -> int:
                                preprocessing={**preprocessing, "description": sizing}, preview=preview,
                                duplicates=duplicates)
         os.replace(out_dir / PENDING_DATALIST, out_dir / datalists.DATALIST_FILE)
+    except OSError as err:  # a full disk while the datalist is pending: name the file the user knows
+        if err.filename is not None and Path(err.filename).name == PENDING_DATALIST:
+            raise OSError(err.errno, err.strerror or str(err), str(out_dir / datalists.DATALIST_FILE)) from err
+        raise
     finally:  # interrupted or failed: no half-published datalist is left
         (out_dir / PENDING_DATALIST).unlink(missing_ok=True)
     for message in datalist.messages:

@@ -154,6 +154,8 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(command, run2d, tmp_
     assert main(argv) == 2
     line = _one_line(capsys)
     assert f"medvol {command}: error: {out}/" in line and "No space left on device" in line, line
+    if command == "prepare":  # the datalist is written under a pending name: the line names the file the user knows
+        assert f"{out}/datalist.json" in line, line
     assert not list(out.rglob("datalist.json")) and not list(out.rglob("*.nii.gz")), list(out.rglob("*"))
     assert not list(out.rglob("checkpoint_*.pt")) and not _leftovers(tmp_path)
 
