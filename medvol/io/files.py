@@ -169,6 +169,13 @@ def _raise_naming(error: OSError, path: Path, temp: Path | None = None) -> None:
     raise OSError(error.errno, error.strerror or str(error), str(path)) from error
 
 
+def _temporary_sibling(path: str | os.PathLike) -> tuple[Path, Path]:
+    """`path` and the temporary name beside it that becomes `path`; the folder is created (its failure names it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path, path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{path.name}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary name next to `path` for writers that take a file name (nibabel, PIL, pydicom): renamed to `path`
@@ -180,10 +187,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     Raises:
         OSError: as raised inside the block or by the rename, naming `path` when it named no file.
     """
-    path = Path(path)
-    temp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{path.name}")
+    path, temp = _temporary_sibling(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         yield temp
         os.replace(temp, path)
     except OSError as err:
@@ -205,10 +210,8 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     Raises:
         OSError: as raised inside the block or by the rename, naming `path` when it named no file.
     """
-    path = Path(path)
-    temp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{path.name}")
+    path, temp = _temporary_sibling(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(temp, ignore_errors=True)
         temp.mkdir()
         yield temp

@@ -83,6 +83,20 @@ def _full_disk(monkeypatch, module, name: str) -> None:
     monkeypatch.setattr(module, name, full)
 
 
+def _full_disk_for_atomic_writes(monkeypatch) -> None:
+    """`files.atomic_write` writes one byte of its file and fails as a full disk does."""
+    real_atomic_write = files.atomic_write
+
+    def full(path, write):
+        def fail(stream):
+            stream.write(b"{")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        real_atomic_write(path, fail)
+
+    monkeypatch.setattr(files, "atomic_write", full)
+
+
 def _leftovers(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.name.startswith(files.TEMP_PREFIX))
 
@@ -134,16 +148,7 @@ def test_an_output_folder_under_a_file_is_one_line_naming_it(command, run2d, tmp
 
 @pytest.mark.parametrize("command", ["prepare", "convert", "train"])
 def test_a_full_disk_is_one_line_and_leaves_no_partial_file(command, run2d, tmp_path, capsys, monkeypatch):
-    real_atomic_write = files.atomic_write
-
-    def full(path, write):
-        def fail(stream):
-            stream.write(b"{")
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        real_atomic_write(path, fail)
-
-    monkeypatch.setattr(files, "atomic_write", full)  # every JSON and checkpoint medvol writes
+    _full_disk_for_atomic_writes(monkeypatch)  # every JSON and checkpoint medvol writes
     _full_disk(monkeypatch, nib, "save")
     out = tmp_path / "out"
     argv = {
@@ -270,17 +275,8 @@ def test_evaluate_on_a_full_disk_is_one_line_and_leaves_no_metrics_or_report(tmp
     for entry in json.loads((data / "datalist.json").read_text())["validation"]:
         (held_out / entry["label_name"]).mkdir(parents=True, exist_ok=True)
         Path(held_out / entry["label_name"] / Path(entry["image"]).name).write_bytes(Path(entry["image"]).read_bytes())
-    real_atomic_write = files.atomic_write
-
-    def full(path, write):
-        def fail(stream):
-            stream.write(b"{")
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        real_atomic_write(path, fail)
-
     capsys.readouterr()
-    monkeypatch.setattr(files, "atomic_write", full)
+    _full_disk_for_atomic_writes(monkeypatch)
     out = tmp_path / "evaluation"
     assert main(["evaluate", "--real", str(data), "--synthetic", str(held_out), "--out", str(out),
                  "--classifier-epochs", "20"]) == 2
