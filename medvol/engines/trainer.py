@@ -1039,12 +1039,7 @@ class AdversarialTrainer(MedvolTrainer):
 
         logs = self._with_oom_backoff(step)
         if self.critic_augmentation is not None:
-            self._critic_d.real = None
-            signs = self._critic_d.signs
-            if signs:
-                total = float(torch.stack([part for part, _ in signs]).sum())
-                self.critic_augmentation.observe(total, sum(count for _, count in signs))
-            signs.clear()
+            self._critic_d.observe_real_signs()
         return logs
 
     def _generator_step(self, count: int) -> tuple[dict[str, float], torch.Tensor, torch.Tensor | None]:

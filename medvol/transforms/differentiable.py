@@ -388,3 +388,11 @@ class AugmentedCritic(nn.Module):
             score = output[0] if isinstance(output, (tuple, list)) else output
             self.signs.append((torch.sign(score.detach().float()).sum(), score.numel()))
         return output
+
+    def observe_real_signs(self) -> None:
+        """Hand the signs counted since the last call to the augmentation (ADA's statistic) and stop counting."""
+        self.real = None
+        if self.signs:
+            total = float(torch.stack([part for part, _ in self.signs]).sum())
+            self.augmentation.observe(total, sum(count for _, count in self.signs))
+        self.signs.clear()
