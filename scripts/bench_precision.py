@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench_precision.py speed [--family dcgan] [--published-widths] [--threads 1]
     .venv/bin/python scripts/bench_precision.py convergence [--iterations 600] [--families dcgan,wgan_gp]
 
-`speed`: seconds per `AdversarialTrainer` iteration (critic steps + one generator step, batch 16, 2D 64^2 random
+`speed`: seconds per `GenerativeAdversarialTrainer` iteration (critic steps + one generator step, batch 16, 2D 64^2 random
 images), fp32 against bf16 autocast, median over 3 interleaved repeats of the median of 4 timed iterations after a
 warm-up one; the bundle's data-sized widths (`sized_options` for 200 images) or the networks' published widths.
 `convergence`: the phantoms of tests/objectives/gan_training.py at 16^2, its small networks, the real trainer in
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from ignite.engine import Events
 
-from medvol.engines import AdversarialTrainer
+from medvol.engines import GenerativeAdversarialTrainer
 from medvol.engines.amp import cpu_bf16_support
 from medvol.networks.factory import build, sized_options
 from medvol.objectives import build_objective, build_optimizer
@@ -34,10 +34,10 @@ from tests.objectives.gan_training import SMALL_NETWORKS, mean_image_distance, p
 PRECISIONS = ("fp32", "bf16")
 
 
-def _trainer(family: str, networks: dict, loader, iterations: int, precision: str, seed: int = 0) -> AdversarialTrainer:
+def _trainer(family: str, networks: dict, loader, iterations: int, precision: str, seed: int = 0) -> GenerativeAdversarialTrainer:
     objective, settings = build_objective(family)
     generator, critic = networks["generator"], networks["critic"]
-    return AdversarialTrainer(
+    return GenerativeAdversarialTrainer(
         "cpu", loader, generator, critic, build_optimizer(generator.parameters(), settings["optimizer"]),
         build_optimizer(critic.parameters(), settings["optimizer"]), objective, max_iterations=iterations,
         precision=precision, seed=seed, health_interval=0,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from medvol.engines import AdversarialHealth, AdversarialTrainer
+from medvol.engines import AdversarialHealth, GenerativeAdversarialTrainer
 from medvol.metrics.diversity import mean_pairwise_distance
 from tests.engines.toys import ToyCritic, ToyWassersteinGP, make_loader
 
@@ -65,7 +65,7 @@ class OneImagePerClass(nn.Module):
 def test_training_warns_when_a_conditional_generator_returns_one_image_per_class(caplog):
     generator = OneImagePerClass()
     critic = ToyCritic(2, 8, num_classes=2)
-    trainer = AdversarialTrainer(
+    trainer = GenerativeAdversarialTrainer(
         "cpu", make_loader(count=16, batch_size=8), generator, critic, torch.optim.Adam(generator.parameters()),
         torch.optim.Adam(critic.parameters()), ToyWassersteinGP(), critic_steps=1, max_iterations=4, health_interval=1,
         health=AdversarialHealth(patience=3),

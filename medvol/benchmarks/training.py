@@ -1,5 +1,5 @@
-"""Training benchmark: medvol's AdversarialTrainer against a plain PyTorch WGAN-GP loop, and (on CUDA) the memory
-planner's micro-batch against the largest batch that actually fits, found by bisection.
+"""Training benchmark: medvol's GenerativeAdversarialTrainer against a plain PyTorch WGAN-GP loop, and (on CUDA)
+the memory planner's micro-batch against the largest batch that actually fits, found by bisection.
 
 Cases (3D WGAN-GP, ``medvol.networks.factory.build("wgan_gp", 3, size)`` with ``WassersteinGradientPenalty``):
 
@@ -31,7 +31,7 @@ import torch
 from ignite.engine import Events
 
 from medvol.benchmarks import environment
-from medvol.engines import AdversarialTrainer
+from medvol.engines import GenerativeAdversarialTrainer
 from medvol.engines.memory import GIB
 
 __all__ = ["run", "plain_wgan_gp_loop", "largest_fitting_batch"]
@@ -94,7 +94,7 @@ def _loader(batches: list[torch.Tensor]):
 def _trainer(generator, critic, loader, device, precision: str, checkpointing: bool, critic_steps: int, iterations: int):
     from medvol.objectives.adversarial import WassersteinGradientPenalty
 
-    return AdversarialTrainer(
+    return GenerativeAdversarialTrainer(
         device, loader, generator, critic, _adam(generator.parameters()), _adam(critic.parameters()),
         WassersteinGradientPenalty(), critic_steps=critic_steps, max_iterations=iterations, precision=precision,
         activation_checkpointing=checkpointing, health_interval=0, resume=False,

@@ -136,7 +136,7 @@ def build_trainer(
     **options: Any,
 ):
     """The trainer of a family: `medvol.engines.AutoencoderTrainer` for the autoencoders, else
-    `medvol.engines.AdversarialTrainer` (with an EMA generator when `ema_decay` is set).
+    `medvol.engines.GenerativeAdversarialTrainer` (with an EMA generator when `ema_decay` is set).
 
     Args:
         family: a family of `medvol.networks.factory.FAMILIES`.
@@ -155,7 +155,7 @@ def build_trainer(
         return engines.AutoencoderTrainer(
             network=networks["autoencoder"], optimizer=optimizers["autoencoder"], loss_function=objective, **options
         )
-    return engines.AdversarialTrainer(
+    return engines.GenerativeAdversarialTrainer(
         generator=networks["generator"],
         critic=networks["critic"],
         g_optimizer=optimizers["generator"],

@@ -9,10 +9,15 @@ from medvol.engines.guards import AdversarialHealth, NonFiniteLossError
 from medvol.engines.memory import MemoryPlan, TensorMemoryTracker, apply_activation_checkpointing, plan_memory
 from medvol.engines.monitoring import TrainingMonitor, sample_montage
 from medvol.engines.stream import BatchStream
-from medvol.engines.trainer import AdversarialTrainer, AutoencoderTrainer, MedvolTrainer, default_prepare_batch
+from medvol.engines.trainer import (
+    AutoencoderTrainer,
+    GenerativeAdversarialTrainer,
+    MedvolTrainer,
+    default_prepare_batch,
+)
 
 __all__ = [
-    "AdversarialTrainer",
+    "GenerativeAdversarialTrainer",
     "AutoencoderTrainer",
     "MedvolTrainer",
     "default_prepare_batch",

@@ -19,7 +19,7 @@ with a warning and ``plan.json`` says why; an out-of-memory error is then not an
 Randomness: every random draw of an iteration (latents, sampled labels, the gradient penalty's mixing weights, label
 flips, dropout) comes from this rank's stream for that iteration (:meth:`MedvolTrainer.rank_random_stream`), so the
 ranks of a distributed run draw different samples and a resume continues every rank's stream exactly. The critic
-augmentation of :class:`AdversarialTrainer` draws from a stream of its own, seeded the same way.
+augmentation of :class:`GenerativeAdversarialTrainer` draws from a stream of its own, seeded the same way.
 
 Events: MONAI's ``IterationEvents`` fire as usual: ``INNER_ITERATION_STARTED/COMPLETED`` around each critic step,
 ``FORWARD_COMPLETED`` / ``LOSS_COMPLETED`` / ``BACKWARD_COMPLETED`` per optimiser step and ``MODEL_COMPLETED`` at the
@@ -30,7 +30,7 @@ every term the objectives log, as ``critic/<term>`` and ``generator/<term>``), p
 
 How to construct (Python; a bundle writes the same with ``_target_``)::
 
-    trainer = AdversarialTrainer(
+    trainer = GenerativeAdversarialTrainer(
         device="cuda", train_data_loader=loader,              # loader batch size = effective batch
         generator=g, critic=d, g_optimizer=opt_g, d_optimizer=opt_d,
         objective=WassersteinGradientPenalty(),               # medvol.objectives; critic_steps from it by default
@@ -43,7 +43,7 @@ How to construct (Python; a bundle writes the same with ``_target_``)::
 .. code-block:: yaml
 
     trainer:
-      _target_: medvol.engines.AdversarialTrainer
+      _target_: medvol.engines.GenerativeAdversarialTrainer
       device: "$torch.device('cuda')"
       train_data_loader: "@train_loader"
       generator: "@generator"
@@ -120,7 +120,9 @@ from medvol.transforms.differentiable import AugmentedCritic, CriticAugmentation
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 
-__all__ = ["MedvolTrainer", "AdversarialTrainer", "AutoencoderTrainer", "TrainingInterrupted", "default_prepare_batch"]
+__all__ = [
+    "MedvolTrainer", "GenerativeAdversarialTrainer", "AutoencoderTrainer", "TrainingInterrupted", "default_prepare_batch"
+]
 
 logger = logging.getLogger(__name__)
 
@@ -886,7 +888,7 @@ class MedvolTrainer(Trainer):
         return output
 
 
-class AdversarialTrainer(MedvolTrainer):
+class GenerativeAdversarialTrainer(MedvolTrainer):
     """GAN training: ``critic_steps`` critic updates (fresh real batch and fresh fakes each) per generator update.
 
     Conditioning: when ``generator.num_classes > 0`` the real labels come from ``batch["label"]``; the critic step's

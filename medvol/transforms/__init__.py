@@ -14,7 +14,7 @@ from medvol.transforms.intensity import (
 from medvol.transforms.presets import CacheSafeMetad, PreprocessingSettings, preprocessing
 from medvol.transforms.spatial import (
     SLICE_META_KEY,
-    CropForegroundd,
+    CropBodyd,
     ExtractSlicesd,
     FitToShape,
     FitToShaped,
@@ -30,7 +30,7 @@ __all__ = [
     "INTENSITY_META_KEY",
     "SLICE_META_KEY",
     "CacheSafeMetad",
-    "CropForegroundd",
+    "CropBodyd",
     "ExtractSlicesd",
     "FitToShape",
     "FitToShaped",

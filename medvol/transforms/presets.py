@@ -39,7 +39,7 @@ from medvol.transforms.intensity import (
     source_window,
 )
 from medvol.transforms.spatial import (
-    CropForegroundd,
+    CropBodyd,
     FitToShaped,
     OrientToRASd,
     ResampleToSpacingd,
@@ -206,7 +206,7 @@ class PreprocessingSettings:
             transforms.append(ResampleToSpacingd(keys, self.spacing, slice_axis=None if grid else slice_axis))
         if self.crop_foreground:
             window = partial(source_window, kind=self.intensity, window=self.window, percentiles=self.percentiles)
-            transforms.append(CropForegroundd(keys, slice_axis=None if grid else slice_axis,
+            transforms.append(CropBodyd(keys, slice_axis=None if grid else slice_axis,
                                               in_plane_rank=3 if grid else self.spatial_dims, source_window=window))
         fixed = fixed_window(self.intensity, self.window)
         background = None if fixed is None else fixed[0]  # padding that a fixed window scales to its low end

@@ -263,7 +263,7 @@ def largest_component(mask: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(labels == int(sizes.argmax()))
 
 
-class CropForegroundd(MapTransform):
+class CropBodyd(MapTransform):
     """Crops images to the bounding box of their foreground (the body: the largest connected region of voxels above
     `foreground_threshold`, so a scanner table, a frame line or noise outside the body do not widen the box), with
     a margin, so that fitting afterwards spends the target shape on anatomy instead of the air around it.

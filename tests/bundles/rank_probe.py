@@ -29,7 +29,7 @@ def parameters_digest(network: torch.nn.Module) -> str:
 
 
 class RankProbe:
-    """A MONAI/ignite handler (``attach(engine)``) for an `AdversarialTrainer`.
+    """A MONAI/ignite handler (``attach(engine)``) for an `GenerativeAdversarialTrainer`.
 
     Args:
         out_dir: folder of the ``rank_<rank>.json`` records.

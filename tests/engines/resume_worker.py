@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from ignite.engine import Events
 
-from medvol.engines import AdversarialTrainer
+from medvol.engines import GenerativeAdversarialTrainer
 from medvol.engines.trainer import TrainingInterrupted
 from tests.engines.toys import ToyWassersteinGP, make_gan, make_loader
 
@@ -24,7 +24,7 @@ def main(run_dir: str, iterations: int, checkpoint_every: int) -> int:
     np.random.seed(0)
     random.seed(0)
     generator, critic, g_opt, d_opt = make_gan(2, 8, num_classes=2, seed=0)
-    trainer = AdversarialTrainer(
+    trainer = GenerativeAdversarialTrainer(
         "cpu",
         make_loader(count=12, batch_size=4, num_classes=2),  # 3 batches per pass: passes end mid-iteration
         generator,

@@ -10,7 +10,7 @@ import logging
 import pytest
 import torch
 
-from medvol.engines import AdversarialTrainer
+from medvol.engines import GenerativeAdversarialTrainer
 from medvol.engines.memory import MemoryPlan, batch_norm_layers
 from medvol.errors import MedvolInputError
 from medvol.networks import factory
@@ -25,7 +25,7 @@ TINY = {
 }
 
 
-def _trainer(family: str, tmp_path=None, batch_size: int = 4, **kwargs) -> AdversarialTrainer:
+def _trainer(family: str, tmp_path=None, batch_size: int = 4, **kwargs) -> GenerativeAdversarialTrainer:
     num_classes = 2 if family == "cgan" else 0
     torch.manual_seed(0)
     networks = factory.build(family, 2, SIZE, num_classes=num_classes, **TINY[family])
@@ -35,7 +35,7 @@ def _trainer(family: str, tmp_path=None, batch_size: int = 4, **kwargs) -> Adver
         getattr(torch.optim, optimizer["name"])(networks[name].parameters(), **{k: v for k, v in optimizer.items() if k != "name"})
         for name in ("generator", "critic")
     ]
-    return AdversarialTrainer(
+    return GenerativeAdversarialTrainer(
         "cpu", make_loader(count=8, batch_size=batch_size, size=SIZE, num_classes=2, shuffle=False),
         networks["generator"], networks["critic"], *optimizers, objective, max_iterations=2, precision="fp32",
         health_interval=0, run_dir=tmp_path, **kwargs,
@@ -96,6 +96,6 @@ def test_networks_without_batch_norm_keep_their_plan():
     from tests.engines.toys import ToyWasserstein, make_gan
 
     generator, critic, g_opt, d_opt = make_gan(2, 8)
-    trainer = AdversarialTrainer("cpu", make_loader(), generator, critic, g_opt, d_opt, ToyWasserstein(), micro_batch=2, max_iterations=1)
+    trainer = GenerativeAdversarialTrainer("cpu", make_loader(), generator, critic, g_opt, d_opt, ToyWasserstein(), micro_batch=2, max_iterations=1)
     trainer.run()
     assert (trainer.plan.micro_batch, trainer.plan.batch_norm) == (2, None)

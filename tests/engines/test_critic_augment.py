@@ -1,4 +1,4 @@
-"""Critic augmentation inside AdversarialTrainer: applied to every critic input in training and to nothing else, a
+"""Critic augmentation inside GenerativeAdversarialTrainer: applied to every critic input in training and to nothing else, a
 generator trained through it learns the unaugmented images, ADA's probability follows the critic's real scores
 with medvol's objectives, and `medvol train --critic-augment` records, checks and refuses settings in one line."""
 
@@ -14,7 +14,7 @@ from torch import nn
 
 from medvol.cli import main
 from medvol.data.phantoms import write_phantom_dataset
-from medvol.engines import AdversarialTrainer
+from medvol.engines import GenerativeAdversarialTrainer
 from medvol.objectives.adversarial import NonSaturatingGANLoss, WassersteinGradientPenalty
 from tests.engines.toys import ToyCritic, ToyWassersteinGP, make_gan, make_loader
 
@@ -24,7 +24,7 @@ CUTOUT_ONLY = {"mode": "fixed", "p": 1.0, "ops": ["cutout"]}
 def _trainer(critic_augment, iterations=2, objective=None, spatial_dims=2, size=8, **kwargs):
     generator, critic, g_opt, d_opt = make_gan(spatial_dims, size, seed=1)
     loader = make_loader(count=8, batch_size=4, spatial_dims=spatial_dims, size=size)
-    return AdversarialTrainer(
+    return GenerativeAdversarialTrainer(
         "cpu", loader, generator, critic, g_opt, d_opt, objective or ToyWassersteinGP(), max_iterations=iterations,
         precision="fp32", health_interval=0, critic_augment=critic_augment, **kwargs,
     )
@@ -82,7 +82,7 @@ def test_a_generator_trained_through_translation_and_cutout_makes_centred_whole_
     target[:, 5:11, 5:11] = 1.0
     loader = torch.utils.data.DataLoader([{"image": target}] * 64, batch_size=8, shuffle=True, drop_last=True)
     generator, critic = LearnedImage(size), ToyCritic(2, size, channels=8)
-    trainer = AdversarialTrainer(
+    trainer = GenerativeAdversarialTrainer(
         "cpu", loader, generator, critic,
         torch.optim.Adam(generator.parameters(), lr=0.05, betas=(0.5, 0.99)),
         torch.optim.Adam(critic.parameters(), lr=2e-3, betas=(0.5, 0.99)),
@@ -120,7 +120,7 @@ def test_ada_probability_rises_when_the_critic_scores_reals_positive_and_falls_o
     with torch.no_grad():
         generator.image.fill_(-2.0)
     loader = torch.utils.data.DataLoader([{"image": torch.ones(1, 8, 8)}] * 8, batch_size=4, shuffle=True, drop_last=True)
-    trainer = AdversarialTrainer(
+    trainer = GenerativeAdversarialTrainer(
         "cpu", loader, generator, critic, torch.optim.SGD(generator.parameters(), lr=0.0),
         torch.optim.SGD(critic.parameters(), lr=0.0), objective, critic_steps=1, max_iterations=8, precision="fp32",
         health_interval=0, critic_augment={"mode": "ada", "p": start, "target": 0.6, "speed": 0.1, "ops": ["translation"]},

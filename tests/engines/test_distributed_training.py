@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.nn.parallel import DistributedDataParallel
 
-from medvol.engines import AdversarialTrainer
+from medvol.engines import GenerativeAdversarialTrainer
 from medvol.engines.memory import apply_activation_checkpointing
 from tests.engines.toys import ToyWassersteinGP, make_gan, make_loader
 
@@ -47,7 +47,7 @@ def _rank(rank: int, port: int, results) -> None:
         generator.register_comm_hook(dist.group.WORLD, _counting_hook(counts["generator"]))
         critic.register_comm_hook(dist.group.WORLD, _counting_hook(counts["critic"]))
         objective = ToyWassersteinGP(record=True)
-        trainer = AdversarialTrainer(
+        trainer = GenerativeAdversarialTrainer(
             "cpu", make_loader(count=16, batch_size=4, num_classes=2, shuffle=False), generator, critic, g_opt, d_opt,
             objective, critic_steps=2, micro_batch=2, ema_decay=0.9, max_iterations=ITERATIONS, seed=3, health_interval=0,
         )

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from medvol.engines import AdversarialTrainer, CheckpointManager, TrainingEvaluator, TrainingMonitor
+from medvol.engines import GenerativeAdversarialTrainer, CheckpointManager, TrainingEvaluator, TrainingMonitor
 from medvol.engines.evaluation import class_proportional_labels, evaluation_interval
 from medvol.errors import MedvolInputError
 from medvol.sampling import resolve_checkpoint
@@ -50,9 +50,9 @@ def evaluator(run_dir, every, **kwargs) -> TrainingEvaluator:
     )
 
 
-def gan_trainer(run_dir, iterations, handlers=None, num_classes=0, checkpoint_every=2, **kwargs) -> AdversarialTrainer:
+def gan_trainer(run_dir, iterations, handlers=None, num_classes=0, checkpoint_every=2, **kwargs) -> GenerativeAdversarialTrainer:
     generator, critic, g_opt, d_opt = make_gan(2, SIZE, num_classes=num_classes, seed=1)
-    return AdversarialTrainer(
+    return GenerativeAdversarialTrainer(
         "cpu", make_loader(size=SIZE, num_classes=2), generator, critic, g_opt, d_opt, ToyWassersteinGP(),
         max_iterations=iterations, run_dir=run_dir, checkpoint_every=checkpoint_every, ema_decay=0.5, health_interval=0, precision="fp32",
         train_handlers=handlers, **kwargs,

@@ -9,7 +9,7 @@ import torch
 from ignite.engine import Events
 from torch import nn
 
-from medvol.engines import AdversarialTrainer, MemoryPlan, TensorMemoryTracker, apply_activation_checkpointing
+from medvol.engines import GenerativeAdversarialTrainer, MemoryPlan, TensorMemoryTracker, apply_activation_checkpointing
 from medvol.engines.memory import candidate_micro_batches, parse_memory_budget
 from tests.engines.toys import ToyGenerator, ToyWassersteinGP, make_gan, make_loader
 
@@ -19,7 +19,7 @@ EFFECTIVE_BATCH = 8
 def _trainer(**kwargs):
     generator, critic, g_opt, d_opt = make_gan(3, 8)
     loader = make_loader(count=16, batch_size=EFFECTIVE_BATCH, spatial_dims=3, size=8)
-    return AdversarialTrainer("cpu", loader, generator, critic, g_opt, d_opt, ToyWassersteinGP(), precision="fp32", **kwargs)
+    return GenerativeAdversarialTrainer("cpu", loader, generator, critic, g_opt, d_opt, ToyWassersteinGP(), precision="fp32", **kwargs)
 
 
 def test_tracker_sees_allocations_and_frees():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from medvol.engines import AdversarialHealth, AdversarialTrainer, TrainingMonitor, sample_montage
+from medvol.engines import AdversarialHealth, GenerativeAdversarialTrainer, TrainingMonitor, sample_montage
 from medvol.engines.monitoring import triplanar_views
 from tests.engines.toys import ToyCritic, ToyWassersteinGP, make_gan, make_loader
 
@@ -37,7 +37,7 @@ def test_monitor_writes_scalars_samples_and_progress(tmp_path, capsys):
 
     generator, critic, g_opt, d_opt = make_gan(3, 8)
     monitor = TrainingMonitor(run_dir=tmp_path, sample_interval=2, sample_count=3)
-    trainer = AdversarialTrainer(
+    trainer = GenerativeAdversarialTrainer(
         "cpu", make_loader(spatial_dims=3), generator, critic, g_opt, d_opt, ToyWassersteinGP(), max_iterations=3, monitor=monitor
     )
     trainer.run()
@@ -82,7 +82,7 @@ class ConstantGenerator(nn.Module):
 def test_collapsed_generator_is_reported(caplog):
     generator = ConstantGenerator()
     critic = ToyCritic(2, 8)
-    trainer = AdversarialTrainer(
+    trainer = GenerativeAdversarialTrainer(
         "cpu", make_loader(), generator, critic, torch.optim.Adam(generator.parameters()), torch.optim.Adam(critic.parameters()),
         ToyWassersteinGP(), critic_steps=1, max_iterations=3, health_interval=1, health=AdversarialHealth(patience=2),
     )

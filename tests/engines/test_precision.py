@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from medvol.engines import AdversarialTrainer, amp
+from medvol.engines import GenerativeAdversarialTrainer, amp
 from medvol.engines.amp import Precision, resolve_precision
 from tests.engines.toys import ToyWassersteinGP, make_gan, make_loader
 
@@ -40,7 +40,7 @@ def test_auto_is_bf16_exactly_on_cpus_with_native_bfloat16(cpu, native, monkeypa
 def test_the_choice_is_logged_once_and_recorded_in_plan_json(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(amp, "cpu_bf16_support", lambda: (False, "this CPU has no native bfloat16 kernels (test)"))
     generator, critic, g_opt, d_opt = make_gan(2, 8)
-    trainer = AdversarialTrainer(
+    trainer = GenerativeAdversarialTrainer(
         "cpu", make_loader(), generator, critic, g_opt, d_opt, ToyWassersteinGP(), max_iterations=3, run_dir=tmp_path
     )
     with caplog.at_level(logging.INFO, logger="medvol"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medvol.engines import AdversarialTrainer, CheckpointManager, NonFiniteLossError
+from medvol.engines import GenerativeAdversarialTrainer, CheckpointManager, NonFiniteLossError
 from tests.engines.toys import ToyWassersteinGP, make_gan, make_loader
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -131,7 +131,7 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path):
     generator, critic, g_opt, d_opt = make_gan(2, 8)
     # critic_steps=2: the 7th critic-loss call is the first critic step of iteration 4
     objective = ToyWassersteinGP(nan_at_call=7)
-    trainer = AdversarialTrainer(
+    trainer = GenerativeAdversarialTrainer(
         "cpu", make_loader(), generator, critic, g_opt, d_opt, objective, max_iterations=8, run_dir=tmp_path, checkpoint_every=1
     )
     before = {k: v.clone() for k, v in critic.state_dict().items()}
@@ -153,7 +153,7 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def _gan_trainer(run_dir, iterations, **kwargs):
     generator, critic, g_opt, d_opt = make_gan(2, 8, seed=1)
-    return AdversarialTrainer(
+    return GenerativeAdversarialTrainer(
         "cpu", make_loader(), generator, critic, g_opt, d_opt, ToyWassersteinGP(), max_iterations=iterations, run_dir=run_dir,
         checkpoint_every=2, ema_decay=0.5, **kwargs,
     )

@@ -1,4 +1,4 @@
-"""AdversarialTrainer / AutoencoderTrainer: fresh data per critic step, conditioning, AMP, accumulation, EMA, handlers."""
+"""GenerativeAdversarialTrainer / AutoencoderTrainer: fresh data per critic step, conditioning, AMP, accumulation, EMA, handlers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from ignite.engine import Events
 
-from medvol.engines import AdversarialTrainer, AutocastModule, AutoencoderTrainer, CheckpointManager
+from medvol.engines import GenerativeAdversarialTrainer, AutocastModule, AutoencoderTrainer, CheckpointManager
 from medvol.engines.amp import Precision, resolve_precision
 from medvol.engines.trainer import ema_warmup_decay
 from tests.engines.toys import (
@@ -31,7 +31,7 @@ def test_every_critic_step_sees_fresh_reals_and_fresh_fakes(spatial_dims, size, 
     generator, critic, g_opt, d_opt = make_gan(spatial_dims, size, num_classes=num_classes, aux=aux)
     objective = ToyWassersteinGP(record=True)
     loader = make_loader(count=24, batch_size=4, spatial_dims=spatial_dims, size=size, num_classes=max(num_classes, 2))
-    trainer = AdversarialTrainer(
+    trainer = GenerativeAdversarialTrainer(
         "cpu", loader, generator, critic, g_opt, d_opt, objective, critic_steps=3, max_iterations=4, precision="fp32"
     )
     trainer.run()
@@ -68,7 +68,7 @@ def test_bf16_autocast_runs_on_cpu_with_fp32_gradient_penalty():
     objective = ToyWassersteinGP(record=True)
     seen = []  # (input requires grad, output dtype) of the critic's first convolution, call by call
     critic.features[0].register_forward_hook(lambda module, args, out: seen.append((args[0].requires_grad, out.dtype)))
-    trainer = AdversarialTrainer("cpu", make_loader(), generator, critic, g_opt, d_opt, objective, max_iterations=2, precision="bf16")
+    trainer = GenerativeAdversarialTrainer("cpu", make_loader(), generator, critic, g_opt, d_opt, objective, max_iterations=2, precision="bf16")
     trainer.run()
     assert trainer.precision == Precision.BF16 and all(s is None for s in trainer.scalers.values())
     bf16, fp32 = torch.bfloat16, torch.float32
@@ -82,7 +82,7 @@ def test_bf16_autocast_runs_on_cpu_with_fp32_gradient_penalty():
 
 def test_fp16_uses_one_grad_scaler_per_network():
     generator, critic, g_opt, d_opt = make_gan(2, 8)
-    trainer = AdversarialTrainer("cpu", make_loader(), generator, critic, g_opt, d_opt, ToyWassersteinGP(), max_iterations=2, precision="fp16")
+    trainer = GenerativeAdversarialTrainer("cpu", make_loader(), generator, critic, g_opt, d_opt, ToyWassersteinGP(), max_iterations=2, precision="fp16")
     trainer.run()
     scalers = trainer.scalers
     assert scalers["generator"] is not None and scalers["critic"] is not None and scalers["generator"] is not scalers["critic"]
@@ -120,7 +120,7 @@ def test_micro_batches_accumulate_to_the_full_batch_step():
     for micro_batch in (4, 1):
         generator, critic, g_opt, d_opt = make_gan(2, 8, seed=3)
         torch.manual_seed(11)
-        trainer = AdversarialTrainer(
+        trainer = GenerativeAdversarialTrainer(
             "cpu", make_loader(), generator, critic, g_opt, d_opt, ToyWasserstein(), max_iterations=2, micro_batch=micro_batch, precision="fp32"
         )
         trainer.run()
@@ -137,7 +137,7 @@ def test_ema_decay_warms_up_to_its_setting(iteration, expected):
 def test_ema_generator_follows_the_generator():
     generator, critic, g_opt, d_opt = make_gan(2, 8)
     initial = [p.detach().clone() for p in generator.parameters()]
-    trainer = AdversarialTrainer("cpu", make_loader(), generator, critic, g_opt, d_opt, ToyWassersteinGP(), max_iterations=1, ema_decay=0.9)
+    trainer = GenerativeAdversarialTrainer("cpu", make_loader(), generator, critic, g_opt, d_opt, ToyWassersteinGP(), max_iterations=1, ema_decay=0.9)
     trainer.run()
     for ema, start, now in zip(trainer.ema_generator.parameters(), initial, generator.parameters()):
         decay = ema_warmup_decay(0.9, 1)
@@ -151,7 +151,7 @@ def test_conditional_batches_without_labels_are_refused():
     generator, critic, g_opt, d_opt = make_gan(2, 8, num_classes=2)
     images = torch.utils.data.TensorDataset(torch.rand(8, 1, 8, 8))
     loader = torch.utils.data.DataLoader(images, batch_size=4)
-    trainer = AdversarialTrainer("cpu", loader, generator, critic, g_opt, d_opt, ToyWassersteinGP(), max_iterations=1)
+    trainer = GenerativeAdversarialTrainer("cpu", loader, generator, critic, g_opt, d_opt, ToyWassersteinGP(), max_iterations=1)
     with pytest.raises(ValueError, match="label"):
         trainer.run()
 
@@ -181,7 +181,7 @@ def test_monai_handlers_attach(tmp_path, capsys):
         TensorBoardStatsHandler(log_dir=str(tmp_path / "tb"), output_transform=lambda output: {"d_loss": output["d_loss"]}),
         CheckpointSaver(save_dir=str(tmp_path / "monai_ckpt"), save_dict={"generator": generator}, save_final=True),
     ]
-    trainer = AdversarialTrainer(
+    trainer = GenerativeAdversarialTrainer(
         "cpu", make_loader(), generator, critic, g_opt, d_opt, ToyWassersteinGP(), max_epochs=2, train_handlers=handlers
     )
     trainer.run()
@@ -200,7 +200,7 @@ def test_trains_medvol_networks_with_medvol_objectives(family, num_classes, tmp_
     networks = factory.build(family, 2, 16, num_classes=num_classes, base_channels=4)
     generator, critic = networks["generator"], networks["critic"]
     objective = adversarial.WassersteinGradientPenalty()
-    trainer = AdversarialTrainer(
+    trainer = GenerativeAdversarialTrainer(
         "cpu", make_loader(count=8, batch_size=4, size=16, num_classes=2), generator, critic,
         torch.optim.Adam(generator.parameters(), lr=1e-4, betas=(0.0, 0.9)), torch.optim.Adam(critic.parameters(), lr=1e-4, betas=(0.0, 0.9)),
         objective, critic_steps=2, max_iterations=2, precision="bf16", micro_batch=2, run_dir=tmp_path, checkpoint_every=1,
@@ -228,7 +228,7 @@ def test_logged_terms_are_read_back_once_per_optimiser_step_not_per_micro_batch(
 
     def reads_of_one_iteration(micro_batch: int) -> int:
         generator, critic, g_opt, d_opt = make_gan(2, 8)
-        trainer = AdversarialTrainer(
+        trainer = GenerativeAdversarialTrainer(
             "cpu", make_loader(count=8, batch_size=8, shuffle=False), generator, critic, g_opt, d_opt, ToyWasserstein(),
             micro_batch=micro_batch, max_iterations=1, health_interval=0,
         )

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from medvol.bundles.inference import LatentGenerator
-from medvol.engines import AdversarialTrainer, CheckpointManager
+from medvol.engines import GenerativeAdversarialTrainer, CheckpointManager
 from medvol.networks import DCGANDiscriminator, DCGANGenerator, ResidualCritic, ResidualGenerator, build
 from medvol.networks.conditioning import ConditionalNorm
 from medvol.objectives import build_objective, build_optimizer
@@ -170,13 +170,13 @@ def test_spectral_norm_state_dict_round_trip_restores_weights_and_power_iteratio
         assert torch.equal(value, restored.state_dict()[key]), key
 
 
-def _trainer(run_dir, iterations: int) -> AdversarialTrainer:
+def _trainer(run_dir, iterations: int) -> GenerativeAdversarialTrainer:
     torch.manual_seed(0)
     networks = build("cgan", 2, 8, num_classes=2, latent_size=4, generator={"channels": (8,), "conditional_norm": True},
                      critic={"channels": (4,), "norm": None, "spectral_norm": True})
     objective, settings = build_objective("cgan", loss="hinge")
     optimizers = [build_optimizer(networks[name].parameters(), settings["optimizer"]) for name in networks]
-    return AdversarialTrainer(
+    return GenerativeAdversarialTrainer(
         "cpu", make_loader(size=8, num_classes=2), networks["generator"], networks["critic"], *optimizers, objective,
         max_iterations=iterations, run_dir=run_dir, checkpoint_every=2, ema_decay=0.5, health_interval=0,
         precision="fp32",

@@ -10,7 +10,7 @@ from monai.data import MetaTensor
 from medvol.transforms.intensity import ScaleIntensityWindow
 from medvol.transforms.spatial import (
     SLICE_META_KEY,
-    CropForegroundd,
+    CropBodyd,
     ExtractSlicesd,
     FitToShape,
     FitToShaped,
@@ -114,19 +114,19 @@ def test_crop_foreground_keeps_the_body_and_ignores_detached_lines():
     data[0, 10:20, 5:25] = 1.0  # the body: 10 x 20
     data[0, 39, :] = 1.0  # a frame line along an edge, not connected to the body
     image = ScaleIntensityWindow(kind="minmax", output_range=(-1, 1))(MetaTensor(data))
-    out = CropForegroundd("image", margin=0.05)({"image": image})["image"]
+    out = CropBodyd("image", margin=0.05)({"image": image})["image"]
     assert tuple(out.shape[1:]) == (10 + 2 * 2, 20 + 2 * 2)  # margins: 5 % of 40 and 30, rounded: 2 voxels
     assert float(out[0, 2:12, 2:22].min()) == 1.0
     torch.testing.assert_close(out.affine[:2, -1], torch.tensor([8.0, 3.0], dtype=torch.float64))  # crop origin
     empty = MetaTensor(torch.full((1, 8, 8), -1.0))
-    assert CropForegroundd("image")({"image": empty})["image"].shape == empty.shape
+    assert CropBodyd("image")({"image": empty})["image"].shape == empty.shape
 
 
 def test_crop_foreground_keeps_the_slice_axis_of_volumes_to_be_sliced():
     data = torch.full((1, 12, 12, 10), -1.0)
     data[0, 4:8, 3:9, 4:6] = 1.0
     image = ScaleIntensityWindow(kind="minmax", output_range=(-1, 1))(MetaTensor(data))
-    out = CropForegroundd("image", margin=0.0, slice_axis=2, in_plane_rank=2)({"image": image})["image"]
+    out = CropBodyd("image", margin=0.0, slice_axis=2, in_plane_rank=2)({"image": image})["image"]
     assert tuple(out.shape[1:]) == (4 + 2, 6 + 2, 10)  # at least one voxel of margin in-plane, every slice kept
 
 
