@@ -14,13 +14,15 @@ case runs ``iterations`` iterations per repeat after one warm-up iteration, case
 
 On CUDA, for each of ``planner_sizes`` (64 and 128 by default): the planner's micro-batch for the free GPU memory
 (``trainer.plan_memory(None)``, 15 % margin, candidates ``ceil(E / 2^k)``) and the largest micro-batch for which one
-training step (critic step with gradient penalty + generator step, forward and backward) runs without
-``torch.OutOfMemoryError``, found by doubling then bisection; both with and without bfloat16 / checkpointing.
+training step (critic step with gradient penalty + generator step, forward and backward) runs without running out
+of memory (:func:`medvol.engines.memory.is_out_of_memory`), found by doubling then bisection; both with and without
+bfloat16 / checkpointing.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import statistics
 import time
@@ -32,9 +34,9 @@ from ignite.engine import Events
 
 from medvol.benchmarks import environment
 from medvol.engines import GenerativeAdversarialTrainer
-from medvol.engines.memory import GIB
+from medvol.engines.memory import GIB, is_out_of_memory, release_cached_memory
 
-__all__ = ["run", "plain_wgan_gp_loop", "largest_fitting_batch"]
+__all__ = ["run", "plain_wgan_gp_loop", "largest_fitting_batch", "step_fits"]
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +188,21 @@ def largest_fitting_batch(fits: Callable[[int], bool], start: int = 1, limit: in
     return low
 
 
+def step_fits(trainer: Any, micro_batch: int) -> bool:
+    """Whether one training step at `micro_batch` runs; False on out-of-memory (:func:`is_out_of_memory`: also
+    cuBLAS allocation failures and 32-bit index limits), any other error is raised."""
+    failed = False
+    try:
+        trainer.measure_step_bytes(micro_batch)
+    except RuntimeError as error:
+        if not is_out_of_memory(error):
+            raise
+        failed = True
+    if failed:  # outside the except block: its traceback no longer holds the failed step's tensors
+        release_cached_memory(trainer.state.device)
+    return not failed
+
+
 def _planner_rows(sizes, device, seed, channels, effective_batch) -> list[dict]:
     rows = []
     for size in sizes:
@@ -206,16 +223,8 @@ def _planner_rows(sizes, device, seed, channels, effective_batch) -> list[dict]:
             except MemoryError as error:
                 planned, plan_s, note = 0, None, str(error)
 
-            def fits(micro_batch: int) -> bool:
-                try:
-                    trainer.measure_step_bytes(micro_batch)
-                    return True
-                except torch.OutOfMemoryError:
-                    torch.cuda.empty_cache()
-                    return False
-
             start = time.perf_counter()
-            largest = largest_fitting_batch(fits, limit=4 * effective_batch)
+            largest = largest_fitting_batch(functools.partial(step_fits, trainer), limit=4 * effective_batch)
             search_s = time.perf_counter() - start
             rows.append({
                 "case": f"3D WGAN-GP {size}^3 {precision}{' + checkpointing' if checkpointing else ''}, {torch.cuda.get_device_name(device)}",

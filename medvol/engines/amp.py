@@ -31,6 +31,7 @@ __all__ = [
     "resolve_precision",
     "autocast",
     "make_grad_scaler",
+    "forget_unfinished_step",
     "AutocastModule",
     "cpu_supports_bf16",
     "cpu_bf16_support",
@@ -127,6 +128,15 @@ def make_grad_scaler(precision: Precision, device: str | torch.device) -> torch.
     if precision != Precision.FP16:
         return None
     return torch.amp.GradScaler(torch.device(device).type)
+
+
+def forget_unfinished_step(scaler: torch.amp.GradScaler | None) -> None:
+    """Reset a gradient scaler's per-optimiser record of a step that failed before ``scaler.update()`` (an
+    out-of-memory error inside ``scaler.step``): otherwise the scaler still believes that optimiser's gradients are
+    unscaled, and the repeated step would skip unscaling and apply gradients multiplied by the loss scale. The scale
+    itself is kept."""
+    if scaler is not None:
+        scaler._per_optimizer_states.clear()  # a defaultdict: each optimiser starts again from a fresh "ready" record
 
 
 class AutocastModule(nn.Module):

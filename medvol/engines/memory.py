@@ -27,8 +27,13 @@ that were allocated inside the window, its maximum the peak. It counts exactly w
 for (not allocator caching or Python objects), the CPU analogue of ``torch.cuda.max_memory_allocated``; process RSS
 was rejected because glibc keeps freed pages and the numbers drift with whatever else the process did.
 
-During training an out-of-memory error (``torch.OutOfMemoryError``) halves the micro-batch (see the trainers); the
-plan is rewritten with the new micro-batch and an ``oom_events`` entry.
+During training an out-of-memory error halves the micro-batch (see the trainers); the plan is rewritten with the new
+micro-batch and an ``oom_events`` entry. "Out of memory" (:func:`is_out_of_memory`) is ``torch.OutOfMemoryError`` and
+the allocation failures that reach Python as a plain ``RuntimeError``: cuBLAS/cuDNN workspace allocations
+(``CUBLAS_STATUS_ALLOC_FAILED``), ``CUDA error: out of memory`` from outside PyTorch's allocator, and kernels that
+refuse tensors beyond 32-bit indexing (3D upsampling at 128^3 with a large micro-batch); a smaller micro-batch cures
+all of them. Every other error is raised as it is. ``torch.cuda.empty_cache()`` runs only after the ``except`` block
+has ended, when the traceback, and with it the failed step's activations, has been released.
 """
 
 from __future__ import annotations
@@ -62,11 +67,93 @@ __all__ = [
     "apply_activation_checkpointing",
     "parse_memory_budget",
     "batch_norm_layers",
+    "is_out_of_memory",
+    "release_cached_memory",
+    "OptimizerUpdateWatch",
+    "UnrepeatableStepError",
 ]
 
 logger = logging.getLogger(__name__)
 
 GIB = 1024**3
+
+# allocation failures that PyTorch raises as a plain RuntimeError (lower case); a smaller micro-batch avoids each
+_ALLOCATION_FAILURES = (
+    "out of memory",  # "CUDA error: out of memory" (cudaMalloc outside the caching allocator, e.g. a cuDNN workspace)
+    "cublas_status_alloc_failed",
+    "cudnn_status_alloc_failed",
+    "can't allocate memory",  # the CPU allocator
+    "canuse32bitindexmath",
+    "32-bit index math",
+)
+
+
+class UnrepeatableStepError(MemoryError):
+    """Out of memory inside an optimiser's update after it had begun changing weights or optimiser state: the step can
+    neither be finished nor repeated (repeating it would apply part of the update twice)."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` means "this micro-batch does not fit": ``torch.OutOfMemoryError``, or a ``RuntimeError`` of an
+    allocation failure or a 32-bit index limit (see the module docstring); False for every other error."""
+    if isinstance(error, UnrepeatableStepError):
+        return False
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    if not isinstance(error, RuntimeError):
+        return False
+    text = str(error).lower()
+    return any(marker in text for marker in _ALLOCATION_FAILURES)
+
+
+def release_cached_memory(device: str | torch.device) -> None:
+    """Give the CUDA caching allocator's free blocks back to the device (no-op elsewhere). Call it after the
+    ``except`` block of an out-of-memory error: inside it, the traceback still holds the failed step's tensors."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+class OptimizerUpdateWatch:
+    """Tells whether a failed ``optimizer.step()`` had begun its update, from the version counters of the parameters
+    and of the optimiser state (every in-place change bumps them), and forgets optimiser state that the failed step
+    created (e.g. Adam's moments on its first step), so that a repeated step starts from the state before it.
+
+    Example::
+
+        watch = OptimizerUpdateWatch(optimizer)
+        try:
+            optimizer.step()
+        except torch.OutOfMemoryError:
+            if watch.update_began():
+                raise UnrepeatableStepError(...)
+            watch.forget_new_state()
+
+    Args:
+        optimizer: the optimiser, before its step.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = optimizer
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.versions = [p._version for p in self.params]
+        self.had_state = {id(p) for p in self.params if p in optimizer.state}
+        self.state_versions = [
+            (value, value._version)
+            for p in self.params if p in optimizer.state
+            for value in optimizer.state[p].values() if isinstance(value, torch.Tensor)
+        ]
+
+    def update_began(self) -> bool:
+        """Whether a parameter or an existing optimiser-state tensor changed since the watch was made."""
+        if any(p._version != version for p, version in zip(self.params, self.versions)):
+            return True
+        return any(value._version != version for value, version in self.state_versions)
+
+    def forget_new_state(self) -> None:
+        """Remove the optimiser state of parameters that had none before the step."""
+        for p in self.params:
+            if id(p) not in self.had_state:
+                self.optimizer.state.pop(p, None)
 
 
 @dataclasses.dataclass
@@ -364,11 +451,16 @@ def plan_memory(
 
     if device.type == "cuda":
         for micro in candidates:
+            failure = None
             try:
                 measured = _measure_cuda(probe, micro, device) + unallocated_optimizer_bytes
-            except torch.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                probes.append({"micro_batch": micro, "measured_bytes": None, "fits": False, "note": "out of memory"})
+            except RuntimeError as error:
+                if not is_out_of_memory(error):
+                    raise
+                failure = str(error).splitlines()[0][:200] if str(error) else "out of memory"
+            if failure is not None:
+                release_cached_memory(device)
+                probes.append({"micro_batch": micro, "measured_bytes": None, "fits": False, "note": failure})
                 continue
             fits = measured <= usable
             probes.append({"micro_batch": micro, "measured_bytes": measured, "fits": fits})

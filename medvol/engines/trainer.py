@@ -10,11 +10,14 @@ and ``max_epochs`` counts those; ``max_iterations`` instead stops after that man
 
 Batches: the loader's batch size is the **effective batch** (samples per optimiser step). Each step is split into
 micro-batches of ``plan.micro_batch`` with gradients accumulated (losses weighted by micro-batch share), so the
-optimiser sees the same batch whatever the memory plan. A ``torch.OutOfMemoryError`` inside a step zeroes the
-gradients, halves the micro-batch (same effective batch, more accumulation), rewrites ``plan.json`` and repeats the
-step with the same data and latents; the iteration count is untouched. Networks with batch norm are the exception:
-their statistics come from the batch, so they always run the whole effective batch (a smaller micro-batch is refused
-with a warning and ``plan.json`` says why; an out-of-memory error is then not answered by a split).
+optimiser sees the same batch whatever the memory plan. An out-of-memory error inside a step
+(:func:`medvol.engines.memory.is_out_of_memory`) zeroes the gradients, resets the gradient scalers' record of the
+step, halves the micro-batch (same effective batch, more accumulation), rewrites ``plan.json`` and repeats the step
+with the same data and latents; the iteration count is untouched. An error inside the optimiser's update after it had
+begun changing weights is never repeated (:class:`~medvol.engines.memory.UnrepeatableStepError`). Networks with batch
+norm are the exception: their statistics come from the batch, so they always run the whole effective batch (a smaller
+micro-batch is refused with a warning and ``plan.json`` says why; an out-of-memory error is then not answered by a
+split).
 
 Randomness: every random draw of an iteration (latents, sampled labels, the gradient penalty's mixing weights, label
 flips, dropout) comes from this rank's stream for that iteration (:meth:`MedvolTrainer.rank_random_stream`), so the
@@ -101,16 +104,20 @@ from monai.engines import Trainer
 from monai.engines.utils import IterationEvents
 from monai.utils import GanKeys, IgniteInfo, min_version, optional_import
 
-from medvol.engines.amp import AutocastModule, make_grad_scaler, resolve_precision
+from medvol.engines.amp import AutocastModule, forget_unfinished_step, make_grad_scaler, resolve_precision
 from medvol.engines.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
 from medvol.engines.guards import AdversarialHealth, check_finite
 from medvol.engines.memory import (
     MemoryPlan,
+    OptimizerUpdateWatch,
     TensorMemoryTracker,
+    UnrepeatableStepError,
     apply_activation_checkpointing,
     batch_norm_layers,
+    is_out_of_memory,
     parse_memory_budget,
     plan_memory,
+    release_cached_memory,
     static_training_bytes,
 )
 from medvol.engines.stream import BatchStream
@@ -790,34 +797,55 @@ class MedvolTrainer(Trainer):
         while True:
             try:
                 return step(self.plan.micro_batch)
-            except torch.OutOfMemoryError as error:
+            except RuntimeError as error:
+                if not is_out_of_memory(error):
+                    raise
                 for opt in self.optimizers.values():
                     opt.zero_grad(set_to_none=True)
-                if self.state.device.type == "cuda":
-                    torch.cuda.empty_cache()
+                for scaler in self.scalers.values():
+                    forget_unfinished_step(scaler)
                 if self.plan.batch_norm is not None:
                     raise torch.OutOfMemoryError(f"out of memory at iteration {self.state.iteration}: {self.plan.batch_norm}") from error
                 if self.plan.micro_batch <= 1:
                     raise
                 reason = str(error).splitlines()[0][:200] if str(error) else "out of memory"
-                self.plan = self.plan.halved(reason, self.state.iteration)
-                logger.warning(
-                    "iteration %d: out of memory; micro-batch halved to %d (accumulation %d, effective batch %d kept)",
-                    self.state.iteration, self.plan.micro_batch, self.plan.accumulation_steps, self.plan.effective_batch,
-                )
-                self._write_plan()
+            # outside the except block, whose traceback still holds the failed step's tensors
+            release_cached_memory(self.state.device)
+            self.plan = self.plan.halved(reason, self.state.iteration)
+            logger.warning(
+                "iteration %d: out of memory; micro-batch halved to %d (accumulation %d, effective batch %d kept)",
+                self.state.iteration, self.plan.micro_batch, self.plan.accumulation_steps, self.plan.effective_batch,
+            )
+            self._write_plan()
 
     def _maybe_inject_oom(self, micro_batch: int) -> None:
         if self.oom_injector is not None:
             self.oom_injector(self, micro_batch)
 
     def _optimizer_step(self, name: str) -> None:
+        """``optimizer.step()`` (through the gradient scaler in float16). An out-of-memory error inside it is repeated
+        by :meth:`_with_oom_backoff` only when the update had not begun; optimiser state the failed step created is
+        dropped first. Once a weight or a moment has moved, :class:`UnrepeatableStepError` ends training instead."""
         optimizer, scaler = self.optimizers[name], self.scalers[name]
-        if scaler is None:
-            optimizer.step()
-        else:
-            scaler.step(optimizer)
-            scaler.update()
+        watch = OptimizerUpdateWatch(optimizer)
+        try:
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
+        except RuntimeError as error:
+            if not is_out_of_memory(error):
+                raise
+            if watch.update_began():
+                where = f"; the last checkpoint is {self.last_checkpoint}: rerun to resume from it" if self.last_checkpoint else ""
+                raise UnrepeatableStepError(
+                    f"iteration {self.state.iteration}: out of memory inside the {name} optimiser's update after it had "
+                    f"changed weights, so the step can neither finish nor be repeated{where}; leave more memory free "
+                    "(--max-memory) or use a smaller batch"
+                ) from error
+            watch.forget_new_state()
+            raise
 
     def _backward(self, name: str, loss: torch.Tensor) -> None:
         scaler = self.scalers[name]
