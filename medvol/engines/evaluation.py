@@ -4,7 +4,7 @@ curves, with the checkpoint of the lowest FID kept as the run's ``best``.
 Attach to a medvol trainer (``train_handlers=[TrainingEvaluator(evaluate_every=500, run_dir="RUN", datalist=...)]``;
 the bundles wire it from their ``evaluate_every`` parameter). At the start of training it loads the validation split
 (at most ``max_samples`` images) and builds the feature space once from the training split
-(`medvol.metrics.features.build_feature_extractor`: a classifier trained on the real training images when they are
+(`medvol.evaluation.features.build_feature_extractor`: a classifier trained on the real training images when they are
 labelled, else an autoencoder's encoder), cached in ``RUN/evaluation/features`` so that a resumed run reuses it.
 Every ``evaluate_every`` iterations, and at the last iteration, it
 
@@ -178,7 +178,7 @@ class TrainingEvaluator:
         validation_data: the validation images instead of `datalist`.
         training_data: the training images for the feature space instead of `datalist`.
         feature_extractor: ``extractor(images [N, 1, ...] in [-1, 1]) -> features [N, F]``; None: built from the
-            training split with `medvol.metrics.features.build_feature_extractor`.
+            training split with `medvol.evaluation.features.build_feature_extractor`.
         family: the model family (``cae`` and ``vae`` need it: it says how they generate; ``cae`` also needs
             `datalist`); None for the GAN families.
         value_range: intensity range of the training images and of the generated ones; mapped to [-1, 1], the range
@@ -367,7 +367,7 @@ class TrainingEvaluator:
         return True
 
     def _build_feature_extractor(self, device: torch.device) -> Callable[[torch.Tensor], np.ndarray]:
-        from medvol.metrics.features import build_feature_extractor
+        from medvol.evaluation.features import build_feature_extractor
 
         train_images, train_labels = self._split("training", self.training_data, self.feature_samples)
         labelled = len(train_labels) > 0 and bool(np.all(train_labels >= 0))

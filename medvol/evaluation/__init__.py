@@ -1,9 +1,22 @@
 """The evaluation of synthetic data (`medvol evaluate`), built on the pure computations of `medvol.metrics`.
 
+- `classifier`: the one classifier recipe (`train_classifier`) of the feature extractor, the utility arms,
+  recognisability and the real-vs-synthetic filter;
+- `features`: the feature space without downloads (a classifier trained on the real training split, an autoencoder
+  encoder for unlabelled data, or the user's network), cached in the output folder;
 - `pipeline`: `evaluate` as named stages (load, features, fidelity, diversity, coherence, privacy, recognisability,
   utility, filtering, report) and `run_datalist`, the real datalist of a training run.
 """
 
+from medvol.evaluation.classifier import train_classifier
+from medvol.evaluation.features import FeatureExtractor, build_feature_extractor, load_feature_extractor
 from medvol.metrics.evaluate import evaluate, run_datalist
 
-__all__ = ["evaluate", "run_datalist"]
+__all__ = [
+    "train_classifier",
+    "FeatureExtractor",
+    "build_feature_extractor",
+    "load_feature_extractor",
+    "evaluate",
+    "run_datalist",
+]

@@ -1,7 +1,5 @@
 """Evaluation of synthetic data: is it faithful, diverse, private and useful?
 
-- `features`: the feature space without downloads (a classifier trained on the real training split, an autoencoder
-  encoder for unlabelled data, or the user's network) and the one classifier recipe;
 - `fidelity`: FID, KID and MMD with bootstrap intervals next to the real-vs-real baseline, precision/recall and
   density/coverage;
 - `diversity`: pairwise MS-SSIM and voxel distance per class, the `mode_collapse` flag;
@@ -16,7 +14,6 @@
 from medvol.metrics.coherence import adjacent_slice_similarity, coherence_report, slice_coherence
 from medvol.metrics.diversity import diversity_report, mean_pairwise_distance, pairwise_ms_ssim
 from medvol.metrics.evaluate import ImageSet, RealData, SyntheticData, evaluate, load_real, load_synthetic, run_datalist
-from medvol.metrics.features import FeatureExtractor, build_feature_extractor, load_feature_extractor, train_classifier
 from medvol.metrics.fidelity import (
     bootstrap_interval,
     fidelity_with_baseline,
@@ -30,10 +27,6 @@ from medvol.metrics.reconstruction import evaluate_reconstruction, reconstructio
 from medvol.metrics.utility import ARMS, realness_filter, recognisability, utility_study
 
 __all__ = [
-    "FeatureExtractor",
-    "build_feature_extractor",
-    "load_feature_extractor",
-    "train_classifier",
     "frechet_distance",
     "kernel_inception_distance",
     "maximum_mean_discrepancy",

@@ -687,13 +687,13 @@ def _methods(real: RealData, extractor, fidelity_counts: Mapping, knn: Mapping, 
 def _recognisability_classifier(extractor, train: ImageSet, num_classes: int, seed: int, epochs: int | None, device):
     """The classifier of a classifier-kind feature extractor (trained on the real training split already), else one
     trained now with the same recipe."""
-    from medvol.metrics import features as feature_module
+    from medvol.evaluation.classifier import train_classifier
 
     network = getattr(extractor, "classifier", None)
     if extractor.kind == "classifier" and network is not None and int(getattr(network, "num_classes", -1)) == num_classes:
         return network
     recipe = {} if epochs is None else {"epochs": int(epochs)}
-    return feature_module.train_classifier(train.images, train.labels, num_classes, seed=seed, device=device, **recipe)
+    return train_classifier(train.images, train.labels, num_classes, seed=seed, device=device, **recipe)
 
 
 def evaluate(
@@ -754,7 +754,8 @@ def evaluate(
         MedvolInputError: bad input (see `load_real`, `load_synthetic`; too few samples; unlabelled data with
             `utility`; a bad option).
     """
-    from medvol.metrics import coherence, diversity, features, fidelity, privacy
+    from medvol.evaluation import features
+    from medvol.metrics import coherence, diversity, fidelity, privacy
     from medvol.metrics import utility as utility_module
 
     timer = _Timer()

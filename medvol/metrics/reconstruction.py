@@ -307,7 +307,7 @@ def evaluate_reconstruction(
     from medvol.io.datalist import datalist_file
     from medvol.io.files import write_json
     from medvol.metrics.evaluate import METRICS_FILE, _chosen
-    from medvol.metrics.features import default_device
+    from medvol.evaluation.classifier import default_device
     from medvol.networks.factory import AUTOENCODER_FAMILIES
     from medvol.report.figures import save_png
     from medvol.sampling import load_networks, load_run_record, relative_provenance, resolve_checkpoint

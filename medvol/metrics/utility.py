@@ -21,7 +21,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from medvol.errors import MedvolInputError
-from medvol.metrics.features import (
+from medvol.evaluation.classifier import (
     check_images,
     check_labels,
     predict_probabilities,
@@ -148,12 +148,12 @@ def _recipe_fingerprint() -> str:
     torch and MONAI versions: a cached result is reused only with the same."""
     import monai
 
-    from medvol.metrics import features
+    from medvol.evaluation import classifier
     from medvol.networks import blocks, classifiers
     from medvol.transforms import augment
 
     digest = hashlib.sha256(f"{torch.__version__} {monai.__version__}".encode())
-    for module in (features, classifiers, blocks, augment):
+    for module in (classifier, classifiers, blocks, augment):
         digest.update(Path(module.__file__).read_bytes())
     digest.update(Path(__file__).read_bytes())
     return digest.hexdigest()

@@ -213,7 +213,7 @@ def test_medvol_train_evaluate_every_logs_curves_and_samples_from_best(tmp_path,
     from medvol.cli import main
     from medvol.data.phantoms import write_phantom_dataset
 
-    monkeypatch.setattr("medvol.metrics.features.DEFAULT_EPOCHS", 2)  # a feature classifier in seconds
+    monkeypatch.setattr("medvol.evaluation.classifier.DEFAULT_EPOCHS", 2)  # a feature classifier in seconds
     raw = write_phantom_dataset(tmp_path / "raw", spatial_dims=2, size=(SIZE, SIZE), n_per_class=8, seed=3)
     bundle = tmp_path / "tiny_dcgan"
     shutil.copytree(BUNDLES_DIR / "dcgan", bundle)

@@ -158,7 +158,8 @@ def test_fid_interval_covers_the_expected_fid_at_this_n_at_the_feature_extractor
     this size (the number a new draw would give, finite-n bias included) in about every trial; not the population
     FID, which the finite-n bias puts far below it (2.56 against about 25 at n = 100); the plain percentile interval
     of the resampled FIDs lies above the point estimate and covers neither."""
-    from medvol.metrics.features import AUTOENCODER_CHANNELS, DEFAULT_CHANNELS
+    from medvol.evaluation.classifier import DEFAULT_CHANNELS
+    from medvol.evaluation.features import AUTOENCODER_CHANNELS
 
     width, n, shift, trials = max(DEFAULT_CHANNELS[-1], AUTOENCODER_CHANNELS[-1]), 100, 0.2, 40
     rng = np.random.default_rng(0)

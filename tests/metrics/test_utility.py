@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medvol.errors import MedvolInputError
-from medvol.metrics.features import train_classifier
+from medvol.evaluation.classifier import train_classifier
 from medvol.metrics import utility as utility_module
 from medvol.metrics.utility import (
     ARMS,

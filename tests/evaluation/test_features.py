@@ -10,16 +10,9 @@ import pytest
 import torch
 
 from medvol.errors import MedvolInputError
-from medvol.metrics import features as features_module
-from medvol.metrics.features import (
-    build_feature_extractor,
-    load_feature_extractor,
-    predict_probabilities,
-    recipe_epochs,
-    recompute_batch_norm,
-    save_checkpoint,
-    train_classifier,
-)
+from medvol.evaluation import features as features_module
+from medvol.evaluation.classifier import predict_probabilities, recipe_epochs, recompute_batch_norm, train_classifier
+from medvol.evaluation.features import build_feature_extractor, load_feature_extractor, save_checkpoint
 from medvol.networks.classifiers import ResNetClassifier
 
 SMALL = (4, 8, 16)
