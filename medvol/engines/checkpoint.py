@@ -36,7 +36,7 @@ from medvol.io.files import TEMP_PREFIX as _TEMP_PREFIX
 from medvol.io.files import atomic_write as _atomic_write
 from medvol.io.files import atomic_write_bytes
 
-__all__ = ["CheckpointManager", "capture_rng_state", "restore_rng_state", "atomic_write_bytes"]
+__all__ = ["CheckpointManager", "capture_rng_state", "restore_rng_state", "seed_cuda_device", "atomic_write_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +63,22 @@ def capture_rng_state() -> dict[str, Any]:
 
 
 def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore the generator states captured by :func:`capture_rng_state`."""
+    """Restore the generator states captured by :func:`capture_rng_state`.
+
+    The CUDA states are one per GPU visible when they were captured; on a machine that sees fewer GPUs (or none) the
+    states of the visible ones are restored and a warning says that the others were dropped.
+    """
     torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = list(state.get("cuda") or [])
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for index, cuda_state in enumerate(saved[:visible]):
+        torch.cuda.set_rng_state(cuda_state, index)
+    if saved and len(saved) != visible:
+        logger.warning(
+            "the checkpoint holds the CUDA generator states of %d GPU(s) and %d are visible now: restored %d; CUDA random "
+            "draws outside the training steps will differ from those of an uninterrupted run",
+            len(saved), visible, min(len(saved), visible),
+        )
     np_state = state["numpy"]
     np.random.set_state(
         (
@@ -79,6 +91,15 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     )
     py_state = state["python"]
     random.setstate((py_state["version"], tuple(py_state["internal"]), py_state["gauss"]))
+
+
+def seed_cuda_device(device: str | torch.device, seed: int) -> None:
+    """Seed the CUDA generator of `device` (``torch.cuda.manual_seed`` seeds the current device, which need not be
+    the training one, e.g. ``cuda:1`` in a process whose current device is ``cuda:0``)."""
+    device = torch.device(device)
+    torch.cuda.init()
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    torch.cuda.default_generators[index].manual_seed(int(seed))
 
 
 class CheckpointManager:

@@ -30,6 +30,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 TEARDOWN_TIMEOUT_S = 60  # how long a finished rank waits for the others before leaving the process group
+# how long a collective waits for the other ranks: rank 0 alone evaluates (FID feature space, samples) mid-run while
+# the others wait in their next gradient all-reduce; NCCL's own default (10 minutes) would end such a run
+COLLECTIVE_TIMEOUT_S = 2 * 3600
 
 
 def world_size() -> int:
@@ -72,15 +75,20 @@ def is_rank_zero() -> bool:
     return world_size() == 1 or dist.get_rank() == 0
 
 
-def init_distributed(device: str | torch.device | None = None) -> None:
+def init_distributed(device: str | torch.device | None = None, timeout_s: float = COLLECTIVE_TIMEOUT_S) -> None:
     """Join the process group torchrun set up: NCCL for CUDA devices, gloo for the CPU; one GPU per local rank.
 
     Args:
         device: this process's device (default: `distributed_device`).
+        timeout_s: how long a collective (a gradient all-reduce) waits for the other ranks before the run fails; it
+            must cover what rank 0 does alone mid-run (evaluation during training: raise it for a large evaluation
+            set, e.g. ``init_distributed(@device, timeout_s=14400)`` in ``multi_gpu_train.yaml``). Default 2 hours.
     """
     device = torch.device(device) if device is not None else distributed_device()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(seconds=float(timeout_s))
+        )
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not is_rank_zero():

@@ -105,7 +105,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils import GanKeys, IgniteInfo, min_version, optional_import
 
 from medvol.engines.amp import AutocastModule, forget_unfinished_step, make_grad_scaler, resolve_precision
-from medvol.engines.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from medvol.engines.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state, seed_cuda_device
 from medvol.engines.guards import AdversarialHealth, check_finite
 from medvol.engines.memory import (
     MemoryPlan,
@@ -902,7 +902,7 @@ class MedvolTrainer(Trainer):
         with torch.random.fork_rng(devices=[self.state.device] if cuda else [], device_type="cuda"):
             torch.default_generator.manual_seed(seed)
             if cuda:
-                torch.cuda.manual_seed(seed)  # the current device: CUDA draws (a penalty's mixing weights on the GPU)
+                seed_cuda_device(self.state.device, seed)  # CUDA draws: latents, a penalty's mixing weights
             yield
 
     def _timed_iteration(self, work: Callable[[], dict[str, Any]], samples: int) -> dict[str, Any]:
