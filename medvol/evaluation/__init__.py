@@ -4,12 +4,15 @@
   recognisability and the real-vs-synthetic filter;
 - `features`: the feature space without downloads (a classifier trained on the real training split, an autoencoder
   encoder for unlabelled data, or the user's network), cached in the output folder;
+- `utility`: classifiers trained on real / augmented / synthetic / mixed data with paired seeds (the utility study),
+  recognisability, the real-vs-synthetic filter;
 - `pipeline`: `evaluate` as named stages (load, features, fidelity, diversity, coherence, privacy, recognisability,
   utility, filtering, report) and `run_datalist`, the real datalist of a training run.
 """
 
 from medvol.evaluation.classifier import train_classifier
 from medvol.evaluation.features import FeatureExtractor, build_feature_extractor, load_feature_extractor
+from medvol.evaluation.utility import ARMS, realness_filter, recognisability, utility_study
 from medvol.metrics.evaluate import evaluate, run_datalist
 
 __all__ = [
@@ -17,6 +20,10 @@ __all__ = [
     "FeatureExtractor",
     "build_feature_extractor",
     "load_feature_extractor",
+    "ARMS",
+    "utility_study",
+    "recognisability",
+    "realness_filter",
     "evaluate",
     "run_datalist",
 ]

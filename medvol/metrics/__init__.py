@@ -5,8 +5,8 @@
 - `diversity`: pairwise MS-SSIM and voxel distance per class, the `mode_collapse` flag;
 - `coherence`: adjacent-slice similarity along each axis of volumes (does a stack of slices hang together?);
 - `privacy`: nearest training neighbour of every synthetic sample, flagged against held-out real images;
-- `utility`: classifiers trained on real / augmented / synthetic / mixed data with paired seeds, recognisability, the
-  realness filter;
+- `classification`: a classifier's test metrics (accuracy, balanced accuracy, ROC AUC, recalls, confusion) and their
+  summaries over seeds (mean and sd, paired differences with a t interval);
 - `reconstruction`: PSNR / SSIM / MAE of an autoencoder run on the held-out images (`medvol evaluate --reconstruct`);
 - `evaluate`: `medvol evaluate` (loading with the training preprocessing, metrics.json, report.html).
 """
@@ -24,7 +24,7 @@ from medvol.metrics.fidelity import (
 )
 from medvol.metrics.privacy import nearest_neighbour_privacy, nearest_training_neighbours
 from medvol.metrics.reconstruction import evaluate_reconstruction, reconstruction_metrics
-from medvol.metrics.utility import ARMS, realness_filter, recognisability, utility_study
+from medvol.metrics.classification import classification_metrics, paired_difference, roc_auc, summarise
 
 __all__ = [
     "frechet_distance",
@@ -43,10 +43,10 @@ __all__ = [
     "nearest_training_neighbours",
     "evaluate_reconstruction",
     "reconstruction_metrics",
-    "ARMS",
-    "utility_study",
-    "recognisability",
-    "realness_filter",
+    "classification_metrics",
+    "roc_auc",
+    "summarise",
+    "paired_difference",
     "ImageSet",
     "RealData",
     "SyntheticData",

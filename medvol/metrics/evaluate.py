@@ -677,7 +677,7 @@ def _methods(real: RealData, extractor, fidelity_counts: Mapping, knn: Mapping, 
             f"and sd over the volumes of the real training split, {heldout} and the synthetic set; `difference`: "
             "each set's mean minus the training split's. Closer to real is better: stacks of independent 2D samples "
             "fall short across their stacking axis, blurry volumes exceed real.")
-    # methods["utility"] is written from the study's result (`medvol.metrics.utility.utility_methods`)
+    # methods["utility"] is written from the study's result (`medvol.evaluation.utility.utility_methods`)
     if filtering:
         methods["filtering"] = ("A real-vs-synthetic classifier scores every synthetic sample; the samples it "
                                 "separates most confidently are dropped and the utility study is run again.")
@@ -756,7 +756,7 @@ def evaluate(
     """
     from medvol.evaluation import features
     from medvol.metrics import coherence, diversity, fidelity, privacy
-    from medvol.metrics import utility as utility_module
+    from medvol.evaluation import utility as utility_module
 
     timer = _Timer()
     out = Path(out_dir).expanduser().resolve()

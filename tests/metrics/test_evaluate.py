@@ -16,7 +16,7 @@ from medvol.cli import main
 from medvol.errors import MedvolInputError
 from medvol.data.phantoms import CLASSES, make_phantom_batch
 from medvol.metrics.evaluate import HELDOUT_SPLIT, evaluate, load_real, load_synthetic
-from medvol.metrics.utility import ARMS, BALANCED_ARM, PRETRAINED_ARM
+from medvol.evaluation.utility import ARMS, BALANCED_ARM, PRETRAINED_ARM
 from medvol.sampling import write_samples
 from tests.report.test_html import check_self_contained_valid_html
 

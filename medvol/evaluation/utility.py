@@ -1,8 +1,8 @@
 """Is the synthetic data useful? Utility study, recognisability and a real-vs-synthetic filter.
 
-Every classifier here comes from one recipe, `medvol.metrics.features.train_classifier`, and is tested on the held-out
-real test split only. Seed `s` gives every arm of the utility study the same initial weights and, for arms of equal
-size, the same sample order; the differences between arms are therefore paired by seed.
+Every classifier here comes from one recipe, `medvol.evaluation.classifier.train_classifier`, and is tested on the
+held-out real test split only. Seed `s` gives every arm of the utility study the same initial weights and, for arms of
+equal size, the same sample order; the differences between arms are therefore paired by seed.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 from tqdm.auto import tqdm
 
 from medvol.errors import MedvolInputError
@@ -28,6 +28,7 @@ from medvol.evaluation.classifier import (
     recipe_steps,
     train_classifier,
 )
+from medvol.metrics.classification import classification_metrics, confusion_matrix, paired_difference, summarise
 
 logger = logging.getLogger(__name__)
 
@@ -38,98 +39,6 @@ ALL_ARMS = (*ARMS, BALANCED_ARM, PRETRAINED_ARM)
 REAL_ONLY_ARMS = ("real", "real+augmentation")  # their classifiers do not depend on the synthetic set: cacheable
 DEFAULT_FILTER_FOLDS = 3
 DEFAULT_FILTER_EPOCHS = 3
-
-
-def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
-    """Area under the ROC curve by the rank statistic (Mann-Whitney U / (n_pos * n_neg)); tied scores get their
-    average rank, so a tie between a positive and a negative counts one half.
-
-    Args:
-        positive: boolean per sample, True for the positive class.
-        scores: higher = more positive.
-
-    Returns:
-        the AUC, or None when one of the two classes is absent (undefined).
-    """
-    positive = np.asarray(positive, dtype=bool).reshape(-1)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    n_pos = int(positive.sum())
-    n_neg = positive.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = stats.rankdata(scores)  # average ranks for ties, 1-based
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """`[num_classes, num_classes]` counts: rows are the true classes, columns the predicted ones."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(labels, dtype=np.int64), np.asarray(predicted, dtype=np.int64)), 1)
-    return matrix
-
-
-def classification_metrics(
-    labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]
-) -> tuple[dict[str, float | None], np.ndarray]:
-    """Test metrics of one classifier.
-
-    Returns:
-        `(metrics, confusion)`. Metrics: `accuracy`; `balanced_accuracy` (mean recall over the classes present in
-        `labels`); `auc` (binary: of the class-1 probability; multi-class: one-vs-rest macro average over the classes
-        present, each scored by its own probability); for two classes `sensitivity` (recall of class 1, the positive
-        class) and `specificity` (recall of class 0); for more, `recall_<class>` per class. A value that is undefined
-        (a class absent from `labels`) is None.
-    """
-    labels = np.asarray(labels, dtype=np.int64)
-    num_classes = len(classes)
-    predicted = probabilities.argmax(1)
-    confusion = confusion_matrix(labels, predicted, num_classes)
-    support = confusion.sum(1)
-    recall = [float(confusion[c, c] / support[c]) if support[c] else None for c in range(num_classes)]
-    present = [r for r in recall if r is not None]
-    metrics: dict[str, float | None] = {
-        "accuracy": float(np.mean(predicted == labels)) if labels.size else None,
-        "balanced_accuracy": float(np.mean(present)) if present else None,
-    }
-    if num_classes == 2:
-        metrics["auc"] = roc_auc(labels == 1, probabilities[:, 1])
-        metrics["sensitivity"] = recall[1]
-        metrics["specificity"] = recall[0]
-    else:
-        per_class_auc = [roc_auc(labels == c, probabilities[:, c]) for c in range(num_classes)]
-        defined = [a for a in per_class_auc if a is not None]
-        metrics["auc"] = float(np.mean(defined)) if defined else None
-        for name, value in zip(classes, recall):
-            metrics[f"recall_{name}"] = value
-    return metrics, confusion
-
-
-def summarise(values: Sequence[float | None]) -> dict[str, Any]:
-    """`{mean, sd, values}` over seeds; sd with ddof=1 (None for one value); None throughout when a value is None."""
-    values = list(values)
-    if not values or any(v is None for v in values):
-        return {"mean": None, "sd": None, "values": values}
-    array = np.asarray(values, dtype=np.float64)
-    return {
-        "mean": float(array.mean()),
-        "sd": float(array.std(ddof=1)) if array.size > 1 else None,
-        "values": [float(v) for v in array],
-    }
-
-
-def paired_difference(values: Sequence[float | None], reference: Sequence[float | None]) -> dict[str, Any]:
-    """Mean of the per-seed differences `values - reference` with a 95% t-interval (`mean +- t(0.975, n-1) * sd /
-    sqrt(n)`, sd with ddof=1); `ci95` is None with one seed (no spread to estimate) or an undefined value."""
-    if not values or any(v is None for v in (*values, *reference)):
-        return {"mean": None, "ci95": None, "values": []}
-    differences = np.asarray(values, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
-    mean = float(differences.mean())
-    ci95 = None
-    if differences.size > 1:
-        standard_error = differences.std(ddof=1) / np.sqrt(differences.size)
-        half_width = float(stats.t.ppf(0.975, differences.size - 1) * standard_error)
-        ci95 = [mean - half_width, mean + half_width]
-    return {"mean": mean, "ci95": ci95, "values": [float(d) for d in differences]}
 
 
 def _seed_list(seeds: int | Sequence[int]) -> list[int]:
@@ -270,6 +179,263 @@ def confidence_selection(
     }
 
 
+@dataclass
+class _StudyData:
+    """The checked inputs of a utility study: images `[N, 1, *size]`, int64 labels, arms in `ALL_ARMS` order (`real`
+    first), seeds and the optimiser steps of every arm."""
+
+    train_images: torch.Tensor
+    train_labels: np.ndarray
+    test_images: torch.Tensor
+    test_labels: np.ndarray
+    synthetic_images: torch.Tensor
+    synthetic_labels: np.ndarray
+    classes: list[str]
+    arms: list[str]
+    seeds: list[int]
+    budget: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass
+class _SyntheticPool:
+    """The synthetic samples the arms may draw from (`pool`: indices), how many each arm uses, the per-class fill of
+    the balanced arm, the confidence selection (if any) and the notes about them."""
+
+    pool: np.ndarray
+    requested: int
+    used: int
+    uses_synthetic: bool
+    balance_fill: list[int]
+    target: int
+    selection: dict | None
+    notes: list[str]
+
+
+def _study_data(train_images, train_labels, test_images, test_labels, synthetic_images, synthetic_labels, classes,
+                seeds, epochs, synthetic_ratio, arms, steps) -> _StudyData:
+    classes = [str(c) for c in classes]
+    num_classes = len(classes)
+    if num_classes < 2:
+        raise MedvolInputError(None, f"the utility study needs at least 2 classes, got {num_classes}")
+    unknown = [a for a in arms if a not in ALL_ARMS]
+    if unknown:
+        raise ValueError(f"unknown utility arm {unknown[0]!r}; choose from {ALL_ARMS}")
+    arms = ["real", *[a for a in ALL_ARMS if a in arms and a != "real"]]
+    if not synthetic_ratio > 0:
+        raise MedvolInputError("--synthetic-ratio", f"must be > 0, got {synthetic_ratio}")
+    train_images = check_images(train_images, "real training images")
+    test_images = check_images(test_images, "real test images")
+    synthetic_images = check_images(synthetic_images, "synthetic images")
+    for name, images in (("real test", test_images), ("synthetic", synthetic_images)):
+        if images.shape[2:] != train_images.shape[2:]:
+            raise MedvolInputError(
+                None,
+                f"{name} images have spatial shape {list(images.shape[2:])}, the real training images "
+                f"{list(train_images.shape[2:])}",
+            )
+    if train_images.shape[0] < 2 or test_images.shape[0] < 1:
+        raise MedvolInputError(
+            None,
+            f"the utility study needs real training and test images (got {train_images.shape[0]} training, "
+            f"{test_images.shape[0]} test)",
+        )
+    train_labels = check_labels(train_labels, train_images.shape[0], num_classes, "real training labels")
+    test_labels = check_labels(test_labels, test_images.shape[0], num_classes, "real test labels")
+    synthetic_labels = check_labels(synthetic_labels, synthetic_images.shape[0], num_classes, "synthetic labels")
+    seed_list = _seed_list(seeds)
+    budget = int(steps) if steps is not None else recipe_steps(train_images.shape[0], epochs)
+    if budget < 1:
+        raise MedvolInputError(None, f"the utility classifiers need at least 1 optimiser step, got {budget}")
+    if PRETRAINED_ARM in arms and budget < 2:
+        raise MedvolInputError(None, f"the {PRETRAINED_ARM} arm needs at least 2 optimiser steps, got {budget}")
+    return _StudyData(train_images, train_labels, test_images, test_labels, synthetic_images, synthetic_labels,
+                      classes, arms, seed_list, budget)
+
+
+def _synthetic_pool(data: _StudyData, synthetic_ratio: float, filter_mask: Any, select_confidence: float | None,
+                    selection_classifier: torch.nn.Module | None, device) -> _SyntheticPool:
+    keep = np.ones(data.synthetic_images.shape[0], dtype=bool)
+    if filter_mask is not None:
+        keep = np.asarray(filter_mask, dtype=bool).reshape(-1).copy()
+        if keep.shape[0] != data.synthetic_images.shape[0]:
+            raise ValueError(
+                f"filter_mask has {keep.shape[0]} entries for {data.synthetic_images.shape[0]} synthetic images"
+            )
+    selection = None
+    if select_confidence is not None:
+        selection = confidence_selection(
+            data.train_images, data.train_labels, data.synthetic_images, data.synthetic_labels, data.classes,
+            select_confidence, offered=keep, classifier=selection_classifier, seed=data.seeds[0], steps=data.budget,
+            device=device)
+        keep &= np.asarray(selection["keep"], dtype=bool)
+    pool = np.flatnonzero(keep)
+    n_train = data.train_images.shape[0]
+    requested = int(round(synthetic_ratio * n_train))
+    used = min(requested, pool.size)
+    notes: list[str] = []
+    uses_synthetic = any(arm not in REAL_ONLY_ARMS for arm in data.arms)
+    if uses_synthetic and used < 1:
+        raise MedvolInputError(
+            None, "no synthetic samples are left for the utility study (all filtered out or none given)"
+        )
+    if uses_synthetic and used < requested:
+        notes.append(
+            f"synthetic_ratio {synthetic_ratio} asks for {requested} synthetic samples but only {pool.size} are "
+            f"available{' after filtering' if filter_mask is not None or selection else ''}; all {used} are used "
+            f"(effective ratio {used / n_train:.3f})"
+        )
+    missing = sorted(set(range(data.num_classes)) - set(data.synthetic_labels[pool].tolist()))
+    if uses_synthetic and missing:
+        notes.append(f"no synthetic samples of class {', '.join(data.classes[c] for c in missing)}")
+    target, balance_fill = _balance_fill(data, pool, notes)
+    return _SyntheticPool(pool, requested, used, uses_synthetic, balance_fill, target, selection, notes)
+
+
+def _balance_fill(data: _StudyData, pool: np.ndarray, notes: list[str]) -> tuple[int, list[int]]:
+    """The real majority count and the synthetic samples per class that fill the balanced arm up to it (a note when
+    too few are left, or none is needed)."""
+    real_counts = np.bincount(data.train_labels, minlength=data.num_classes)
+    target = int(real_counts.max())
+    balance_fill = [min(int(target - real_counts[c]), int(np.sum(data.synthetic_labels[pool] == c)))
+                    for c in range(data.num_classes)]
+    if BALANCED_ARM in data.arms:
+        short = [f"{data.classes[c]} ({balance_fill[c]} of {target - real_counts[c]})"
+                 for c in range(data.num_classes) if balance_fill[c] < target - real_counts[c]]
+        if short:
+            notes.append(f"balancing: too few synthetic samples to fill class {', '.join(short)}; all are used")
+        if not any(balance_fill):
+            notes.append(f"balancing: no class to fill (the real training split is balanced or no synthetic sample "
+                         f"of a minority class is left); {BALANCED_ARM} is real+augmentation")
+    return target, balance_fill
+
+
+def _seed_subsets(data: _StudyData, synthetic: _SyntheticPool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The synthetic subset of the seed's mixed arms and, from its own stream (the other arms' subsets stay as they
+    were), the samples that fill the balanced arm."""
+    rng = np.random.default_rng(seed)
+    pool = synthetic.pool
+    chosen = np.sort(rng.choice(pool, size=synthetic.used, replace=False)) if synthetic.uses_synthetic else pool[:0]
+    fill_rng = np.random.default_rng([seed, 1])
+    fill = np.sort(np.concatenate([
+        fill_rng.choice(pool[data.synthetic_labels[pool] == c], size=synthetic.balance_fill[c], replace=False)
+        for c in range(data.num_classes)]).astype(np.int64))
+    return chosen, fill
+
+
+def _arm_training_set(data: _StudyData, arm: str, chosen: np.ndarray,
+                      fill: np.ndarray) -> tuple[torch.Tensor, np.ndarray, dict[str, int]]:
+    """The images and labels an arm trains on (the pre-training arm: its fine-tuning set) and its counts."""
+    if arm == BALANCED_ARM:
+        synthetic_index = fill
+    elif arm == PRETRAINED_ARM or arm.endswith("synthetic"):
+        synthetic_index = chosen
+    else:
+        synthetic_index = chosen[:0]
+    with_real = arm != "synthetic"
+    # real+synthetic arms train on both at once; the pre-training arm sees the synthetic part first
+    mixed = synthetic_index if arm != PRETRAINED_ARM else chosen[:0]
+    parts = [data.train_images] if with_real else []
+    if mixed.size:
+        parts.append(data.synthetic_images[torch.as_tensor(mixed)])
+    images = torch.cat(parts) if len(parts) > 1 else parts[0]
+    labels = np.concatenate(([data.train_labels] if with_real else []) + [data.synthetic_labels[mixed]])
+    counts = {"real": data.train_images.shape[0] if with_real else 0, "synthetic": int(synthetic_index.size)}
+    return images, labels, counts
+
+
+def _train_and_test_arm(data: _StudyData, arm: str, seed: int, chosen: np.ndarray, fill: np.ndarray, device,
+                        progress: bool, record_curves: bool) -> tuple[dict, dict[str, int]]:
+    """Train the arm's classifier for one seed and test it: `({metrics, confusion, curve}, counts)`."""
+    images, labels, counts = _arm_training_set(data, arm, chosen, fill)
+
+    def train(images, labels, augment, arm_steps, description, initial=None):
+        return train_classifier(
+            images, labels, data.num_classes, seed=seed, steps=arm_steps, augment=augment, device=device,
+            monitor=(data.test_images, data.test_labels) if record_curves else None, progress=progress,
+            description=description, initial=initial)
+
+    initial, arm_steps = None, data.budget
+    if arm == PRETRAINED_ARM:
+        pretrain_steps = data.budget // 2
+        synthetic_part = data.synthetic_images[torch.as_tensor(chosen, dtype=torch.long)]
+        initial = train(synthetic_part, data.synthetic_labels[chosen], True, pretrain_steps,
+                        f"{arm} pre-training (seed {seed})")
+        arm_steps = data.budget - pretrain_steps
+    # augmentation arms augment every sample, real and synthetic alike
+    classifier = train(images, labels, "augmentation" in arm, arm_steps, f"{arm} (seed {seed})", initial)
+    probabilities = predict_probabilities(classifier, data.test_images)
+    metrics, confusion = classification_metrics(data.test_labels, probabilities, data.classes)
+    curve = [h["monitor_accuracy"] for h in classifier.history] if record_curves else None
+    return {"metrics": metrics, "confusion": confusion.tolist(), "curve": curve}, counts
+
+
+def _paired_by_seed(per_seed: dict[str, list[dict]], arms: Sequence[str], reference: str,
+                    metric_names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """`paired_difference` of every metric of each of `arms` against the `reference` arm, seed by seed."""
+    return {
+        arm: {
+            name: paired_difference([m[name] for m in per_seed[arm]], [m[name] for m in per_seed[reference]])
+            for name in metric_names
+        }
+        for arm in arms
+    }
+
+
+def _study_result(data: _StudyData, synthetic: _SyntheticPool, per_seed: dict[str, list[dict]],
+                  confusions: dict[str, list[np.ndarray]], counts: dict[str, dict[str, int]], synthetic_ratio: float,
+                  epochs: int | None, steps: int | None) -> dict[str, Any]:
+    """The `utility_study` result without `curves` (see its Returns)."""
+    arms, budget = data.arms, data.budget
+    metric_names = list(per_seed["real"][0])
+    budget_words = (f"{epochs} epochs" if epochs is not None else "10 epochs and at least 500 optimiser steps") + \
+        " of the real training split"
+    result: dict[str, Any] = {
+        "seeds": data.seeds,
+        "steps": {arm: budget for arm in arms},
+        "synthetic_ratio": float(synthetic_ratio),
+        "synthetic_requested": synthetic.requested,
+        "synthetic_available": int(synthetic.pool.size),
+        "counts": counts,
+        "test_count": int(data.test_images.shape[0]),
+        "classes": data.classes,
+        "metrics": metric_names,
+        "notes": synthetic.notes,
+        "recipe": (
+            f"ResNetClassifier trained by medvol.evaluation.classifier.train_classifier per arm and seed for the same "
+            f"{budget} optimiser steps in every arm ("
+            + (f"{steps} as asked" if steps is not None else budget_words)
+            + "; a larger training set is seen for fewer passes) (AdamW, cosine learning rate, class-weighted "
+            "cross-entropy, last step kept); augmentation arms augment every sample, real and synthetic; tested on "
+            "the held-out real test split; synthetic subset drawn per seed"
+        ),
+        "arms": {
+            arm: {name: summarise([m[name] for m in per_seed[arm]]) for name in metric_names} for arm in arms
+        },
+        "paired_difference": _paired_by_seed(per_seed, [a for a in arms if a != "real"], "real", metric_names),
+        "confusion": {arm: np.sum(confusions[arm], axis=0).tolist() for arm in arms},
+        "confusion_per_seed": {arm: [c.tolist() for c in confusions[arm]] for arm in arms},
+    }
+    if "real+augmentation" in arms:  # the bar to clear: classical augmentation alone
+        result["paired_difference_augmentation"] = _paired_by_seed(
+            per_seed, [a for a in arms if a not in REAL_ONLY_ARMS], "real+augmentation", metric_names)
+    if BALANCED_ARM in arms:
+        result["balanced"] = {"per_class": {data.classes[c]: synthetic.balance_fill[c]
+                                            for c in range(data.num_classes)},
+                              "target": synthetic.target}
+    if PRETRAINED_ARM in arms:
+        pretrain_steps = budget // 2
+        result["pretraining"] = {"pretrain_steps": pretrain_steps, "finetune_steps": budget - pretrain_steps,
+                                 "pretrain_data": "the arm's synthetic subset (as real+synthetic's), augmented",
+                                 "finetune_data": "the real training split, augmented; a fresh optimiser"}
+    if synthetic.selection is not None:
+        result["selection"] = synthetic.selection
+    return result
+
+
 def utility_study(
     train_images: torch.Tensor,
     train_labels: Any,
@@ -316,7 +482,7 @@ def utility_study(
         classes: class names, index = label.
         seeds: number of seeds (0..N-1) or the seeds themselves.
         epochs: epochs of the real training split that set every arm's step budget (default: the recipe's,
-            `medvol.metrics.features.recipe_steps`).
+            `medvol.evaluation.classifier.recipe_steps`).
         synthetic_ratio: synthetic samples per real training sample (> 0).
         filter_mask: boolean per synthetic sample, False to leave it out (e.g. `realness_filter`'s keep mask).
         device: torch device (default: CUDA when available).
@@ -345,149 +511,33 @@ def utility_study(
     Raises:
         MedvolInputError: unlabelled or out-of-range labels, an empty split, no synthetic sample left, a shape mismatch.
     """
-    classes = [str(c) for c in classes]
-    num_classes = len(classes)
-    if num_classes < 2:
-        raise MedvolInputError(None, f"the utility study needs at least 2 classes, got {num_classes}")
-    unknown = [a for a in arms if a not in ALL_ARMS]
-    if unknown:
-        raise ValueError(f"unknown utility arm {unknown[0]!r}; choose from {ALL_ARMS}")
-    arms = ["real", *[a for a in ALL_ARMS if a in arms and a != "real"]]
-    if not synthetic_ratio > 0:
-        raise MedvolInputError("--synthetic-ratio", f"must be > 0, got {synthetic_ratio}")
-    train_images = check_images(train_images, "real training images")
-    test_images = check_images(test_images, "real test images")
-    synthetic_images = check_images(synthetic_images, "synthetic images")
-    for name, images in (("real test", test_images), ("synthetic", synthetic_images)):
-        if images.shape[2:] != train_images.shape[2:]:
-            raise MedvolInputError(
-                None,
-                f"{name} images have spatial shape {list(images.shape[2:])}, the real training images "
-                f"{list(train_images.shape[2:])}",
-            )
-    if train_images.shape[0] < 2 or test_images.shape[0] < 1:
-        raise MedvolInputError(
-            None,
-            f"the utility study needs real training and test images (got {train_images.shape[0]} training, "
-            f"{test_images.shape[0]} test)",
-        )
-    train_labels = check_labels(train_labels, train_images.shape[0], num_classes, "real training labels")
-    test_labels = check_labels(test_labels, test_images.shape[0], num_classes, "real test labels")
-    synthetic_labels = check_labels(synthetic_labels, synthetic_images.shape[0], num_classes, "synthetic labels")
-    seed_list = _seed_list(seeds)
-    n_train = train_images.shape[0]
-    budget = int(steps) if steps is not None else recipe_steps(n_train, epochs)
-    if budget < 1:
-        raise MedvolInputError(None, f"the utility classifiers need at least 1 optimiser step, got {budget}")
-    if PRETRAINED_ARM in arms and budget < 2:
-        raise MedvolInputError(None, f"the {PRETRAINED_ARM} arm needs at least 2 optimiser steps, got {budget}")
-
-    keep = np.ones(synthetic_images.shape[0], dtype=bool)
-    if filter_mask is not None:
-        keep = np.asarray(filter_mask, dtype=bool).reshape(-1).copy()
-        if keep.shape[0] != synthetic_images.shape[0]:
-            raise ValueError(
-                f"filter_mask has {keep.shape[0]} entries for {synthetic_images.shape[0]} synthetic images"
-            )
-    selection = None
-    if select_confidence is not None:
-        selection = confidence_selection(
-            train_images, train_labels, synthetic_images, synthetic_labels, classes, select_confidence,
-            offered=keep, classifier=selection_classifier, seed=seed_list[0], steps=budget, device=device)
-        keep &= np.asarray(selection["keep"], dtype=bool)
-    pool = np.flatnonzero(keep)
-    requested = int(round(synthetic_ratio * n_train))
-    used = min(requested, pool.size)
-    notes: list[str] = []
-    uses_synthetic = any(arm not in REAL_ONLY_ARMS for arm in arms)
-    if uses_synthetic and used < 1:
-        raise MedvolInputError(
-            None, "no synthetic samples are left for the utility study (all filtered out or none given)"
-        )
-    if uses_synthetic and used < requested:
-        notes.append(
-            f"synthetic_ratio {synthetic_ratio} asks for {requested} synthetic samples but only {pool.size} are "
-            f"available{' after filtering' if filter_mask is not None or selection else ''}; all {used} are used "
-            f"(effective ratio {used / n_train:.3f})"
-        )
-    missing = sorted(set(range(num_classes)) - set(synthetic_labels[pool].tolist())) if uses_synthetic else []
-    if missing:
-        notes.append(f"no synthetic samples of class {', '.join(classes[c] for c in missing)}")
-    real_counts = np.bincount(train_labels, minlength=num_classes)
-    target = int(real_counts.max())
-    balance_fill = [min(int(target - real_counts[c]), int(np.sum(synthetic_labels[pool] == c)))
-                    for c in range(num_classes)]
-    if BALANCED_ARM in arms:
-        short = [f"{classes[c]} ({balance_fill[c]} of {target - real_counts[c]})" for c in range(num_classes)
-                 if balance_fill[c] < target - real_counts[c]]
-        if short:
-            notes.append(f"balancing: too few synthetic samples to fill class {', '.join(short)}; all are used")
-        if not any(balance_fill):
-            notes.append(f"balancing: no class to fill (the real training split is balanced or no synthetic sample "
-                         f"of a minority class is left); {BALANCED_ARM} is real+augmentation")
-    pretrain_steps = budget // 2
-
-    per_seed: dict[str, list[dict[str, float | None]]] = {arm: [] for arm in arms}
-    confusions: dict[str, list[np.ndarray]] = {arm: [] for arm in arms}
-    curves: dict[str, list[list[float]]] = {arm: [] for arm in arms}
+    data = _study_data(train_images, train_labels, test_images, test_labels, synthetic_images, synthetic_labels,
+                       classes, seeds, epochs, synthetic_ratio, arms, steps)
+    synthetic = _synthetic_pool(data, synthetic_ratio, filter_mask, select_confidence, selection_classifier, device)
+    per_seed: dict[str, list[dict[str, float | None]]] = {arm: [] for arm in data.arms}
+    confusions: dict[str, list[np.ndarray]] = {arm: [] for arm in data.arms}
+    curves: dict[str, list[list[float]]] = {arm: [] for arm in data.arms}
     counts: dict[str, dict[str, int]] = {}
     reused: list[str] = []
     data_key = None
-    bar = tqdm(total=len(arms) * len(seed_list), desc="utility", unit="classifier", disable=not progress)
-
-    def train(images, labels, augment, arm_steps, seed, description, initial=None):
-        return train_classifier(
-            images, labels, num_classes, seed=seed, steps=arm_steps, augment=augment, device=device,
-            monitor=(test_images, test_labels) if record_curves else None, progress=progress,
-            description=description, initial=initial)
-
-    for seed in seed_list:
-        rng = np.random.default_rng(seed)
-        chosen = np.sort(rng.choice(pool, size=used, replace=False)) if uses_synthetic else pool[:0]
-        synthetic_part = synthetic_images[torch.as_tensor(chosen, dtype=torch.long)]
-        synthetic_part_labels = synthetic_labels[chosen]
-        fill_rng = np.random.default_rng([seed, 1])  # its own stream: the other arms' subsets stay as they were
-        fill = np.sort(np.concatenate([
-            fill_rng.choice(pool[synthetic_labels[pool] == c], size=balance_fill[c], replace=False)
-            for c in range(num_classes)]).astype(np.int64))
-        for arm in arms:
-            if arm == BALANCED_ARM:
-                synthetic_index = fill
-            elif arm == PRETRAINED_ARM or arm.endswith("synthetic"):
-                synthetic_index = chosen
-            else:
-                synthetic_index = chosen[:0]
-            with_real = arm != "synthetic"
-            # real+synthetic arms train on both at once; the pre-training arm sees the synthetic part first
-            mixed = synthetic_index if arm != PRETRAINED_ARM else chosen[:0]
-            parts = [train_images] if with_real else []
-            if mixed.size:
-                parts.append(synthetic_images[torch.as_tensor(mixed)])
-            images = torch.cat(parts) if len(parts) > 1 else parts[0]
-            labels = np.concatenate(([train_labels] if with_real else []) + [synthetic_labels[mixed]])
-            augment = "augmentation" in arm  # every sample of the arm, real and synthetic alike
-            counts[arm] = {"real": n_train if with_real else 0, "synthetic": int(synthetic_index.size)}
+    bar = tqdm(total=len(data.arms) * len(data.seeds), desc="utility", unit="classifier", disable=not progress)
+    for seed in data.seeds:
+        chosen, fill = _seed_subsets(data, synthetic, seed)
+        for arm in data.arms:
             bar.set_postfix_str(f"{arm}, seed {seed}")
             key = entry = None
             if cache is not None and arm in REAL_ONLY_ARMS:
                 if data_key is None:
-                    data_key = _data_fingerprint(train_images, train_labels, test_images, test_labels,
-                                                 np.asarray(classes))
-                key = cache.key(data_key, arm, seed, budget, device, record_curves)
+                    data_key = _data_fingerprint(data.train_images, data.train_labels, data.test_images,
+                                                 data.test_labels, np.asarray(data.classes))
+                key = cache.key(data_key, arm, seed, data.budget, device, record_curves)
                 entry = cache.load(key)
             if entry is not None:
                 reused.append(f"{arm} (seed {seed})")
+                counts[arm] = _arm_training_set(data, arm, chosen, fill)[2]
             else:
-                initial, arm_steps = None, budget
-                if arm == PRETRAINED_ARM:
-                    initial = train(synthetic_part, synthetic_part_labels, True, pretrain_steps, seed,
-                                    f"{arm} pre-training (seed {seed})")
-                    arm_steps = budget - pretrain_steps
-                classifier = train(images, labels, augment, arm_steps, seed, f"{arm} (seed {seed})", initial)
-                probabilities = predict_probabilities(classifier, test_images)
-                metrics, confusion = classification_metrics(test_labels, probabilities, classes)
-                curve = [h["monitor_accuracy"] for h in classifier.history] if record_curves else None
-                entry = {"metrics": metrics, "confusion": confusion.tolist(), "curve": curve}
+                entry, counts[arm] = _train_and_test_arm(data, arm, seed, chosen, fill, device, progress,
+                                                         record_curves)
                 if key is not None:
                     cache.save(key, entry)
             per_seed[arm].append(entry["metrics"])
@@ -497,70 +547,14 @@ def utility_study(
             bar.update()
     bar.close()
     if reused:
-        notes.append(
+        synthetic.notes.append(
             f"reused from {cache.folder} (same real images, labels, recipe, steps and seeds; delete the folder to "
             "retrain): " + ", ".join(reused)
         )
-
-    metric_names = list(per_seed["real"][0])
-    budget_words = (f"{epochs} epochs" if epochs is not None else "10 epochs and at least 500 optimiser steps") + \
-        " of the real training split"
-    result: dict[str, Any] = {
-        "seeds": seed_list,
-        "steps": {arm: budget for arm in arms},
-        "synthetic_ratio": float(synthetic_ratio),
-        "synthetic_requested": requested,
-        "synthetic_available": int(pool.size),
-        "counts": counts,
-        "test_count": int(test_images.shape[0]),
-        "classes": classes,
-        "metrics": metric_names,
-        "notes": notes,
-        "recipe": (
-            f"ResNetClassifier trained by medvol.metrics.features.train_classifier per arm and seed for the same "
-            f"{budget} optimiser steps in every arm ("
-            + (f"{steps} as asked" if steps is not None else budget_words)
-            + "; a larger training set is seen for fewer passes) (AdamW, cosine learning rate, class-weighted "
-            "cross-entropy, last step kept); augmentation arms augment every sample, real and synthetic; tested on "
-            "the held-out real test split; synthetic subset drawn per seed"
-        ),
-        "arms": {
-            arm: {name: summarise([m[name] for m in per_seed[arm]]) for name in metric_names} for arm in arms
-        },
-        "paired_difference": {
-            arm: {
-                name: paired_difference([m[name] for m in per_seed[arm]], [m[name] for m in per_seed["real"]])
-                for name in metric_names
-            }
-            for arm in arms
-            if arm != "real"
-        },
-        "confusion": {arm: np.sum(confusions[arm], axis=0).tolist() for arm in arms},
-        "confusion_per_seed": {arm: [c.tolist() for c in confusions[arm]] for arm in arms},
-    }
-    if "real+augmentation" in arms:  # the bar to clear: classical augmentation alone
-        reference = per_seed["real+augmentation"]
-        result["paired_difference_augmentation"] = {
-            arm: {
-                name: paired_difference([m[name] for m in per_seed[arm]], [m[name] for m in reference])
-                for name in metric_names
-            }
-            for arm in arms
-            if arm not in REAL_ONLY_ARMS
-        }
-    if BALANCED_ARM in arms:
-        result["balanced"] = {"per_class": {classes[c]: balance_fill[c] for c in range(num_classes)},
-                              "target": target}
-    if PRETRAINED_ARM in arms:
-        result["pretraining"] = {"pretrain_steps": pretrain_steps, "finetune_steps": budget - pretrain_steps,
-                                 "pretrain_data": "the arm's synthetic subset (as real+synthetic's), augmented",
-                                 "finetune_data": "the real training split, augmented; a fresh optimiser"}
-    if selection is not None:
-        result["selection"] = selection
+    result = _study_result(data, synthetic, per_seed, confusions, counts, synthetic_ratio, epochs, steps)
     if record_curves:
         result["curves"] = curves
     return result
-
 
 def utility_methods(result: dict[str, Any], test_split: str) -> str:
     """How a `utility_study` result was computed, in words (the methods entry of metrics.json).
