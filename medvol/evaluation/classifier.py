@@ -177,6 +177,90 @@ def recipe_steps(count: int, epochs: int | None = None, batch_size: int = DEFAUL
     return recipe_epochs(count, epochs, batch_size) * math.ceil(count / batch_size)
 
 
+class _Augmentation:
+    """Classical augmentation (`classical_augmentation`) of the samples `augment` selects, drawn anew each time a
+    sample is seen, seeded. The batch-norm passes draw from their own copy, reseeded each time, so that recording a
+    monitor curve leaves the training draws (and the final network) unchanged.
+
+    Args:
+        images: the training images.
+        augment: True for every sample, False for none, or a boolean mask.
+        seed: seed of the draws.
+    """
+
+    def __init__(self, images: torch.Tensor, augment: bool | Sequence[bool] | np.ndarray, seed: int) -> None:
+        self.mask = torch.as_tensor(np.broadcast_to(np.asarray(augment, dtype=bool), (images.shape[0],)).copy())
+        self.seed = int(seed)
+        self.transform = self.norm_transform = None
+        if bool(self.mask.any()):
+            self.transform = classical_augmentation(images.ndim - 2, tuple(images.shape[2:]))
+            self.transform.set_random_state(seed=self.seed % 2**32)
+            self.norm_transform = copy.deepcopy(self.transform)
+
+    def __call__(self, batch: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return batch if self.transform is None else _augment_batch(batch, self.mask[index], self.transform)
+
+    def recompute_batch_norm(self, classifier: nn.Module, images: torch.Tensor) -> None:
+        """`recompute_batch_norm` over `images`, augmented as in training."""
+        if self.transform is None:
+            recompute_batch_norm(classifier, images)
+            return
+        self.norm_transform.set_random_state(seed=(self.seed + 1) % 2**32)
+        recompute_batch_norm(classifier, images,
+                             transform_batch=lambda batch, index: _augment_batch(batch, self.mask[index],
+                                                                                 self.norm_transform))
+
+
+def _step_budget(count: int, batch_size: int, epochs: int | None, steps: int | None) -> tuple[int, int, int]:
+    """`(steps per epoch, epochs, total optimiser steps)` of the recipe for `count` images."""
+    steps_per_epoch = math.ceil(count / batch_size)
+    if steps is not None:
+        if int(steps) < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        epochs = math.ceil(int(steps) / steps_per_epoch)
+    epochs = recipe_epochs(count, epochs, batch_size)
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    return steps_per_epoch, epochs, steps_per_epoch * epochs if steps is None else int(steps)
+
+
+def _loss_function(labels: np.ndarray, num_classes: int, class_weighted: bool, device: torch.device) -> nn.Module:
+    """Cross-entropy, weighted by inverse class frequency when `class_weighted`."""
+    frequency = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = None
+    if class_weighted:
+        weights = np.where(frequency > 0, labels.size / (num_classes * np.maximum(frequency, 1)), 0.0)
+    return nn.CrossEntropyLoss(
+        weight=None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device)
+    )
+
+
+def _train_epoch(classifier: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, images: torch.Tensor,
+                 labels: torch.Tensor, augmentation: _Augmentation, order: torch.Tensor, steps_per_epoch: int,
+                 step: int, total_steps: int, lr: float, schedule: str) -> tuple[dict[str, float], int]:
+    """One pass in the batches of `order`, stopping at `total_steps`: `({loss, train_accuracy, lr}, step)`."""
+    device = next(classifier.parameters()).device
+    classifier.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for index in torch.tensor_split(order, steps_per_epoch):
+        if step == total_steps:
+            break
+        batch = augmentation(images[index], index)
+        target = labels[index].to(device)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * _learning_rate_factor(schedule, step, total_steps)
+        logits = classifier(batch.to(device))
+        loss = loss_fn(logits, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        loss_sum += float(loss.detach()) * index.numel()
+        correct += int((logits.detach().argmax(1) == target).sum())
+        seen += index.numel()
+    return {"loss": loss_sum / seen, "train_accuracy": correct / seen, "lr": optimizer.param_groups[0]["lr"]}, step
+
+
 def train_classifier(
     images: torch.Tensor,
     labels: Any,
@@ -248,94 +332,35 @@ def train_classifier(
         raise MedvolInputError(None, f"a classifier needs at least 2 training images, got {count}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    steps_per_epoch = math.ceil(count / batch_size)
-    if steps is not None:
-        if int(steps) < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        epochs = math.ceil(int(steps) / steps_per_epoch)
-    epochs = recipe_epochs(count, epochs, batch_size)
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    total_steps = steps_per_epoch * epochs if steps is None else int(steps)
-    augment_mask = torch.as_tensor(np.broadcast_to(np.asarray(augment, dtype=bool), (count,)).copy())
+    steps_per_epoch, epochs, total_steps = _step_budget(count, batch_size, epochs, steps)
+    augmentation = _Augmentation(images, augment, seed)
     device = default_device(device)
-    spatial_dims = images.ndim - 2
-    transform = classical_augmentation(spatial_dims, tuple(images.shape[2:])) if bool(augment_mask.any()) else None
-    augment_batch = None
-    if transform is not None:
-        transform.set_random_state(seed=int(seed) % 2**32)
-        # the batch-norm passes draw from their own copy, reseeded each time, so that recording a monitor curve
-        # leaves the training draws (and the final network) unchanged
-        norm_transform = copy.deepcopy(transform)
-
-        def augment_batch(batch: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-            return _augment_batch(batch, augment_mask[index], transform)
-
-        def augment_norm_batch(batch: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-            return _augment_batch(batch, augment_mask[index], norm_transform)
-
-    def precise_batch_norm() -> None:
-        if transform is None:
-            recompute_batch_norm(classifier, images)
-        else:
-            norm_transform.set_random_state(seed=(int(seed) + 1) % 2**32)
-            recompute_batch_norm(classifier, images, transform_batch=augment_norm_batch)
-
     monitor_images = check_images(monitor[0], "monitor images") if monitor is not None else None
     monitor_labels = check_labels(monitor[1], monitor_images.shape[0], num_classes) if monitor is not None else None
-
-    frequency = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    weights = np.where(frequency > 0, count / (num_classes * np.maximum(frequency, 1)), 0.0) if class_weighted else None
-    loss_fn = nn.CrossEntropyLoss(
-        weight=None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device)
-    )
+    loss_fn = _loss_function(labels, num_classes, class_weighted, device)
     labels_t = torch.as_tensor(labels)
     order_generator = torch.Generator().manual_seed(int(seed))
     history: list[dict[str, float]] = []
-
     with seeded(int(seed), device), cpu_threads(threads, device):
         classifier = ResNetClassifier(
-            spatial_dims, num_classes, channels=channels, stem_stride=stem_stride_for(images.shape[2:], channels)
+            images.ndim - 2, num_classes, channels=channels, stem_stride=stem_stride_for(images.shape[2:], channels)
         ).to(device)
         if initial is not None:
             classifier.load_state_dict(initial.state_dict())
         optimizer = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=weight_decay)
         step = 0
         for epoch in tqdm(range(epochs), desc=description, leave=False, disable=not progress, unit="epoch"):
-            classifier.train()
             order = torch.randperm(count, generator=order_generator)
-            loss_sum, correct, seen = 0.0, 0, 0
-            for index in torch.tensor_split(order, steps_per_epoch):
-                if step == total_steps:
-                    break
-                batch = images[index]
-                if augment_batch is not None:
-                    batch = augment_batch(batch, index)
-                target = labels_t[index].to(device)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * _learning_rate_factor(schedule, step, total_steps)
-                logits = classifier(batch.to(device))
-                loss = loss_fn(logits, target)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                loss_sum += float(loss.detach()) * index.numel()
-                correct += int((logits.detach().argmax(1) == target).sum())
-                seen += index.numel()
-            record = {
-                "epoch": epoch + 1,
-                "loss": loss_sum / seen,
-                "train_accuracy": correct / seen,
-                "lr": optimizer.param_groups[0]["lr"],
-            }
+            record, step = _train_epoch(classifier, optimizer, loss_fn, images, labels_t, augmentation, order,
+                                        steps_per_epoch, step, total_steps, lr, schedule)
+            record = {"epoch": epoch + 1, **record}
             if monitor_images is not None:
-                precise_batch_norm()
+                augmentation.recompute_batch_norm(classifier, images)
                 predicted = predict_probabilities(classifier, monitor_images, device=device).argmax(1)
                 record["monitor_accuracy"] = float(np.mean(predicted == monitor_labels))
             history.append(record)
         if monitor_images is None:
-            precise_batch_norm()
+            augmentation.recompute_batch_norm(classifier, images)
     classifier.eval()
     classifier.history = history
     return classifier

@@ -345,6 +345,62 @@ def settings_hash(images: torch.Tensor, labels: np.ndarray | None, settings: dic
     return digest.hexdigest()
 
 
+def _cached_network(out_dir: Path, key: str) -> tuple[nn.Module | None, dict[str, Any] | None]:
+    """The feature network cached in `out_dir` under the settings hash `key` and its recorded info, or `(None, None)`
+    when absent, made with other settings, or damaged (then it is trained again)."""
+    weights_path, info_path = out_dir / CACHE_WEIGHTS, out_dir / CACHE_INFO
+    if not (weights_path.is_file() and info_path.is_file()):
+        return None, None
+    try:
+        cached = json.loads(info_path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if cached.get("settings_hash") != key:
+        return None, None
+    try:
+        module, _ = load_checkpoint(weights_path)
+    except MedvolInputError:
+        return None, None
+    return module, {**cached, "reused_cache": True}
+
+
+def _train_feature_network(train_images: torch.Tensor, labels: np.ndarray | None, num_classes: int,
+                           settings: dict[str, Any], key: str, out_dir: Path, device: torch.device,
+                           progress: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """Train the feature network `settings` describe and save it (weights and info) in `out_dir`."""
+    seed, epochs = settings["seed"], settings["epochs"]
+    if settings["kind"] == "classifier":
+        module = train_classifier(
+            train_images, labels, num_classes, seed=seed, epochs=epochs, device=device, progress=progress,
+            description="feature classifier",
+        )
+        last = module.history[-1]
+        training = {"training_accuracy": last["train_accuracy"], "training_loss": last["loss"]}
+    else:
+        module, training = train_autoencoder_encoder(train_images, seed=seed, epochs=epochs, device=device,
+                                                     progress=progress)
+    info = {**settings, "settings_hash": key, "training_images": train_images.shape[0], **training}
+    save_checkpoint(module, out_dir / CACHE_WEIGHTS, {"settings_hash": key})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / CACHE_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    return module, {**info, "reused_cache": False}
+
+
+def _trained_description(kind: str, epochs: int, seed: int, count: int, info: dict[str, Any]) -> str:
+    """How a feature network trained here was made, in words."""
+    if kind == "classifier":
+        return (
+            f"pooled penultimate layer ({DEFAULT_CHANNELS[-1]} features) of a ResNetClassifier (widths "
+            f"{list(DEFAULT_CHANNELS)}) trained for {epochs} epochs on the {count} labelled real training images, seed "
+            f"{seed}; training accuracy {info.get('training_accuracy', float('nan')):.3f}"
+        )
+    return (
+        f"average-pooled encoder output ({AUTOENCODER_CHANNELS[-1]} features) of a convolutional autoencoder "
+        f"trained for {epochs} epochs on the {count} real training images (unlabelled), seed {seed}; "
+        f"reconstruction MSE {info.get('reconstruction_mse', float('nan')):.4f}"
+    )
+
+
 def build_feature_extractor(
     train_images: torch.Tensor,
     train_labels: Any,
@@ -381,17 +437,15 @@ def build_feature_extractor(
     device = default_device(device)
     if features_path is not None:
         return load_feature_extractor(features_path, train_images, device)
-    spatial_dims = train_images.ndim - 2
     count = train_images.shape[0]
     labels = None if train_labels is None else np.asarray(train_labels, dtype=np.int64).reshape(-1)
     labelled = labels is not None and num_classes >= 2 and labels.shape[0] == count and bool(np.all(labels >= 0))
     kind = "classifier" if labelled else "autoencoder"
-    epochs = recipe_epochs(count, epochs) if labelled else int(epochs or DEFAULT_AUTOENCODER_EPOCHS)
     settings = {
         "cache_version": CACHE_VERSION,
         "kind": kind,
         "seed": int(seed),
-        "epochs": epochs,
+        "epochs": recipe_epochs(count, epochs) if labelled else int(epochs or DEFAULT_AUTOENCODER_EPOCHS),
         "num_classes": int(num_classes) if labelled else 0,
         "channels": list(DEFAULT_CHANNELS if labelled else AUTOENCODER_CHANNELS),
         "batch_size": DEFAULT_BATCH_SIZE,
@@ -399,49 +453,10 @@ def build_feature_extractor(
     }
     key = settings_hash(train_images, labels if labelled else None, settings)
     out_dir = Path(out_dir)
-    weights_path, info_path = out_dir / CACHE_WEIGHTS, out_dir / CACHE_INFO
-    info: dict[str, Any] | None = None
-    module: nn.Module | None = None
-    if weights_path.is_file() and info_path.is_file():
-        try:
-            cached = json.loads(info_path.read_text())
-        except (OSError, ValueError):
-            cached = {}
-        if cached.get("settings_hash") == key:
-            try:
-                module, _ = load_checkpoint(weights_path)
-                info = {**cached, "reused_cache": True}
-            except MedvolInputError:
-                module = None  # a damaged cache is rebuilt
+    module, info = _cached_network(out_dir, key)
     if module is None:
-        if labelled:
-            module = train_classifier(
-                train_images, labels, num_classes, seed=seed, epochs=epochs, device=device, progress=progress,
-                description="feature classifier",
-            )
-            last = module.history[-1]
-            training = {"training_accuracy": last["train_accuracy"], "training_loss": last["loss"]}
-        else:
-            module, training = train_autoencoder_encoder(
-                train_images, seed=seed, epochs=epochs, device=device, progress=progress
-            )
-        info = {**settings, "settings_hash": key, "training_images": count, **training}
-        save_checkpoint(module, weights_path, {"settings_hash": key})
-        out_dir.mkdir(parents=True, exist_ok=True)
-        info_path.write_text(json.dumps(info, indent=2) + "\n")
-        info["reused_cache"] = False
-    if labelled:
-        description = (
-            f"pooled penultimate layer ({DEFAULT_CHANNELS[-1]} features) of a ResNetClassifier (widths "
-            f"{list(DEFAULT_CHANNELS)}) trained for {epochs} epochs on the {count} labelled real training images, seed "
-            f"{seed}; training accuracy {info.get('training_accuracy', float('nan')):.3f}"
-        )
-        embed = _classifier_features
-    else:
-        description = (
-            f"average-pooled encoder output ({AUTOENCODER_CHANNELS[-1]} features) of a convolutional autoencoder "
-            f"trained for {epochs} epochs on the {count} real training images (unlabelled), seed {seed}; "
-            f"reconstruction MSE {info.get('reconstruction_mse', float('nan')):.4f}"
-        )
-        embed = lambda m, x: m(x)  # noqa: E731
-    return FeatureExtractor(module, spatial_dims, kind, description, embed, device=device, info=info)
+        module, info = _train_feature_network(train_images, labels, num_classes, settings, key, out_dir, device,
+                                              progress)
+    description = _trained_description(kind, settings["epochs"], seed, count, info)
+    embed = _classifier_features if labelled else (lambda m, x: m(x))
+    return FeatureExtractor(module, train_images.ndim - 2, kind, description, embed, device=device, info=info)
