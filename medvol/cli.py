@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from medvol import __version__
+from medvol import __version__, families
 from medvol.errors import MedvolInputError
 
 EXIT_OK = 0
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Resolves the bundle, prepares the data, plans memory and trains. Checkpoints live in "
         "RUN/checkpoints/; running the same command again resumes from the latest one.",
     )
-    p.add_argument("--bundle", required=True, help="bundle name (cae, vae, gan, dcgan, wgan, wgan_gp, cgan, acwgan_gp) or path")
+    p.add_argument("--bundle", required=True, help=families.bundle_help())
     p.add_argument("--data", required=True, help="folder written by `medvol prepare`, or raw data to prepare on the fly")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--spatial-dims", type=int, choices=[2, 3], help="2 (slice-wise) or 3 (volumetric)")

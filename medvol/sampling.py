@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medvol import __version__
+from medvol import __version__, families
 from medvol.errors import MedvolInputError
 from medvol.io.files import atomic_folder, write_json
 
@@ -162,9 +162,7 @@ def load_networks(
     networks = _build_networks(record)
     state = CheckpointManager.load(checkpoint, map_location="cpu")
     if _is_export(state):
-        from medvol.networks.factory import AUTOENCODER_FAMILIES
-
-        default = "autoencoder" if record["family"] in AUTOENCODER_FAMILIES else "generator"
+        default = families.get_family(record["family"]).exported_network
         name = str((record.get("model") or {}).get("network") or default)
         networks = {name: networks[name]}
         state = {"networks": {name: state}}
@@ -256,17 +254,15 @@ def generate(
     Returns:
         float32 tensor ``[N, 1, *image_size]`` on the CPU.
     """
-    from medvol.networks.factory import AUTOENCODER_FAMILIES
-
     device = torch.device(device)
     generator = torch.Generator().manual_seed(int(seed))
-    family = record["family"]
+    spec = families.get_family(record["family"])
     outputs = []
-    if family in AUTOENCODER_FAMILIES:
+    if spec.is_autoencoder:
         autoencoder = networks["autoencoder"]
         latent_size = int(autoencoder.latent_size)
         mean, std = torch.zeros(latent_size), torch.ones(latent_size)
-        if family == "cae":
+        if spec.latent_prior is families.LatentPrior.TRAINING_CODES:
             mean, std = (t.cpu() for t in _cae_latent_gaussian(record, autoencoder, device))
         for start in range(0, len(labels), SAMPLE_BATCH):
             count = min(SAMPLE_BATCH, len(labels) - start)

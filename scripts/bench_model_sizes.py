@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from medvol.networks.factory import FAMILIES, GAN_FAMILIES, build, default_width, parameter_counts, sized_options
+from medvol.families import family_names, get_family
+from medvol.networks.factory import build, default_width, parameter_counts, sized_options
 from medvol.objectives import build_objective, build_optimizer
 
 CASES = {"2d32": (2, 32), "2d64": (2, 64), "3d32": (3, 32)}
@@ -31,7 +32,7 @@ BATCH = {2: 16, 3: 8}
 def _iteration(family: str, networks: dict, objective, optimizers: dict, batch: int, spatial_dims: int, size: int,
                critic_steps: int, num_classes: int) -> None:
     shape = (batch, 1, *[size] * spatial_dims)
-    if family not in GAN_FAMILIES:
+    if get_family(family).is_autoencoder:
         network = networks["autoencoder"]
         images = torch.rand(shape)
         optimizers["autoencoder"].zero_grad(set_to_none=True)
@@ -61,8 +62,7 @@ def _iteration(family: str, networks: dict, objective, optimizers: dict, batch: 
 def measure(family: str, case: str, dataset_size: int, width: int | None, iterations: int) -> dict:
     """One row: widths, parameters (sized and published), seconds per iteration."""
     spatial_dims, size = CASES[case]
-    conditional = family in ("cgan", "acwgan_gp")
-    num_classes = 2 if conditional else 0
+    num_classes = 2 if get_family(family).conditional else 0
     options = sized_options(family, spatial_dims, size, {}, width=width, dataset_size=dataset_size)
     torch.manual_seed(0)
     networks = build(family, spatial_dims, size, num_classes=num_classes, **options)
@@ -81,7 +81,7 @@ def measure(family: str, case: str, dataset_size: int, width: int | None, iterat
     return {
         "family": family, "case": case, "width": width or default_width(spatial_dims, dataset_size),
         "options": options, "parameters": counts, "total_parameters": sum(counts.values()),
-        "published_parameters": sum(published.values()), "critic_steps": critic_steps if family in GAN_FAMILIES else 0,
+        "published_parameters": sum(published.values()), "critic_steps": 0 if get_family(family).is_autoencoder else critic_steps,
         "batch": BATCH[spatial_dims], "seconds_per_iteration": round(seconds, 4),
         "minutes_per_1000_iterations": round(seconds * 1000 / 60, 1),
     }
@@ -103,7 +103,7 @@ def format_rows(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", default=",".join(FAMILIES), help="comma separated (default: all 8)")
+    parser.add_argument("--families", default=",".join(family_names()), help="comma separated (default: all)")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma separated of {', '.join(CASES)} (default: all)")
     parser.add_argument("--dataset-size", type=int, default=300, help="training images the widths are sized for (default 300)")
     parser.add_argument("--width", type=int, help="base width instead of the data-sized default")

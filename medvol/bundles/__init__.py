@@ -18,10 +18,8 @@ from medvol.bundles.configs import (
 )
 from medvol.bundles.launch import run_torchrun, torchrun_command
 from medvol.bundles.training import class_count, datalist_path, every, fit_batch_size, scalar_outputs, training_dataset
-from medvol.networks.factory import FAMILIES
 
 __all__ = [
-    "FAMILIES",
     "BUNDLES_DIR",
     "resolve_bundle",
     "bundle_config_files",

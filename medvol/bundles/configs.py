@@ -11,8 +11,8 @@ from typing import Any
 
 from monai.bundle import ConfigWorkflow
 
+from medvol import families
 from medvol.errors import MedvolInputError
-from medvol.networks.factory import FAMILIES
 from medvol.runs import plain_json
 
 __all__ = [
@@ -36,18 +36,19 @@ def resolve_bundle(name: str | os.PathLike) -> Path:
     """The folder of a bundle given its family name (``wgan_gp``) or a path to a bundle folder.
 
     Args:
-        name: a family name of `FAMILIES`, or a folder that holds ``configs/train.yaml``.
+        name: a registered family's name (`medvol.families`), or a folder that holds ``configs/train.yaml``.
 
     Raises:
         MedvolInputError: neither a known name nor a bundle folder; the message lists the available bundles.
     """
     text = str(name)
-    candidates = [BUNDLES_DIR / text] if text in FAMILIES else []
+    names = families.family_names()
+    candidates = [BUNDLES_DIR / text] if text in names else []
     candidates.append(Path(text).expanduser())
     for folder in candidates:
         if (folder / "configs" / WORKFLOW_FILES["train"]).is_file():
             return folder.resolve()
-    available = ", ".join(f for f in FAMILIES if (BUNDLES_DIR / f / "configs").is_dir())
+    available = ", ".join(f for f in names if (BUNDLES_DIR / f / "configs").is_dir())
     raise MedvolInputError(text, f"not a medvol bundle (no configs/train.yaml); available bundles: {available}")
 
 

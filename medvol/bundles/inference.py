@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medvol import families
 from medvol.errors import MedvolInputError
-from medvol.networks.factory import AUTOENCODER_FAMILIES, GAN_FAMILIES, build, sized_options
+from medvol.networks.factory import build, sized_options
 
 __all__ = ["exported_network_name", "LatentGenerator", "export_network", "latent_input_size", "DEFAULT_NUM_CLASSES"]
 
@@ -21,7 +22,7 @@ DEFAULT_NUM_CLASSES = 2
 
 def exported_network_name(family: str) -> str:
     """The network of a family that training exports and sampling needs: ``autoencoder`` or ``generator``."""
-    return "autoencoder" if family in AUTOENCODER_FAMILIES else "generator"
+    return families.get_family(family).exported_network
 
 
 class LatentGenerator(nn.Module):
@@ -88,7 +89,7 @@ def _bundle_defaults(bundle_root: str | os.PathLike) -> dict:
         raise MedvolInputError(path, "missing: network_def needs --run_dir RUN (a trained run) or --bundle_root DIR")
     config = ConfigParser.load_config_file(str(path))
     family = config.get("family")
-    if family not in AUTOENCODER_FAMILIES and family not in GAN_FAMILIES:
+    if family not in families.family_names():
         raise MedvolInputError(path, f"unknown family {family!r}")
     num_classes = config.get("num_classes") or 0
     if isinstance(num_classes, str):  # an expression: the classes of the datalist

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from medvol import families
 from medvol.bundles.inference import exported_network_name
 from medvol.engines.distributed import world_size
 from medvol.errors import MedvolInputError
@@ -93,11 +94,9 @@ def scalar_outputs(output: Any) -> dict[str, float]:
 
 
 def output_range(family: str) -> list[float]:
-    """The intensity range of a family's images: ``[0, 1]`` for the autoencoders (sigmoid output), ``[-1, 1]`` for the
-    generators (tanh output)."""
-    from medvol.networks.factory import AUTOENCODER_FAMILIES
-
-    return [0.0, 1.0] if family in AUTOENCODER_FAMILIES else [-1.0, 1.0]
+    """The intensity range of a family's images (`medvol.families.FamilySpec.output_range`): ``[0, 1]`` for the
+    autoencoders (sigmoid output), ``[-1, 1]`` for the generators (tanh output)."""
+    return list(families.get_family(family).output_range)
 
 
 def image_shape(image_size: int | Sequence[int], spatial_dims: int) -> list[int]:
@@ -117,11 +116,10 @@ def critic_augment_settings(value: Any, family: str) -> dict[str, Any]:
     Raises:
         MedvolInputError: an unreadable value, or augmentation asked of an autoencoder.
     """
-    from medvol.networks.factory import AUTOENCODER_FAMILIES
     from medvol.transforms.differentiable import parse_critic_augment
 
     settings = parse_critic_augment(value, option="critic_augment")
-    if family in AUTOENCODER_FAMILIES and settings["mode"] != "off":
+    if "critic" not in families.get_family(family).networks and settings["mode"] != "off":
         raise MedvolInputError("critic_augment", f"{family} has no critic to augment for: use off")
     return settings
 
@@ -135,11 +133,12 @@ def build_trainer(
     critic_augment: Any = None,
     **options: Any,
 ):
-    """The trainer of a family: `medvol.engines.AutoencoderTrainer` for the autoencoders, else
-    `medvol.engines.GenerativeAdversarialTrainer` (with an EMA generator when `ema_decay` is set).
+    """The trainer of a family (`medvol.families.FamilySpec.trainer`): `medvol.engines.AutoencoderTrainer` for the
+    autoencoders, `medvol.engines.GenerativeAdversarialTrainer` for the GAN families (with an EMA generator when
+    `ema_decay` is set).
 
     Args:
-        family: a family of `medvol.networks.factory.FAMILIES`.
+        family: a registered family (`medvol.families`).
         networks: the placed networks, ``{"autoencoder"}`` or ``{"generator", "critic"}``.
         optimizers: one optimiser per network, by the same names.
         objective: what `medvol.objectives.build_objective` built for the family.
@@ -148,14 +147,13 @@ def build_trainer(
             `critic_augment_settings`).
         options: keyword arguments both trainers take (`medvol.engines.trainer.MedvolTrainer`).
     """
-    from medvol import engines
-    from medvol.networks.factory import AUTOENCODER_FAMILIES
-
-    if family in AUTOENCODER_FAMILIES:
-        return engines.AutoencoderTrainer(
+    spec = families.get_family(family)
+    trainer = spec.trainer_class()
+    if spec.is_autoencoder:
+        return trainer(
             network=networks["autoencoder"], optimizer=optimizers["autoencoder"], loss_function=objective, **options
         )
-    return engines.GenerativeAdversarialTrainer(
+    return trainer(
         generator=networks["generator"],
         critic=networks["critic"],
         g_optimizer=optimizers["generator"],

@@ -284,10 +284,11 @@ def check_resumable(run_dir: Path, workflow) -> None:
 def _check_resumed_classes(run_dir: Path, previous: Mapping[str, Any], parser) -> None:
     """A conditional run resumes only on data with the classes it was trained on (its label embedding and class
     head have one row per class)."""
-    from medvol.networks.factory import GAN_FAMILIES
+    from medvol import families
 
     family = previous.get("family")
-    if previous.get("num_classes") is None or family not in GAN_FAMILIES or not GAN_FAMILIES[family][4]:
+    conditional = family in families.family_names() and families.get_family(family).conditional
+    if previous.get("num_classes") is None or not conditional:
         return
     before, now = int(previous["num_classes"]), int(parser.get_parsed_content("num_classes"))
     if before != now:
@@ -321,10 +322,10 @@ def check_networks(workflow, pairs: list[str]) -> None:
 
 def check_conditional(workflow, data_dir: Path) -> None:
     """Refuse, before any work, to train a conditional family (cgan, acwgan_gp) on data without class labels."""
-    from medvol.networks.factory import GAN_FAMILIES
+    from medvol import families
 
     family = workflow.parser.get_parsed_content("family")
-    if family not in GAN_FAMILIES or not GAN_FAMILIES[family][4]:
+    if family not in families.family_names() or not families.get_family(family).conditional:
         return
     datalist = read_datalist(data_dir)
     if not datalist.get("training"):

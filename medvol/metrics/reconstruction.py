@@ -308,7 +308,7 @@ def evaluate_reconstruction(
     from medvol.io.files import write_json
     from medvol.metrics.evaluate import METRICS_FILE, _chosen
     from medvol.evaluation.classifier import default_device
-    from medvol.networks.factory import AUTOENCODER_FAMILIES
+    from medvol.families import FamilyKind, family_names
     from medvol.report.figures import save_png
     from medvol.sampling import load_networks, load_run_record, relative_provenance, resolve_checkpoint
 
@@ -316,9 +316,10 @@ def evaluate_reconstruction(
     run_dir = Path(run_dir).expanduser().resolve()
     out = Path(out_dir).expanduser().resolve()
     record = load_run_record(run_dir)
-    if record.get("family") not in AUTOENCODER_FAMILIES:
+    autoencoders = family_names(FamilyKind.AUTOENCODER)
+    if record.get("family") not in autoencoders:
         raise MedvolInputError(run_dir, f"is a {record.get('family')} run: --reconstruct needs an autoencoder run "
-                                        f"({' or '.join(AUTOENCODER_FAMILIES)})")
+                                        f"({' or '.join(autoencoders)})")
     checkpoint_path = resolve_checkpoint(run_dir, checkpoint)
     device = default_device(device)
     autoencoder = load_networks(record, checkpoint_path, device)["autoencoder"]

@@ -1,7 +1,8 @@
 """Networks for 2D and 3D images: autoencoders, GAN generators and critics, conditioning, initialisation, and the
 evaluation's classifier.
 
-Every class takes `spatial_dims` (2 or 3); `medvol.networks.factory.build` assembles a model family by name.
+Every class takes `spatial_dims` (2 or 3); `medvol.networks.factory.build` assembles a model family (`medvol.families`)
+by name.
 """
 
 from medvol.networks.autoencoders import ConvAutoencoder, VariationalAutoencoder
@@ -16,7 +17,7 @@ from medvol.networks.blocks import (
 )
 from medvol.networks.classifiers import ResNetClassifier
 from medvol.networks.conditioning import CriticHead, InputLabelEmbedding, LabelNoiseConcat
-from medvol.networks.factory import FAMILIES, build
+from medvol.networks.factory import build
 from medvol.networks.gans import (
     Critic,
     DCGANDiscriminator,
@@ -30,7 +31,6 @@ from medvol.networks.gans import (
 from medvol.networks.init import init_dcgan_weights, init_kaiming_weights
 
 __all__ = [
-    "FAMILIES",
     "ConvAutoencoder",
     "Critic",
     "CriticHead",

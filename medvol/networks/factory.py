@@ -1,15 +1,4 @@
-"""Build the networks of a model family by name.
-
-| family    | modules                                                  | objective (`medvol.objectives`)        |
-|-----------|----------------------------------------------------------|----------------------------------------|
-| cae       | ConvAutoencoder                                          | MSE reconstruction                     |
-| vae       | VariationalAutoencoder                                   | MSE + KL                               |
-| gan       | FullyConnectedGenerator / FullyConnectedDiscriminator    | non-saturating BCE                     |
-| dcgan     | DCGANGenerator / DCGANDiscriminator (batch norm)         | non-saturating BCE                     |
-| wgan      | DCGANGenerator / DCGANDiscriminator (batch norm)         | Wasserstein, weight clipping           |
-| wgan_gp   | ResidualGenerator / ResidualCritic (no norm in critic)   | Wasserstein, gradient penalty          |
-| cgan      | DCGAN pair, label embedding in G, projection critic      | non-saturating BCE                     |
-| acwgan_gp | residual pair, label embedding in G, class head in critic| gradient penalty + auxiliary CE        |
+"""Build the networks of a model family by name (the families and their networks: `medvol.families`).
 
 Options of the conditional recipe for small data (any GAN family, through `generator={...}` / `critic={...}`):
 `critic={"spectral_norm": True, "norm": None}` (spectral-norm critic), `critic={"projection": True}` (projection
@@ -26,36 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from medvol.networks.autoencoders import ConvAutoencoder, VariationalAutoencoder
+from medvol import families
 from medvol.networks.blocks import count_parameters, plan_resolution, spatial_shape
-from medvol.networks.gans import (
-    DCGANDiscriminator,
-    DCGANGenerator,
-    FullyConnectedDiscriminator,
-    FullyConnectedGenerator,
-    ResidualCritic,
-    ResidualGenerator,
-)
-
-AUTOENCODER_FAMILIES = {"cae": ConvAutoencoder, "vae": VariationalAutoencoder}
-
-# family -> (generator class, critic class, family-specific generator arguments, critic arguments, conditional)
-GAN_FAMILIES: dict[str, tuple[type[nn.Module], type[nn.Module], dict[str, Any], dict[str, Any], bool]] = {
-    "gan": (FullyConnectedGenerator, FullyConnectedDiscriminator, {}, {}, False),
-    "dcgan": (DCGANGenerator, DCGANDiscriminator, {}, {}, False),
-    "wgan": (DCGANGenerator, DCGANDiscriminator, {}, {}, False),
-    "wgan_gp": (ResidualGenerator, ResidualCritic, {}, {"norm": None}, False),
-    "cgan": (DCGANGenerator, DCGANDiscriminator, {}, {"projection": True}, True),
-    "acwgan_gp": (
-        ResidualGenerator,
-        ResidualCritic,
-        {},
-        {"norm": None, "projection": False, "auxiliary_classifier": True},
-        True,
-    ),
-}
-FAMILIES = (*AUTOENCODER_FAMILIES, *GAN_FAMILIES)
-
 
 # Default width (channels at full resolution) by dimensionality, and the dataset sizes from which it doubles: a few
 # hundred 2D images get a 2D DCGAN of about 3 M parameters at 64^2 (docs/benchmarks.md), not the published 38 M.
@@ -108,7 +69,7 @@ def sized_options(
     hidden layers of 4, 8 and 16 x `width` (discriminator 8 and 4 x `width`).
 
     Args:
-        family: one of `FAMILIES`.
+        family: a registered family (`medvol.families`); its `width_rule` says which widths are set.
         spatial_dims: 2 or 3.
         image_size: spatial shape of the images.
         network: user overrides (as `build` takes them); their keys win.
@@ -124,26 +85,24 @@ def sized_options(
     options = {key: dict(value) if isinstance(value, dict) else value for key, value in (network or {}).items()}
     width = int(width) if width is not None else default_width(spatial_dims, dataset_size)
     size = spatial_shape(image_size, spatial_dims)
-    if family in AUTOENCODER_FAMILIES:
+    spec = families.get_family(family)
+    if spec.is_autoencoder:
         stages = _stages(size, options)
-        if stages is not None and "channels" not in options:
+        if spec.width_rule is families.WidthRule.STRIDED and stages is not None and "channels" not in options:
             options["channels"] = _stage_widths(width, stages)
         return options
-    if family not in GAN_FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
-    generator_cls = GAN_FAMILIES[family][0]
     generator = options.setdefault("generator", {})
     critic = options.setdefault("critic", {})
-    if generator_cls is FullyConnectedGenerator:
+    if spec.width_rule is families.WidthRule.DENSE:
         generator.setdefault("hidden_sizes", [4 * width, 8 * width, 16 * width])
         critic.setdefault("hidden_sizes", [8 * width, 4 * width])
-    elif generator_cls is DCGANGenerator:
+    elif spec.width_rule is families.WidthRule.STRIDED:
         for part in (generator, critic):
             stages = _stages(size, {**options, **part})
             if stages is not None and "channels" not in part and "channels" not in options:
                 widths = _stage_widths(width, stages)
                 part["channels"] = widths[::-1] if part is generator else widths
-    else:
+    elif spec.width_rule is families.WidthRule.RESIDUAL:
         for part in (generator, critic):
             if "channels" not in part and "channels" not in options:
                 part.setdefault("base_channels", options.get("base_channels", width))
@@ -166,7 +125,7 @@ def build(
     """Build the networks of `family`.
 
     Args:
-        family: one of `FAMILIES`.
+        family: a registered family (`medvol.families`).
         spatial_dims: 2 or 3.
         image_size: spatial shape of the images.
         num_classes: number of classes; the conditional families (cgan, acwgan_gp) need at least 2, the others use
@@ -180,19 +139,19 @@ def build(
     Raises:
         ValueError: unknown family, a conditional family without classes, or an override no network takes.
     """
-    if family in AUTOENCODER_FAMILIES:
-        cls = AUTOENCODER_FAMILIES[family]
+    spec = families.get_family(family)
+    if spec.is_autoencoder:
+        cls = spec.network_class("autoencoder")
         unknown = [key for key in overrides if not _accepts(cls, key)]
         if unknown:
             raise ValueError(f"{family}: {cls.__name__} takes no argument {unknown[0]!r}")
-        return {"autoencoder": cls(spatial_dims, image_size, **overrides)}
-    if family not in GAN_FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
-    generator_cls, critic_cls, generator_args, critic_args, conditional = GAN_FAMILIES[family]
-    if conditional and num_classes < 2:
+        return {"autoencoder": cls(spatial_dims, image_size, **{**spec.network_args.get("autoencoder", {}), **overrides})}
+    generator_cls, critic_cls = spec.network_class("generator"), spec.network_class("critic")
+    if spec.conditional and num_classes < 2:
         raise ValueError(f"{family} is a conditional family: it needs num_classes >= 2, got {num_classes}")
-    generator_args = {**generator_args, "num_classes": num_classes if conditional else 0}
-    critic_args = {**critic_args, "num_classes": num_classes if conditional else 0}
+    classes = num_classes if spec.conditional else 0
+    generator_args = {**spec.network_args.get("generator", {}), "num_classes": classes}
+    critic_args = {**spec.network_args.get("critic", {}), "num_classes": classes}
     generator_args.update(overrides.pop("generator", None) or {})
     critic_args.update(overrides.pop("critic", None) or {})
     for key, value in overrides.items():

@@ -1,6 +1,6 @@
 """Training objectives: adversarial losses for the GAN families, reconstruction losses for the autoencoders.
 
-`build_objective(family)` gives the objective of a model family (see `medvol.networks.factory`) with its recommended
+`build_objective(family)` gives the objective of a model family (see `medvol.families`) with its recommended
 optimiser settings; `build_optimizer(parameters, settings["optimizer"])` turns those settings into a torch optimiser.
 """
 
@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from medvol import families
 from medvol.objectives.adversarial import (
     AdversarialObjective,
     HingeLoss,
@@ -25,17 +26,6 @@ from medvol.objectives.adversarial import (
 )
 from medvol.objectives.reconstruction import ReconstructionLoss, VAELoss, kl_divergence
 
-OBJECTIVES: dict[str, tuple[type, dict[str, Any]]] = {
-    "cae": (ReconstructionLoss, {}),
-    "vae": (VAELoss, {}),
-    "gan": (NonSaturatingGANLoss, {}),
-    "dcgan": (NonSaturatingGANLoss, {}),
-    "cgan": (NonSaturatingGANLoss, {"mode_seeking_weight": 1.0}),
-    "wgan": (WassersteinWeightClipping, {}),
-    "wgan_gp": (WassersteinGradientPenalty, {}),
-    # the conditional families ignore their noise without the mode-seeking term (one image per class; docs/results.md)
-    "acwgan_gp": (WassersteinGradientPenalty, {"auxiliary_weight": 1.0, "mode_seeking_weight": 1.0}),
-}
 SETTING_KEYS = ("critic_steps", "optimizer", "lr", "betas")
 #: adversarial losses any GAN family can switch to with `loss=NAME` (the family's defaults that the new class takes,
 #: such as `mode_seeking_weight` or `auxiliary_weight`, are kept)
@@ -51,7 +41,7 @@ def build_objective(family: str, **overrides: Any) -> tuple[AdversarialObjective
     """The objective of a model family and its recommended optimiser settings.
 
     Args:
-        family: cae, vae, gan, dcgan, cgan, wgan, wgan_gp or acwgan_gp.
+        family: a registered family (`medvol.families`): its objective class and defaults.
         overrides: `critic_steps`, `optimizer` (a dict merged into the recommended one), `lr` and `betas` change the
             settings; `loss` (a GAN family only) replaces the adversarial loss by one of `LOSSES` (e.g. `loss=hinge`),
             with that loss's recommended settings; any other key goes to the objective's constructor (e.g.
@@ -64,9 +54,8 @@ def build_objective(family: str, **overrides: Any) -> tuple[AdversarialObjective
         Adam lr 1e-4 betas (0, 0.9) and 5 steps; BCE families Adam lr 2e-4 betas (0.5, 0.999) and 1 step; autoencoders
         Adam lr 1e-3.
     """
-    if family not in OBJECTIVES:
-        raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(OBJECTIVES)}")
-    cls, defaults = OBJECTIVES[family]
+    spec = families.get_family(family)
+    cls, defaults = spec.objective_class(), dict(spec.objective_defaults)
     loss = overrides.pop("loss", None)
     if loss is not None:
         if not issubclass(cls, AdversarialObjective):
@@ -117,7 +106,6 @@ def build_optimizer(parameters: Iterable[torch.nn.Parameter], optimizer: dict[st
 
 
 __all__ = [
-    "OBJECTIVES",
     "AdversarialObjective",
     "HingeLoss",
     "LOSSES",

@@ -22,14 +22,16 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow, ckpt_export, verify_net_in_out
 
-from medvol.bundles import BUNDLES_DIR, FAMILIES, load_workflow, resolve_bundle, torchrun_command
+from medvol.bundles import BUNDLES_DIR, load_workflow, resolve_bundle, torchrun_command
 from medvol.bundles.inference import export_network, exported_network_name, latent_input_size
 from medvol.errors import MedvolInputError
+from medvol.families import family_names
 from medvol.networks.factory import build, sized_options
 from medvol.sampling import load_networks, load_run_record
 
 REPO_ROOT = BUNDLES_DIR.parent
 SIZE = 16
+FAMILIES = family_names()  # the families registered by medvol, each with a folder under bundles/
 CONDITIONAL = ("cgan", "acwgan_gp")
 # narrow networks so that one iteration takes about a second on a CPU
 TINY_NETWORKS = {

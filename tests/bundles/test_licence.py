@@ -7,7 +7,8 @@ import tomllib
 
 import pytest
 
-from medvol.bundles import BUNDLES_DIR, FAMILIES
+from medvol.bundles import BUNDLES_DIR
+from medvol.families import family_names
 
 ROOT = BUNDLES_DIR.parent
 
@@ -21,7 +22,7 @@ def test_root_licence_is_the_apache_2_text_pyproject_declares():
     assert project["license"] == {"text": "Apache-2.0"}
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", family_names())
 def test_every_bundle_has_the_licence(family):
     licence = BUNDLES_DIR / family / "LICENSE"
     assert licence.is_file(), f"{licence} is missing"
@@ -30,5 +31,5 @@ def test_every_bundle_has_the_licence(family):
 
 def test_no_bundle_folder_without_a_licence():
     bundles = sorted(p.name for p in BUNDLES_DIR.iterdir() if (p / "configs").is_dir())
-    assert bundles and sorted(FAMILIES) == bundles
+    assert bundles and sorted(family_names()) == bundles
     assert not [name for name in bundles if not (BUNDLES_DIR / name / "LICENSE").is_file()]

@@ -117,10 +117,10 @@ def test_evaluation_writes_every_key_with_counts_utility_filtering_and_report(pr
 def test_bundle_evaluate_config_runs_the_same_evaluation(prepared, synthetic, tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
-    from medvol.bundles import FAMILIES, run_workflow
-    from medvol.bundles import BUNDLES_DIR
+    from medvol.bundles import BUNDLES_DIR, run_workflow
+    from medvol.families import family_names
 
-    assert all((BUNDLES_DIR / family / "configs" / "evaluate.yaml").is_file() for family in FAMILIES)
+    assert all((BUNDLES_DIR / family / "configs" / "evaluate.yaml").is_file() for family in family_names())
     run_dir = tmp_path / "run"
     shutil.copytree(synthetic, run_dir / "synthetic")  # where the sample workflow writes by default
     (run_dir / "run.json").write_text(json.dumps({"family": "cgan", "datalist": str(prepared)}))

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from medvol.networks import MinibatchStdDev, build, count_parameters
-from medvol.networks.factory import FAMILIES, GAN_FAMILIES, default_width, parameter_counts, sized_options
+from medvol.families import FamilyKind, family_names
+from medvol.networks.factory import default_width, parameter_counts, sized_options
 
 
 def test_minibatch_std_appends_the_group_spread():
@@ -30,7 +31,7 @@ def test_minibatch_std_separates_identical_from_varied_batches():
     assert float(layer(varied)[:, -1].min()) > 0.5
 
 
-@pytest.mark.parametrize("family", list(GAN_FAMILIES))
+@pytest.mark.parametrize("family", family_names(FamilyKind.ADVERSARIAL))
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_every_critic_takes_minibatch_std(family, spatial_dims):
     options = sized_options(family, spatial_dims, 16, {"minibatch_std": True}, width=4)
@@ -88,7 +89,7 @@ def test_user_settings_win_and_width_overrides_the_default():
         sized_options("dcgan", 2, 32, {}, width=0)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", family_names())
 def test_sized_networks_build_in_2d_and_3d(family):
     for spatial_dims in (2, 3):
         options = sized_options(family, spatial_dims, 16, {}, width=2)
