@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medvol.evaluation.keys import MetricsKeys as Keys
 from medvol.io.files import atomic_write_bytes
 from medvol.report.figures import (
     REAL_COLOUR,
@@ -171,12 +172,12 @@ def _first(indices: np.ndarray, count: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------------------- sections
 def _unrealistic(metrics: Mapping) -> bool:
-    return (metrics.get("verdict") or {}).get("realistic") is False
+    return (metrics.get(Keys.VERDICT) or {}).get("realistic") is False
 
 
 def _verdict(metrics: Mapping) -> str:
     """The verdict (``metrics["verdict"]``, `medvol.metrics.verdict`) as the report's first paragraph."""
-    verdict = metrics.get("verdict")
+    verdict = metrics.get(Keys.VERDICT)
     if not verdict:
         return ""
     style = {"not_realistic": "flag", "concerns": "warn", "close_to_real": "ok"}.get(verdict.get("level"), "")
@@ -189,39 +190,39 @@ def _summary(metrics: Mapping) -> str:
     def add(name: str, synthetic: str, baseline: str, better: str) -> None:
         rows.append([_e(name), synthetic, baseline, _e(better)])
 
-    add("FID", _interval(metrics.get("fid")), _interval(metrics.get("fid_real_baseline")),
+    add("FID", _interval(metrics.get(Keys.FID)), _interval(metrics.get(Keys.FID_REAL_BASELINE)),
         "lower; 0 = the same feature statistics; read as a multiple of the baseline (new real images score it)")
-    add("KID", _interval(metrics.get("kid")), _interval(metrics.get("kid_real_baseline")),
+    add("KID", _interval(metrics.get(Keys.KID)), _interval(metrics.get(Keys.KID_REAL_BASELINE)),
         "lower; 0 = the same distribution (unbiased: slightly below 0 happens); read against the baseline as FID")
-    add("MMD", _number(metrics.get("mmd")), _number(metrics.get("mmd_real_baseline")),
+    add("MMD", _number(metrics.get(Keys.MMD)), _number(metrics.get(Keys.MMD_REAL_BASELINE)),
         "lower; 0 = the same distribution")
     for key, note in (("precision", "0 to 1, higher: the share of samples that lie among real images"),
                       ("recall", "0 to 1, higher: the share of the real variety the samples cover"),
                       ("density", "about 1 for samples spread like real ones; near 0: outside the real images"),
                       ("coverage", "0 to 1, higher: the share of real images with a sample close by")):
         add(key, _number(metrics.get(key)), _number(metrics.get(f"{key}_real_baseline")), note)
-    add("MS-SSIM among samples", _number(metrics.get("ms_ssim_synthetic")), _number(metrics.get("ms_ssim_real")),
+    add("MS-SSIM among samples", _number(metrics.get(Keys.MS_SSIM_SYNTHETIC)), _number(metrics.get(Keys.MS_SSIM_REAL)),
         "0 to 1 (1 = identical pairs); should be near the real value: much higher, less diverse; much lower, "
         "noise-like")
-    collapse = metrics.get("mode_collapse")
+    collapse = metrics.get(Keys.MODE_COLLAPSE)
     collapse_text = '<span class="flag">yes</span>' if collapse else '<span class="ok">no</span>'
     if not collapse and _unrealistic(metrics):  # noise is diverse: no all-clear for unrealistic samples
         collapse_text = '<span class="note">not judged</span>'
     reasons = _reasons(metrics)
     reading = reasons[0] + (f"; and {len(reasons) - 1} more (see Diversity)" if len(reasons) > 1 else "") if reasons else ""
     add("mode collapse", collapse_text, "–", reading)
-    privacy = metrics.get("privacy") or {}
+    privacy = metrics.get(Keys.PRIVACY) or {}
     expected = privacy.get("expected_fraction", 0.05)
     add("possible copies (flagged fraction)", _number(privacy.get("flagged_fraction")), _number(expected),
         f"the share of samples closer to a training image than 95% of held-out real images are; about {expected:.0%} "
         "by construction (held-out real images pass that often); far more: memorisation")
-    recognised = metrics.get("recognisability") or {}
+    recognised = metrics.get(Keys.RECOGNISABILITY) or {}
     classes = len(recognised.get("per_class") or {})
     chance = f"; chance {1 / classes:.2f} for {classes} classes" if classes >= 2 else ""
     add("recognisability (overall)", _number(recognised.get("overall")),
         _number((recognised.get("real_test") or {}).get("overall")),
         f"0 to 1, higher; baseline: the same classifier on real test images{chance}")
-    utility = metrics.get("utility")
+    utility = metrics.get(Keys.UTILITY)
     if utility:
         arms = utility.get("arms") or {}
         metric = "accuracy" if "accuracy" in (arms.get("real") or {}) else next(iter(arms.get("real") or {}), None)
@@ -233,7 +234,7 @@ def _summary(metrics: Mapping) -> str:
                 real_entry = arms["real"].get(metric) or {}
                 add(f"utility: {metric}, {arm}", _mean_sd(entry), _mean_sd(real_entry), "higher; baseline: the `real` arm")
     header = ["number", "synthetic", "real baseline", "reading"]
-    knn_n = (metrics.get("precision_recall_n") or {}).get("n")
+    knn_n = (metrics.get(Keys.PRECISION_RECALL_N) or {}).get("n")
     same_n = (f" Precision, recall, density and coverage: the synthetic set and the held-out baseline both with "
               f"n = {_number(knn_n)} samples (coverage and recall grow with n)." if knn_n is not None else "")
     note = ('<p class="note">Each synthetic number sits next to the same number computed for real held-out images '
@@ -242,14 +243,14 @@ def _summary(metrics: Mapping) -> str:
             "on the value; FID clipped at 0); they describe the spread between sets of this size, not the distance "
             f"between the distributions (see Methods).{same_n}</p>")
     warning = ""
-    if metrics.get("fid_note"):
-        warning = f'<p><span class="flag">{_e(metrics["fid_note"])}</span> <a href="#privacy">Privacy</a></p>'
+    if metrics.get(Keys.FID_NOTE):
+        warning = f'<p><span class="flag">{_e(metrics[Keys.FID_NOTE])}</span> <a href="#privacy">Privacy</a></p>'
     return _section("summary", "Summary", warning + _table(header, rows, numeric_to=3) + note)
 
 
 def _reasons(metrics: Mapping) -> list[str]:
     """The rules that raised `mode_collapse`, one per entry (the diversity report joins them with '; ')."""
-    text = str((metrics.get("diversity") or {}).get("mode_collapse_reason") or "")
+    text = str((metrics.get(Keys.DIVERSITY) or {}).get("mode_collapse_reason") or "")
     return [part.strip() for part in text.split("; ") if part.strip()]
 
 
@@ -323,14 +324,14 @@ def _padded_limits(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _diversity(metrics: Mapping) -> str:
-    diversity = metrics.get("diversity") or {}
+    diversity = metrics.get(Keys.DIVERSITY) or {}
     per_class = diversity.get("per_class") or {}
     rows = []
     for name, entry in per_class.items():
         rows.append([_e(name)] + [_number(entry.get(k)) for k in
                                   ("ms_ssim_synthetic", "ms_ssim_real", "distance_synthetic", "distance_real")])
     table = _table(["class", "MS-SSIM synthetic", "MS-SSIM real", "mean |difference| synthetic", "mean |difference| real"], rows) if rows else ""
-    collapse = metrics.get("mode_collapse")
+    collapse = metrics.get(Keys.MODE_COLLAPSE)
     verdict = '<p><span class="flag">Mode collapse.</span></p>' if collapse else '<p><span class="ok">No mode collapse.</span></p>'
     if not collapse and _unrealistic(metrics):
         verdict = ('<p><span class="note">Mode collapse not judged: the samples are not realistic (see the verdict), '
@@ -344,7 +345,7 @@ def _diversity(metrics: Mapping) -> str:
 
 
 def _privacy(metrics: Mapping, inputs: ReportInputs) -> str:
-    privacy = metrics.get("privacy") or {}
+    privacy = metrics.get(Keys.PRIVACY) or {}
     threshold = privacy.get("threshold") or {}
     nearest = [n for n in privacy.get("nearest") or [] if n.get("flagged")]
     nearest.sort(key=lambda n: float(n.get("feature_distance", math.inf)))
@@ -373,7 +374,7 @@ def _privacy(metrics: Mapping, inputs: ReportInputs) -> str:
 
 
 def _recognisability(metrics: Mapping) -> str:
-    recognised = metrics.get("recognisability") or {}
+    recognised = metrics.get(Keys.RECOGNISABILITY) or {}
     if recognised.get("skipped"):
         return _section("recognisability", "Recognisability", f"<p>{_e(recognised['skipped'])}</p>")
     real = (recognised.get("real_test") or {}).get("per_class") or {}
@@ -459,15 +460,15 @@ def _utility_tables(utility: Mapping, classes: Sequence[str] = ()) -> str:
 
 
 def _utility(metrics: Mapping) -> str:
-    utility = metrics.get("utility")
+    utility = metrics.get(Keys.UTILITY)
     if not utility:
         return _section("utility", "Utility", "<p>Not requested (run with <code>--utility</code>).</p>")
-    classes = (metrics.get("inputs") or {}).get("classes") or ()
+    classes = (metrics.get(Keys.INPUTS) or {}).get("classes") or ()
     return _section("utility", "Utility: does synthetic data help a classifier?", _utility_tables(utility, classes))
 
 
 def _filtering(metrics: Mapping) -> str:
-    filtering = metrics.get("filtering")
+    filtering = metrics.get(Keys.FILTERING)
     if not filtering:
         return _section("filtering", "Filtering", "<p>Not requested (run with <code>--filter</code>).</p>")
     dropped = filtering.get("dropped") or []
@@ -475,7 +476,7 @@ def _filtering(metrics: Mapping) -> str:
             f"{len(dropped)} ({_number(filtering.get('dropped_fraction'))}).</p>")
     if dropped:
         text += "<details><summary>dropped files</summary><ul>" + "".join(f"<li>{_e(p)}</li>" for p in dropped) + "</ul></details>"
-    classes = (metrics.get("inputs") or {}).get("classes") or ()
+    classes = (metrics.get(Keys.INPUTS) or {}).get("classes") or ()
     text += "<h3>Utility after filtering</h3>" + _utility_tables(filtering.get("utility_after") or {}, classes)
     return _section("filtering", "Filtering: utility before and after", text)
 
@@ -519,7 +520,7 @@ def _curves(inputs: ReportInputs) -> str:
 
 
 def _inputs(metrics: Mapping) -> str:
-    inputs = metrics.get("inputs") or {}
+    inputs = metrics.get(Keys.INPUTS) or {}
     counts = inputs.get("counts") or {}
     classes = inputs.get("classes") or []
     rows = [[_e(split), _number(entry.get("total"))] + [_number((entry.get("per_class") or {}).get(c)) for c in classes]
@@ -533,7 +534,7 @@ def _inputs(metrics: Mapping) -> str:
                                    f"{(metrics.get('feature_extractor') or {}).get('description')}"),
              ("run", inputs.get("run")), ("seed", inputs.get("seed")), ("device", inputs.get("device"))]
     facts_table = _table(["", ""], [[_e(k), _e(v)] for k, v in facts], numeric_from=2)
-    timing = metrics.get("timing") or {}
+    timing = metrics.get(Keys.TIMING) or {}
     timing_table = _table(["stage", "seconds"], [[_e(k), _number(v)] for k, v in timing.items()])
     skipped = inputs.get("synthetic_skipped_files") or []
     skipped_text = (f"<details><summary>{len(skipped)} files of the synthetic folder not used</summary><ul>"
@@ -542,7 +543,7 @@ def _inputs(metrics: Mapping) -> str:
 
 
 def _methods(metrics: Mapping) -> str:
-    methods = metrics.get("methods") or {}
+    methods = metrics.get(Keys.METHODS) or {}
     items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in methods.items())
     return _section("methods", "How each number was computed", f"<dl>{items}</dl>")
 
@@ -556,7 +557,7 @@ def render_report(metrics: Mapping, inputs: ReportInputs, title: str = "medvol e
         _recognisability(metrics), _utility(metrics), _filtering(metrics), _curves(inputs), _inputs(metrics),
         _methods(metrics),
     ])
-    source = (metrics.get("inputs") or {}).get("synthetic", "")
+    source = (metrics.get(Keys.INPUTS) or {}).get("synthetic", "")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"

@@ -18,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Experiment, finished_run, fmt, load_json, mean_sd, parser, signed_interval  # noqa: E402
 
+from medvol.evaluation.keys import METRICS_FILE, MetricsKeys as Keys  # noqa: E402
+
 NAME = "adrenal3d"
 CLASSES = ("normal", "hyperplasia")
 ARMS = ("real", "real+augmentation", "synthetic", "real+synthetic", "real+augmentation+synthetic")
@@ -209,7 +211,7 @@ def main() -> None:
         evaluate += ["--classifier-epochs", settings["classifier_epochs"]]
     if settings["max_samples"] is not None:
         evaluate += ["--max-samples", settings["max_samples"]]
-    exp.medvol(*evaluate, skip_if=evaluation / "metrics.json")
+    exp.medvol(*evaluate, skip_if=evaluation / METRICS_FILE)
 
     # the same samples before snapping, judged in the same feature space (the evaluation's feature extractor)
     continuous, continuous_evaluation = exp.out / "samples-continuous", exp.out / "evaluation-continuous"
@@ -218,10 +220,10 @@ def main() -> None:
     exp.medvol("evaluate", "--real", data / "datalist.json", "--synthetic", continuous, "--out", continuous_evaluation,
                "--features", evaluation / "features" / "feature_extractor.pt", "--device", exp.device,
                *(["--max-samples", settings["max_samples"]] if settings["max_samples"] is not None else []),
-               skip_if=continuous_evaluation / "metrics.json")
+               skip_if=continuous_evaluation / METRICS_FILE)
 
-    metrics = load_json(evaluation / "metrics.json")
-    metrics["continuous"] = load_json(continuous_evaluation / "metrics.json")
+    metrics = load_json(evaluation / METRICS_FILE)
+    metrics["continuous"] = load_json(continuous_evaluation / METRICS_FILE)
     run_record = load_json(run / "run.json")
     figures = montages(exp, data / "datalist.json", samples, exp.out, size)
     results = page(exp, settings, metrics, run_record, figures)
@@ -230,18 +232,18 @@ def main() -> None:
 
 def page(exp: Experiment, settings: dict, metrics: dict, run_record: dict, figures) -> tuple[dict, str]:
     """results.json content and the markdown page."""
-    utility = metrics["utility"]
-    counts = metrics["inputs"]["counts"]
+    utility = metrics[Keys.UTILITY]
+    counts = metrics[Keys.INPUTS]["counts"]
     test = counts["test"]["per_class"]
     majority = max(test.values()) / sum(test.values())
-    diversity = metrics["diversity"]
-    privacy = metrics["privacy"]
-    recognised = metrics["recognisability"]
+    diversity = metrics[Keys.DIVERSITY]
+    privacy = metrics[Keys.PRIVACY]
+    recognised = metrics[Keys.RECOGNISABILITY]
     size = settings["size"]
     utility_table, difference_table = utility_rows(utility)
     training_counts = counts["training"]["per_class"]
     normal_share = training_counts.get("normal", 0) / max(1, sum(training_counts.values()))
-    collapse = "YES" if metrics["mode_collapse"] else "no"
+    collapse = "YES" if metrics[Keys.MODE_COLLAPSE] else "no"
     if diversity.get("mode_collapse_reason"):
         collapse += f" ({diversity['mode_collapse_reason']})"
     per_class_diversity = "\n".join(
@@ -251,7 +253,7 @@ def page(exp: Experiment, settings: dict, metrics: dict, run_record: dict, figur
         for name, entry in diversity["per_class"].items())
     recognition = "\n".join(
         f"| {name} | {fmt(recognised['per_class'].get(name))} | {fmt(recognised['real_test']['per_class'].get(name))} |"
-        for name in metrics["inputs"]["classes"])
+        for name in metrics[Keys.INPUTS]["classes"])
     real_bal = utility["arms"]["real"]["balanced_accuracy"]
     mixed = utility["paired_difference"].get("real+synthetic", {})
     reading = []
@@ -270,7 +272,7 @@ def page(exp: Experiment, settings: dict, metrics: dict, run_record: dict, figur
     iterations = run_record.get("iterations") or settings["iterations"]
     snapping = snapping_section(metrics, metrics["continuous"])
     fid_note = f"Feature extractor: {metrics['feature_extractor']['description']}."
-    if (metrics["fid"].get("value") or 0) < (metrics["fid_real_baseline"].get("value") or 0):
+    if (metrics[Keys.FID].get("value") or 0) < (metrics[Keys.FID_REAL_BASELINE].get("value") or 0):
         fid_note += (" The synthetic set's FID lies below the real test split's: a classifier that fits its training "
                      "images perfectly places unseen real volumes further from them, so a synthetic set can sit closer "
                      "to the training volumes than new real ones without being more realistic. Nearness to individual "

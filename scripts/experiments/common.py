@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medvol.evaluation.keys import METRICS_FILE
+
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 PROFILES = ("cpu", "gpu", "smoke")
@@ -156,8 +158,8 @@ class Experiment:
         """
         self.medvol("evaluate", "--real", Path(real) / "datalist.json", "--synthetic", synthetic, "--out", out,
                     "--device", self.device, *options,
-                    skip_if=up_to_date(Path(out) / "metrics.json", Path(synthetic) / "datalist.json"))
-        return load_json(Path(out) / "metrics.json")
+                    skip_if=up_to_date(Path(out) / METRICS_FILE, Path(synthetic) / "datalist.json"))
+        return load_json(Path(out) / METRICS_FILE)
 
     def figure_path(self, name: str) -> Path:
         return self.docs / name

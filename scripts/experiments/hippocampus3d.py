@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, Experiment, check_run_options, finished_run, fmt, load_json, parser  # noqa: E402
 
+from medvol.evaluation.keys import METRICS_FILE, MetricsKeys as Keys  # noqa: E402
+
 NAME = "hippocampus3d"
 SOURCE = "hippocampus3d"
 GRID = (24, 32, 24)
@@ -175,14 +177,14 @@ def gan_summary(metrics: dict) -> dict:
             "precision_real_baseline", "recall_real_baseline", "coverage_real_baseline", "ms_ssim_synthetic",
             "ms_ssim_real", "mode_collapse")
     summary = {key: metrics.get(key) for key in keys}
-    summary["mode_collapse_reason"] = (metrics.get("diversity") or {}).get("mode_collapse_reason", "")
-    summary["distance_synthetic"] = (metrics.get("diversity") or {}).get("distance_synthetic")
-    summary["distance_real"] = (metrics.get("diversity") or {}).get("distance_real")
-    privacy = metrics["privacy"]
+    summary["mode_collapse_reason"] = (metrics.get(Keys.DIVERSITY) or {}).get("mode_collapse_reason", "")
+    summary["distance_synthetic"] = (metrics.get(Keys.DIVERSITY) or {}).get("distance_synthetic")
+    summary["distance_real"] = (metrics.get(Keys.DIVERSITY) or {}).get("distance_real")
+    privacy = metrics[Keys.PRIVACY]
     summary["privacy"] = {"flagged": len(privacy["flagged"]), "flagged_fraction": privacy["flagged_fraction"],
                           "expected_fraction": privacy["expected_fraction"],
                           "flagged_with_ssim_fraction": privacy.get("flagged_with_ssim_fraction")}
-    summary["feature_extractor"] = {k: v for k, v in (metrics.get("feature_extractor") or {}).items()
+    summary["feature_extractor"] = {k: v for k, v in (metrics.get(Keys.FEATURE_EXTRACTOR) or {}).items()
                                     if k in ("kind", "source", "epochs", "description")}
     return summary
 
@@ -205,11 +207,11 @@ def main() -> None:
     for label, run in autoencoders.items():
         out = work / f"reconstruction_{run.name.removeprefix('run_')}"
         exp.medvol("evaluate", "--real", volumes / "datalist.json", "--reconstruct", run, "--out", out,
-                   "--device", exp.device, skip_if=out / "metrics.json")
-        metrics = load_json(out / "metrics.json")
+                   "--device", exp.device, skip_if=out / METRICS_FILE)
+        metrics = load_json(out / METRICS_FILE)
         figure = exp.figure_path(f"reconstruction_{run.name.removeprefix('run_')}.png")
         figure.write_bytes((out / "reconstruction.png").read_bytes())
-        reconstruction[label] = {"training": training_facts(run), "figure": figure.name, "images": metrics["inputs"],
+        reconstruction[label] = {"training": training_facts(run), "figure": figure.name, "images": metrics[Keys.INPUTS],
                                  **{k: metrics[k] for k in ("psnr", "ssim", "mae", "settings")}}
 
     # GANs: the same grid; about the same wall budget; DCGAN also at the WGAN-GP's iteration count

@@ -30,6 +30,8 @@ from common import (  # noqa: E402
     up_to_date,
 )
 
+from medvol.evaluation.keys import MetricsKeys as Keys  # noqa: E402
+
 NAME = "mednist"
 FAMILIES = ("cgan", "acwgan_gp")
 REGIMES = {"full": None, "low": 0.1}  # share of the training split; None: all of it
@@ -70,7 +72,7 @@ def montage(evaluation: Path, datalist: Path, samples: Path, out: Path) -> None:
 
 
 def summary_rows(metrics: dict, label: str) -> str:
-    recognised = metrics["recognisability"]
+    recognised = metrics[Keys.RECOGNISABILITY]
     return (
         f"| {label} | {fmt(metrics['fid'])} [{fmt(metrics['fid']['ci95'][0])}, {fmt(metrics['fid']['ci95'][1])}] "
         f"| {fmt(metrics['fid_real_baseline'])} | {fmt(metrics['kid'])} | {fmt(metrics['kid_real_baseline'])} "
@@ -117,15 +119,15 @@ def main() -> None:
                 "family": family, "regime": regime, "iterations": settings["iterations"][family],
                 "training_options": " ".join(map(str, options)),
                 "train_seconds": round(train_seconds, 1), "parameters": run_record.get("parameters"),
-                "training_images": metrics["inputs"]["counts"]["training"]["total"],
+                "training_images": metrics[Keys.INPUTS]["counts"]["training"]["total"],
                 "metrics": {k: metrics[k] for k in (
                     "fid", "fid_real_baseline", "kid", "kid_real_baseline", "precision", "recall", "density",
                     "coverage", "coverage_real_baseline", "ms_ssim_synthetic", "ms_ssim_real", "mode_collapse")},
-                "privacy": {k: metrics["privacy"][k] for k in ("flagged_fraction", "expected_fraction")}
-                | {"flagged": len(metrics["privacy"]["flagged"])},
-                "recognisability": metrics["recognisability"],
-                "utility": metrics["utility"],
-                "evaluation_seconds": metrics["timing"]["total"],
+                "privacy": {k: metrics[Keys.PRIVACY][k] for k in ("flagged_fraction", "expected_fraction")}
+                | {"flagged": len(metrics[Keys.PRIVACY]["flagged"])},
+                "recognisability": metrics[Keys.RECOGNISABILITY],
+                "utility": metrics[Keys.UTILITY],
+                "evaluation_seconds": metrics[Keys.TIMING]["total"],
             }
             results["runs"][key]["_metrics_full"] = metrics
     exp.finish(*page(results, settings, exp))

@@ -28,6 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Experiment, finished_run, fmt, load_json, parser  # noqa: E402
+
+from medvol.evaluation.keys import MetricsKeys as Keys  # noqa: E402
 from hippocampus3d import prepare_slices, prepare_volumes, train_gan, training_facts, triplanar_montage  # noqa: E402
 
 NAME = "slice_vs_volume"
@@ -94,9 +96,9 @@ def fidelity(metrics: dict) -> dict:
             "precision_real_baseline", "recall_real_baseline", "density_real_baseline", "coverage_real_baseline",
             "ms_ssim_synthetic", "ms_ssim_real", "mode_collapse")
     summary = {key: metrics.get(key) for key in keys}
-    summary["possible_copies"] = metrics["privacy"]["flagged_fraction"]
-    summary["n"] = (metrics.get("fid") or {}).get("n_real")
-    summary["counts"] = metrics["inputs"]["counts"]
+    summary["possible_copies"] = metrics[Keys.PRIVACY]["flagged_fraction"]
+    summary["n"] = (metrics.get(Keys.FID) or {}).get("n_real")
+    summary["counts"] = metrics[Keys.INPUTS]["counts"]
     return summary
 
 
