@@ -1,5 +1,5 @@
 """The names of metrics.json (`medvol.evaluation.keys`): every top-level key an evaluation writes is one of
-`MetricsKeys`, and the whole key tree of a small evaluation with every option is the one committed in
+`MetricsKeys`, and the whole key tree of a small evaluation with every option, in the order written, is the one committed in
 tests/evaluation/data/metrics_keys.json (written by the evaluation before it moved into `medvol.evaluation`)."""
 
 from __future__ import annotations
@@ -15,16 +15,13 @@ from tests.metrics.test_evaluate import prepared, synthetic  # noqa: F401 - fixt
 KEY_TREE = Path(__file__).parent / "data" / "metrics_keys.json"
 
 
-def key_tree(value, prefix: str = "") -> set[str]:
-    """Dotted paths of every dict key in `value` (lists of dicts: their first item, as ``[]``)."""
+def key_tree(value, prefix: str = "") -> list[str]:
+    """Dotted paths of every dict key in `value` in the order written (lists of dicts: their first item, as ``[]``)."""
     if isinstance(value, dict):
-        paths = set()
-        for key, item in value.items():
-            paths |= {prefix + key} | key_tree(item, f"{prefix}{key}.")
-        return paths
+        return [path for key, item in value.items() for path in (prefix + key, *key_tree(item, f"{prefix}{key}."))]
     if isinstance(value, list) and value and isinstance(value[0], dict):
         return key_tree(value[0], prefix + "[].")
-    return set()
+    return []
 
 
 def test_metrics_json_keys_are_the_named_ones_and_unchanged(prepared, synthetic, tmp_path):  # noqa: F811
@@ -34,7 +31,7 @@ def test_metrics_json_keys_are_the_named_ones_and_unchanged(prepared, synthetic,
     written = json.loads((out / METRICS_FILE).read_text())
     named = {value for name, value in vars(MetricsKeys).items() if name.isupper() and isinstance(value, str)}
     assert set(written) <= named and set(MetricsKeys.REQUIRED) <= set(written)
-    tree = sorted(key_tree(written))
+    tree = key_tree(written)
     if os.environ.get("MEDVOL_WRITE_KEY_TREE"):  # to record a deliberate change of metrics.json
         KEY_TREE.write_text(json.dumps(tree, indent=1) + "\n")
     assert tree == json.loads(KEY_TREE.read_text())
