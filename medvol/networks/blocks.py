@@ -248,11 +248,14 @@ class MinibatchStdDev(nn.Module):
             groups = torch.arange(batch, device=features.device) // size
         else:
             groups = torch.as_tensor(labels, device=features.device).reshape(-1).long()
-        spread = flat.new_zeros(batch)
-        for group in groups.unique():
-            members = groups == group
-            if int(members.sum()) > 1:
-                spread[members] = torch.sqrt(flat[members].var(dim=0, unbiased=False) + 1e-8).mean()
+        # same[i, j]: samples i and j share a group; sums over a group are matrix products (no unique(), no boolean
+        # masks: both would wait for the GPU on every critic call)
+        same = (groups[:, None] == groups[None, :]).to(flat.dtype)
+        members = same.sum(dim=1, keepdim=True)
+        with torch.autocast(features.device.type, enabled=False):  # float32 sums, also inside a bf16/fp16 critic
+            deviation = flat - same @ flat / members
+            variance = same @ deviation.square() / members
+        spread = torch.where(members[:, 0] > 1, torch.sqrt(variance + 1e-8).mean(dim=1), 0.0)
         shape = (batch, 1, *features.shape[2:])
         channel = spread.reshape(batch, *([1] * (features.ndim - 1))).expand(shape)
         return torch.cat([features, channel.to(features.dtype)], dim=1)
