@@ -1,7 +1,8 @@
 """The `medvol` command: argument parsing and dispatch.
 
-Each sub-command's work lives in `medvol.commands.<name>.run(args) -> int`; this module only parses, dispatches
-and turns user errors (`MedvolInputError`) into one line on stderr with exit code 2.
+Each sub-command's work lives in `medvol.commands.<name>.run(**options) -> int`, a function with one keyword
+parameter per option (`_add_<name>` declares them); this module only parses, dispatches and turns user errors
+(`MedvolInputError`) into one line on stderr with exit code 2.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import os
 import sys
 
-from medvol import __version__, families
+from medvol import __version__, defaults, families
 from medvol.errors import MedvolInputError
 
 EXIT_OK = 0
@@ -47,7 +48,8 @@ def _batch_size(text: str) -> str | int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full command-line contract of DESIGN.md."""
+    """The full command-line contract of DESIGN.md: one `_add_<command>` per sub-command. Each option's destination
+    is the name of a keyword parameter of ``medvol.commands.<command>.run``, which `main` calls with them."""
     parser = argparse.ArgumentParser(
         prog="medvol",
         description="Synthetic volumetric (3D) and slice-wise (2D) medical images on top of MONAI.",
@@ -55,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medvol {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_inspect, _add_convert, _add_prepare, _add_train, _add_sample, _add_evaluate, _add_bench, _add_demo):
+        add(sub)
+    return parser
 
+
+def _add_inspect(sub) -> None:
     p = sub.add_parser(
         "inspect",
         help="list every image series under PATH with its geometry and problems",
@@ -64,18 +71,25 @@ def build_parser() -> argparse.ArgumentParser:
         "(3x3 row-major, LPS patient frame, as SimpleITK reports them) and a list of problems.",
     )
     p.add_argument("path", help="DICOM file or folder, NIfTI file, or image folder")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
+    p.add_argument("--json", dest="as_json", action="store_true", help="print machine-readable JSON instead of a table")
 
+
+def _add_convert(sub) -> None:
     p = sub.add_parser(
         "convert",
         help="convert one DICOM series or 2D image to NIfTI with geometry preserved",
         description="Reads one series (DICOM folder or file, NIfTI, PNG/JPEG) and writes it as .nii or .nii.gz with "
         "spacing, origin and direction preserved. A folder with several series needs --series.",
     )
-    p.add_argument("input", help="DICOM folder/file, NIfTI or 2D image")
+    p.add_argument("input_path", metavar="input", help="DICOM folder/file, NIfTI or 2D image")
     p.add_argument("output", help="output path ending in .nii or .nii.gz")
     p.add_argument("--series", help="SeriesInstanceUID or SeriesDescription to pick when INPUT holds several series "
                    "(a volume id such as UID#echo2, as `medvol inspect` lists it, for one echo or time point)")
+
+
+def _add_prepare(sub) -> None:
+    from medvol.data.splits import DEFAULT_FRACTIONS
+    from medvol.io.duplicates import NEAR_DUPLICATE_CORRELATION
 
     p = sub.add_parser(
         "prepare",
@@ -140,14 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="identical images (same pixels) of different subjects or classes, which would leak test images into "
         "training: 'keep' every copy and put each group's subjects in one split (default: nothing is lost, nothing "
         "leaks), 'drop' the copies of other subjects than the first, or stop with an 'error'. Counts of exact and "
-        "near duplicates (thumbnail correlation above 0.98, reported only) go to report.json",
+        f"near duplicates (thumbnail correlation above {NEAR_DUPLICATE_CORRELATION:g}, reported only) go to "
+        "report.json",
     )
     p.add_argument("--spacing", type=_floats, help="target spacing in mm, comma separated (e.g. 1,1,1)")
     p.add_argument(
         "--split",
         type=_floats,
-        help="train,validation,test fractions (default 0.6,0.2,0.2; a MedMNIST .npz keeps its official split unless "
-        "this is given)",
+        help=f"train,validation,test fractions (default {','.join(f'{f:g}' for f in DEFAULT_FRACTIONS)}; a MedMNIST "
+        ".npz keeps its official split unless this is given)",
     )
     p.add_argument(
         "--class-names",
@@ -155,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="names of the integer class labels 0,1,... in order, comma separated (e.g. normal,hyperplasia for "
         "AdrenalMNIST3D: MedMNIST .npz files carry numbers only)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the patient-level split (default 0)")
+    p.add_argument("--seed", type=int, default=defaults.SEED,
+                   help="seed of the patient-level split (default %(default)s)")
     p.add_argument(
         "--train-fraction", type=float, default=None,
         help="keep only this share of the training subjects (stratified by class; e.g. 0.1 for a low-data "
@@ -169,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
         "not parallel), or all. Default: such volumes are skipped and listed in report.json with the reason",
     )
 
+
+def _add_train(sub) -> None:
+    low, high = defaults.WIDTH_DOUBLING_DATASET_SIZES
     p = sub.add_parser(
         "train",
         help="train a generative bundle; the same command on an existing RUN resumes",
@@ -181,14 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spatial-dims", type=int, choices=[2, 3], help="2 (slice-wise) or 3 (volumetric)")
     p.add_argument("--image-size", type=_ints, help="training image size, comma separated (default: the prepared size, else the bundle's)")
     p.add_argument("--iterations", type=int, help="generator iterations to train")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=defaults.SEED, help="random seed (default %(default)s)")
     p.add_argument("--checkpoint-every", type=int, help="save a checkpoint every K iterations")
     p.add_argument(
         "--evaluate-every",
         type=int,
         help="every K iterations: FID and diversity of generated samples against the validation split (TensorBoard "
-        "evaluation/*), keeping the checkpoint of the lowest FID as 'best'; 0: off (default: every tenth of runs of "
-        "2000 iterations or more, off for shorter ones)",
+        "evaluation/*), keeping the checkpoint of the lowest FID as 'best'; 0: off (default: "
+        f"{defaults.AUTO_EVALUATIONS} evaluations in runs of {defaults.AUTO_EVALUATION_MIN_ITERATIONS} iterations or "
+        "more, off for shorter ones)",
     )
     p.add_argument("--batch-size", type=_batch_size, default="auto", help="'auto' (memory plan) or an effective batch size")
     p.add_argument("--max-memory", type=float, help="memory budget in GB for the planner")
@@ -205,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--width",
         type=int,
-        help="base channel count of the networks (default: 32 in 2D, 16 in 3D, doubled from 2000 and 20000 training "
-        "samples); run.json records the widths and parameter counts",
+        help=f"base channel count of the networks (default: {defaults.BASE_WIDTH[2]} in 2D, {defaults.BASE_WIDTH[3]} "
+        f"in 3D, doubled from {low} and {high} training samples); run.json records the widths and parameter counts",
     )
     p.add_argument(
         "--network",
@@ -240,15 +260,18 @@ def build_parser() -> argparse.ArgumentParser:
         "positive; ada:target=0.6,speed=0.005); ops=translation+cutout picks operations. GAN families only",
     )
 
+
+def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="generate synthetic NIfTI or DICOM files from a trained run")
-    p.add_argument("run", help="run folder written by `medvol train`")
+    p.add_argument("run_dir", metavar="run", help="run folder written by `medvol train`")
     p.add_argument("--n", type=int, required=True, help="number of samples (per class for conditional models)")
     p.add_argument("--label", help="only this class label")
-    p.add_argument("--format", choices=["nifti", "dicom", "png"], default="nifti",
-                   help="output format (default nifti): NIfTI with the training geometry, one DICOM series per sample, "
-                   "or for 2D runs PNG in source units (8-bit when the training images' values fit 0-255, else 16-bit)")
+    p.add_argument("--format", dest="fmt", choices=["nifti", "dicom", "png"], default="nifti",
+                   help="output format (default %(default)s): NIfTI with the training geometry, one DICOM series per "
+                   "sample, or for 2D runs PNG in source units (8-bit when the training images' values fit 0-255, else "
+                   "16-bit)")
     p.add_argument("--out", required=True, help="output folder (gets datalist.json)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--seed", type=int, default=defaults.SEED, help="sampling seed (default %(default)s)")
     p.add_argument(
         "--checkpoint",
         default="latest",
@@ -256,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
         "RUN/checkpoints, or a path",
     )
 
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser(
         "evaluate",
         help="is the synthetic data faithful, diverse, private and useful? metrics.json and report.html",
@@ -283,22 +308,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output folder (metrics.json, report.html, caches reused by reruns)")
     p.add_argument("--utility", action="store_true", help="run the utility study (classifiers per arm and seed)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds of the utility study (default 3)")
-    p.add_argument(
-        "--synthetic-ratio", type=float, default=1.0, help="synthetic samples per real sample in the mixed arms (default 1)"
-    )
+    p.add_argument("--seeds", type=int, default=defaults.UTILITY_SEEDS,
+                   help="seeds of the utility study (default %(default)s)")
+    p.add_argument("--synthetic-ratio", type=float, default=defaults.SYNTHETIC_RATIO,
+                   help="synthetic samples per real sample in the mixed arms (default %(default)g)")
     p.add_argument("--classifier-epochs", type=int,
-                   help="epochs of every classifier trained (default: the recipe's 10 epochs, and at least 500 "
-                        "optimiser steps so that small training sets converge); every utility arm takes the optimiser "
-                        "steps these epochs of the real training split take, whatever its own size")
+                   help=f"epochs of every classifier trained (default: the recipe's {defaults.CLASSIFIER_EPOCHS} epochs, "
+                        f"and at least {defaults.CLASSIFIER_MIN_STEPS} optimiser steps so that small training sets "
+                        "converge); every utility arm takes the optimiser steps these epochs of the real training "
+                        "split take, whatever its own size")
     p.add_argument(
         "--features",
         help="feature extractor checkpoint (TorchScript or a medvol classifier) instead of the classifier trained on "
         "the real training split",
     )
-    p.add_argument("--run", help="the training run: its TensorBoard curves go into the report")
+    p.add_argument("--run", dest="run_dir", metavar="RUN", help="the training run: its TensorBoard curves go into the report")
     p.add_argument(
         "--filter",
+        dest="filter_synthetic",
         action="store_true",
         help="drop the synthetic samples a real-vs-synthetic classifier separates most confidently and report the "
         "utility before and after (implies --utility)",
@@ -327,21 +354,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=int, help="at most this many samples per real split and synthetic set (seeded "
                    "subset) in the distribution metrics; privacy searches the whole training split and --utility uses "
                    "every sample")
-    p.add_argument("--seed", type=int, default=0, help="seed of subsets, feature extractor, bootstrap (default 0)")
+    p.add_argument("--seed", type=int, default=defaults.SEED,
+                   help="seed of subsets, feature extractor, bootstrap (default %(default)s)")
 
+
+def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="benchmark loading, caching and training speed")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", dest="as_json", action="store_true", help="print JSON")
+
+
+def _add_demo(sub) -> None:
+    from medvol.commands.demo import DEMO_MINUTES, DEMO_OUT
 
     p = sub.add_parser("demo", help="the main job on built-in phantoms: prepare, train, sample, write a run folder")
-    p.add_argument("--out", default="medvol-demo", help="output folder (default ./medvol-demo)")
+    p.add_argument("--out", default=DEMO_OUT, help="output folder (default ./%(default)s)")
     p.add_argument(
         "--minutes",
         type=float,
-        default=8.0,
-        help="cap on the training time in minutes (default 8); each model stops at its iteration target or its share "
-        "of this cap, whichever comes first",
+        default=DEMO_MINUTES,
+        help="cap on the training time in minutes (default %(default)g); each model stops at its iteration target or "
+        "its share of this cap, whichever comes first",
     )
-    return parser
 
 
 class _OnlyOnce(logging.Filter):
@@ -397,8 +430,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     module = importlib.import_module(f"medvol.commands.{args.command}")
+    options = {key: value for key, value in vars(args).items() if key not in ("command", "verbose")}
     try:
-        return int(module.run(args) or EXIT_OK)
+        return int(module.run(**options) or EXIT_OK)
     except MedvolInputError as err:
         print(f"medvol {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

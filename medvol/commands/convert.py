@@ -73,14 +73,14 @@ def convert(input_path: str | Path, output_path: str | Path, series_key: str | N
     return summary
 
 
-def run(args) -> int:
-    """Entry point of `medvol convert`."""
-    summary = convert(args.input, args.output, args.series)
+def run(*, input_path: str, output: str, series: str | None = None) -> int:
+    """Entry point of `medvol convert` (see `convert`, whose arguments these are)."""
+    summary = convert(input_path, output, series)
     for skipped in summary["skipped"]:
         logger.warning("skipped %s: %s", skipped["path"], skipped["reason"])
     for problem in summary["problems"]:
-        logger.warning("%s: %s", args.input, problem)
+        logger.warning("%s: %s", input_path, problem)
     if summary["converted_from"]:
-        logger.warning("%s: converted from %s to greyscale (ITU-R 601 weights)", args.input, summary["converted_from"])
+        logger.warning("%s: converted from %s to greyscale (ITU-R 601 weights)", input_path, summary["converted_from"])
     print(f"wrote {summary['output']} (shape {summary['shape']})")
     return 0

@@ -21,7 +21,6 @@ convolutions costs over 10 s per critic step on a 2-core CPU at 32^3, so the WGA
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -33,11 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from medvol.engines.threads import intra_op_threads
 from medvol.errors import MedvolInputError
 
 logger = logging.getLogger(__name__)
 
+DEMO_OUT = "medvol-demo"
+DEMO_MINUTES = 8.0
 DEMO_SIZE = {3: [32, 32, 32], 2: [32, 32]}
 # (bundle, spatial dims, iterations, share of the time cap, overrides of the bundle config, samples per class)
 # The iteration targets are where the samples became recognisable phantoms in our runs (docs/results.md); the time
@@ -55,12 +55,8 @@ def prepare_phantoms(out_dir: Path, spatial_dims: int) -> Path:
 
     if (out_dir / "datalist.json").is_file():
         return out_dir
-    prepare.run(
-        argparse.Namespace(
-            source="phantoms", out=str(out_dir), mode="volume" if spatial_dims == 3 else "slice", labels=None,
-            size=DEMO_SIZE[spatial_dims], spacing=None, split=[0.6, 0.2, 0.2], seed=0,
-        )
-    )
+    prepare.run(source="phantoms", out=str(out_dir), mode="volume" if spatial_dims == 3 else "slice",
+                size=DEMO_SIZE[spatial_dims], split=[0.6, 0.2, 0.2], seed=0)
     return out_dir
 
 
@@ -82,7 +78,7 @@ def synthetic_montage(synthetic_dir: Path, path: Path) -> Path:
     return path
 
 
-def run_demo(out: str | Path, minutes: float = 8.0, only: str | None = None) -> dict[str, Any]:
+def run_demo(out: str | Path, minutes: float = DEMO_MINUTES, only: str | None = None) -> dict[str, Any]:
     """The demo (see the module docstring); returns what ``demo.json`` records.
 
     Args:
@@ -91,6 +87,8 @@ def run_demo(out: str | Path, minutes: float = 8.0, only: str | None = None) -> 
         only: run one part of the demo, ``"vae_3d"`` or ``"cgan_2d"`` (its share of the cap stays the same).
     """
     import torch
+
+    from medvol.engines.threads import intra_op_threads
 
     if not (math.isfinite(minutes) and minutes > 0):
         raise MedvolInputError("--minutes", f"must be a positive number, got {minutes}")
@@ -141,11 +139,11 @@ def _run_parts(out: Path, minutes: float, only: str | None, summary: dict[str, A
         # a demo run again into the same folder continues training; its samples replace the previous ones
         for previous in (synthetic_dir, run_dir / "synthetic_dicom"):
             shutil.rmtree(previous, ignore_errors=True)
-        document = sample(run_dir, per_class, synthetic_dir, "nifti", seed=0)
+        document = sample(run_dir, per_class, synthetic_dir, fmt="nifti", seed=0)
         outputs = {"nifti": str(synthetic_dir), "montage": str(synthetic_montage(synthetic_dir, run_dir / "synthetic_montage.png"))}
         if spatial_dims == 3:
             dicom_dir = run_dir / "synthetic_dicom"
-            sample(run_dir, 2, dicom_dir, "dicom", seed=1)
+            sample(run_dir, 2, dicom_dir, fmt="dicom", seed=1)
             outputs["dicom"] = str(dicom_dir)
         summary["runs"][f"{family}_{spatial_dims}d"] = {
             "run_dir": str(run_dir),
@@ -160,11 +158,11 @@ def _run_parts(out: Path, minutes: float, only: str | None, summary: dict[str, A
         }
 
 
-def run(args: argparse.Namespace) -> int:
-    """`medvol demo` (see the module docstring)."""
-    summary = run_demo(args.out, args.minutes)
+def run(*, out: str = DEMO_OUT, minutes: float = DEMO_MINUTES) -> int:
+    """`medvol demo` (see the module docstring and `run_demo`)."""
+    summary = run_demo(out, minutes)
     for name, result in summary["runs"].items():
         print(f"demo: {name}: {result['iterations']} iterations ({result['seconds_per_iteration']} s each), "
               f"{result['samples']} synthetic samples in {result['nifti']}, montage {result['montage']}")
-    print(f"demo: finished in {summary['seconds']:.0f} s; summary in {Path(args.out).resolve() / 'demo.json'}")
+    print(f"demo: finished in {summary['seconds']:.0f} s; summary in {Path(out).resolve() / 'demo.json'}")
     return 0

@@ -10,8 +10,9 @@ self-contained ``OUT/report.html``. The work is `medvol.metrics.evaluate.evaluat
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+from medvol import defaults
 
 
 def _summary_lines(metrics: dict) -> list[str]:
@@ -74,56 +75,81 @@ def _reconstruction_lines(metrics: dict) -> list[str]:
     ]
 
 
-def _reconstruction(args: argparse.Namespace) -> int:
-    """`medvol evaluate --real DATALIST --reconstruct RUN --out OUT`: the autoencoder's reconstructions."""
+def _reconstruction(real: str, reconstruct: str, out: str, *, device: str | None, max_samples: int | None,
+                    seed: int, refused: dict[str, bool]) -> int:
+    """`medvol evaluate --real DATALIST --reconstruct RUN --out OUT`: the autoencoder's reconstructions.
+
+    Args:
+        refused: whether each option of the synthetic-data evaluation was given (an error when one was).
+    """
     from medvol.errors import MedvolInputError
     from medvol.metrics.evaluate import METRICS_FILE
     from medvol.metrics.reconstruction import MONTAGE_FILE, evaluate_reconstruction
 
-    for option, given in (("--synthetic", args.synthetic), ("--utility", args.utility), ("--filter", args.filter),
-                          ("--features", args.features), ("--run", args.run), ("--balance", args.balance),
-                          ("--pretrain-synthetic", args.pretrain_synthetic),
-                          ("--select-confidence", args.select_confidence is not None)):
+    for option, given in refused.items():
         if given:
             raise MedvolInputError(option, "does not apply to --reconstruct (an autoencoder's reconstructions)")
-    metrics = evaluate_reconstruction(args.real, args.reconstruct, args.out, device=args.device,
-                                      max_samples=args.max_samples, seed=args.seed)
-    out = Path(args.out).expanduser().resolve()
+    metrics = evaluate_reconstruction(real, reconstruct, out, device=device, max_samples=max_samples, seed=seed)
+    out = Path(out).expanduser().resolve()
     for line in _reconstruction_lines(metrics):
         print(line)
     print(f"wrote {out / METRICS_FILE} and {out / MONTAGE_FILE} ({metrics['timing']['total']:.0f} s)")
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    """`medvol evaluate` (see the module docstring)."""
+def run(
+    *,
+    real: str,
+    out: str,
+    synthetic: str | None = None,
+    reconstruct: str | None = None,
+    utility: bool = False,
+    seeds: int = defaults.UTILITY_SEEDS,
+    synthetic_ratio: float = defaults.SYNTHETIC_RATIO,
+    classifier_epochs: int | None = None,
+    features: str | None = None,
+    run_dir: str | None = None,
+    filter_synthetic: bool = False,
+    select_confidence: float | None = None,
+    balance: bool = False,
+    pretrain_synthetic: bool = False,
+    device: str | None = None,
+    max_samples: int | None = None,
+    seed: int = defaults.SEED,
+) -> int:
+    """`medvol evaluate` (see the module docstring); the arguments are its options (``--filter`` is
+    `filter_synthetic`, ``--run`` `run_dir`), passed on to `medvol.metrics.evaluate.evaluate`."""
     from medvol.errors import MedvolInputError
     from medvol.metrics.evaluate import METRICS_FILE, REPORT_FILE, evaluate
 
-    if getattr(args, "reconstruct", None):
-        return _reconstruction(args)
-    if not args.synthetic:
+    if reconstruct:
+        refused = {"--synthetic": bool(synthetic), "--utility": utility, "--filter": filter_synthetic,
+                   "--features": bool(features), "--run": bool(run_dir), "--balance": balance,
+                   "--pretrain-synthetic": pretrain_synthetic, "--select-confidence": select_confidence is not None}
+        return _reconstruction(real, reconstruct, out, device=device, max_samples=max_samples, seed=seed,
+                               refused=refused)
+    if not synthetic:
         raise MedvolInputError("--synthetic", "is required: the synthetic folder to evaluate (or --reconstruct RUN "
                                               "for an autoencoder's reconstructions of the held-out images)")
     metrics = evaluate(
-        args.real,
-        args.synthetic,
-        args.out,
-        utility=args.utility,
-        seeds=args.seeds,
-        synthetic_ratio=args.synthetic_ratio,
-        classifier_epochs=args.classifier_epochs,
-        features_path=args.features,
-        run_dir=args.run,
-        filter_synthetic=args.filter,
-        balance=args.balance,
-        pretrain=args.pretrain_synthetic,
-        select_confidence=args.select_confidence,
-        device=args.device,
-        max_samples=args.max_samples,
-        seed=args.seed,
+        real,
+        synthetic,
+        out,
+        utility=utility,
+        seeds=seeds,
+        synthetic_ratio=synthetic_ratio,
+        classifier_epochs=classifier_epochs,
+        features_path=features,
+        run_dir=run_dir,
+        filter_synthetic=filter_synthetic,
+        balance=balance,
+        pretrain=pretrain_synthetic,
+        select_confidence=select_confidence,
+        device=device,
+        max_samples=max_samples,
+        seed=seed,
     )
-    out = Path(args.out).expanduser().resolve()
+    out = Path(out).expanduser().resolve()
     for line in _summary_lines(metrics):
         print(line)
     print(f"wrote {out / METRICS_FILE} and {out / REPORT_FILE} ({metrics['timing']['total']:.0f} s)")

@@ -163,10 +163,15 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def run(args) -> int:
-    """Entry point of `medvol inspect`."""
-    report = inspect_path(args.path)
-    if args.json:
+def run(*, path: str, as_json: bool = False) -> int:
+    """Entry point of `medvol inspect`.
+
+    Args:
+        path: a DICOM file or folder tree, a NIfTI file, an image file or a folder mixing them.
+        as_json: print the report as JSON instead of a table (``--json``).
+    """
+    report = inspect_path(path)
+    if as_json:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:

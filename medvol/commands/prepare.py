@@ -29,6 +29,7 @@ import os
 import time
 from pathlib import Path
 
+from medvol.defaults import SEED
 from medvol.errors import MedvolInputError
 
 logger = logging.getLogger(__name__)
@@ -153,8 +154,46 @@ def describe_sizing(preprocessing: dict, spatial_dims: int) -> str:
     return f"each {kind}: " + ", then ".join(steps)
 
 
-def run(args) -> int:
-    """Prepare SOURCE into ``args.out`` (see the module docstring).
+def run(
+    *,
+    source: str,
+    out: str,
+    mode: str | None = None,
+    labels: str | None = None,
+    id_column: str | None = None,
+    label_column: str | None = None,
+    unlabelled: str | None = None,
+    size: list[int] | None = None,
+    fit: str | None = None,
+    crop_foreground: bool = False,
+    duplicates: str = "keep",
+    spacing: list[float] | None = None,
+    split: list[float] | None = None,
+    class_names: list[str] | None = None,
+    seed: int = SEED,
+    train_fraction: float | None = None,
+    accept_irregular_dicom: str | None = None,
+) -> int:
+    """Prepare SOURCE into `out` (see the module docstring); the arguments are `medvol prepare`'s options.
+
+    Args:
+        source: a folder, a Decathlon ``dataset.json``, a MedMNIST ``.npz`` or a built-in source (`BUILTIN_SOURCES`).
+        out: the output folder.
+        mode: ``slice`` or ``volume`` (None: volume for 3D sources, slice for 2D images).
+        labels: a labels CSV, or ``none`` to ignore a ``labels.csv`` in SOURCE.
+        id_column: the CSV column of the ids.
+        label_column: the CSV column of the labels.
+        unlabelled: ``skip`` or ``keep`` images the CSV does not label (None: an error).
+        size: the sample shape (3 values in slice mode: the volume grid the slices are cut from).
+        fit: ``fit``, ``crop_pad`` or ``resize`` (None: `default_shape_mode`).
+        crop_foreground: crop each image to the body first.
+        duplicates: ``keep``, ``drop`` or ``error`` for identical images of different subjects.
+        spacing: the target spacing in mm.
+        split: train, validation and test fractions (None: `DEFAULT_FRACTIONS`, or a source's official split).
+        class_names: names of integer class labels 0, 1, ...
+        seed: the seed of the patient-level split.
+        train_fraction: keep only this share of the training subjects.
+        accept_irregular_dicom: comma-separated DICOM geometry problems to accept.
 
     Raises:
         MedvolInputError: missing/empty SOURCE, nothing usable, bad labels CSV, bad --split/--size/--spacing,
@@ -177,32 +216,30 @@ def run(args) -> int:
     from medvol.io.duplicates import apply_duplicate_policy, duplicate_message, duplicate_summary, find_duplicates
 
     started = time.perf_counter()
-    split_given = getattr(args, "split", None) is not None
-    fractions = validate_fractions(args.split if split_given else DEFAULT_FRACTIONS)
-    if args.seed < 0:
-        raise MedvolInputError("--seed", f"must be a non-negative integer, got {args.seed}")
-    _check_positive("--size", args.size)
-    _check_positive("--spacing", args.spacing)
-    if args.size is not None:  # before any work: a size no batch of which fits in memory
-        check_size_fits_memory(args.size, "--size")
-    train_fraction = getattr(args, "train_fraction", None)
+    split_given = split is not None
+    fractions = validate_fractions(split if split_given else DEFAULT_FRACTIONS)
+    if seed < 0:
+        raise MedvolInputError("--seed", f"must be a non-negative integer, got {seed}")
+    _check_positive("--size", size)
+    _check_positive("--spacing", spacing)
+    if size is not None:  # before any work: a size no batch of which fits in memory
+        check_size_fits_memory(size, "--size")
     if train_fraction is not None and not 0 < train_fraction <= 1:
         raise MedvolInputError("--train-fraction", f"must be in (0, 1], got {train_fraction:g}")
-    accept_irregular = parse_irregular_kinds(getattr(args, "accept_irregular_dicom", None))
-    labels_arg = getattr(args, "labels", None)
-    ignore_labels_csv = labels_arg is not None and str(labels_arg).strip().lower() == "none"
-    labels_csv = None if ignore_labels_csv else labels_arg
-    builtin_dims = resolve_builtin(str(args.source), args.mode or "volume")
+    accept_irregular = parse_irregular_kinds(accept_irregular_dicom)
+    ignore_labels_csv = labels is not None and str(labels).strip().lower() == "none"
+    labels_csv = None if ignore_labels_csv else labels
+    builtin_dims = resolve_builtin(str(source), mode or "volume")
     class_order = None
     if builtin_dims is None:
-        source = Path(args.source).expanduser()
-        if not source.exists():
-            raise MedvolInputError(source, "SOURCE does not exist")
+        source_path = Path(source).expanduser()
+        if not source_path.exists():
+            raise MedvolInputError(source_path, "SOURCE does not exist")
         if labels_csv and not Path(labels_csv).is_file():
             raise MedvolInputError(labels_csv, "labels CSV does not exist (--labels none ignores a labels.csv)")
     elif labels_csv:
-        raise MedvolInputError("--labels", f"built-in source {args.source} brings its own labels")
-    out_dir = Path(args.out).expanduser().resolve()
+        raise MedvolInputError("--labels", f"built-in source {source} brings its own labels")
+    out_dir = Path(out).expanduser().resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise MedvolInputError(out_dir, "--out must be a folder, this is a file")
     try:
@@ -212,13 +249,13 @@ def run(args) -> int:
     if builtin_dims is not None:
         from medvol.data.phantoms import CLASSES
 
-        source = write_builtin_phantoms(out_dir, builtin_dims, args.size)
-        labels_csv, class_order = source / "labels.csv", list(CLASSES)
+        source_path = write_builtin_phantoms(out_dir, builtin_dims, size)
+        labels_csv, class_order = source_path / "labels.csv", list(CLASSES)
 
     datalist = build_datalist(
-        source, images_dir=out_dir / "images", labels_csv=labels_csv, class_order=class_order, require_entries=False,
-        exclude=[out_dir], find_labels_csv=not ignore_labels_csv, id_column=getattr(args, "id_column", None),
-        label_column=getattr(args, "label_column", None), unlabelled=getattr(args, "unlabelled", None),
+        source_path, images_dir=out_dir / "images", labels_csv=labels_csv, class_order=class_order, require_entries=False,
+        exclude=[out_dir], find_labels_csv=not ignore_labels_csv, id_column=id_column, label_column=label_column,
+        unlabelled=unlabelled,
         accept_irregular_dicom=accept_irregular)
     # one run's outputs are published together: the previous run's datalist and preview go first, the new datalist
     # (what train and evaluate trust) comes last, renamed into place after report.json and preview.png
@@ -227,32 +264,31 @@ def run(args) -> int:
     if not datalist.entries:
         datalists.write_report(out_dir / datalists.REPORT_FILE, datalist)
         require_usable(datalist)
-    class_names = getattr(args, "class_names", None)
     if class_names:
         datalist.name_classes(class_names)
 
-    if datalist.source_spatial_dims == 2 and args.mode == "volume":
+    if datalist.source_spatial_dims == 2 and mode == "volume":
         raise MedvolInputError(datalist.source, "holds 2D images: volume mode needs 3D volumes; prepare it with "
                                "--mode slice (or without --mode)")
-    mode = "slice" if datalist.source_spatial_dims == 2 else (args.mode or "volume")
+    mode = "slice" if datalist.source_spatial_dims == 2 else (mode or "volume")
     spatial_dims = 3 if mode == "volume" else 2
     volume_size = None
-    if args.size is not None and len(args.size) == 3 and mode == "slice":
+    if size is not None and len(size) == 3 and mode == "slice":
         if datalist.source_spatial_dims == 2:
             raise MedvolInputError("--size", f"3 values in slice mode are a volume grid to cut slices from; these are "
-                                             f"2D images: give 2 values, got {args.size}")
-        volume_size, args.size = list(args.size), list(args.size[:SLICE_AXIS] + args.size[SLICE_AXIS + 1:])
-    if args.size is not None and len(args.size) != spatial_dims:
+                                             f"2D images: give 2 values, got {size}")
+        volume_size, size = list(size), list(size[:SLICE_AXIS] + size[SLICE_AXIS + 1:])
+    if size is not None and len(size) != spatial_dims:
         raise MedvolInputError("--size", f"{mode} mode needs {spatial_dims} values (slice mode of volumes: or 3, the "
-                                         f"volume grid to cut the slices from), got {args.size}")
-    if args.spacing is not None and len(args.spacing) not in {datalist.source_spatial_dims, spatial_dims}:
+                                         f"volume grid to cut the slices from), got {size}")
+    if spacing is not None and len(spacing) not in {datalist.source_spatial_dims, spatial_dims}:
         dims = datalist.source_spatial_dims
-        raise MedvolInputError("--spacing", f"expected {dims} values for these {dims}D images, got {args.spacing}")
+        raise MedvolInputError("--spacing", f"expected {dims} values for these {dims}D images, got {spacing}")
     preprocessing = {
-        "size": args.size,
-        "spacing": args.spacing,
-        "shape_mode": getattr(args, "fit", None) or default_shape_mode(args.spacing),
-        "crop_foreground": bool(getattr(args, "crop_foreground", False)),
+        "size": size,
+        "spacing": spacing,
+        "shape_mode": fit or default_shape_mode(spacing),
+        "crop_foreground": bool(crop_foreground),
     }
     if volume_size is not None:
         preprocessing["volume_size"] = volume_size
@@ -261,16 +297,16 @@ def run(args) -> int:
     scanned = list(datalist.entries)
     duplicate_scan = find_duplicates(scanned, progress=lambda items: tqdm(
         items, desc="finding duplicates", unit="image", disable=None, leave=False))
-    linked, dropped = apply_duplicate_policy(datalist, duplicate_scan, scanned, getattr(args, "duplicates", "keep"))
+    linked, dropped = apply_duplicate_policy(datalist, duplicate_scan, scanned, duplicates)
     official = all(e.get("_split") for e in datalist.entries) and not split_given
     if official:  # a source with its own split (MedMNIST .npz) keeps it unless --split asks for another
         splits = {name: [e for e in datalist.entries if e["_split"] == name] for name in SPLIT_NAMES}
         fractions = tuple(round(len(splits[name]) / len(datalist.entries), 4) for name in SPLIT_NAMES)
         datalist.messages.append(f"the official split of {datalist.source} is kept (--split replaces it)")
     else:
-        splits = split_subjects(datalist.entries, fractions, seed=args.seed, linked=linked)
+        splits = split_subjects(datalist.entries, fractions, seed=seed, linked=linked)
     if train_fraction is not None:
-        splits["training"], left_out = subsample_training(splits["training"], train_fraction, seed=args.seed)
+        splits["training"], left_out = subsample_training(splits["training"], train_fraction, seed=seed)
         left_out_ids = {id(e) for e in left_out}
         datalist.drop_entries([id(e) not in left_out_ids for e in datalist.entries],
                               f"training subject left out by --train-fraction {train_fraction:g}")
@@ -281,20 +317,20 @@ def run(args) -> int:
         if fraction > 0 and not splits[name]:
             datalist.messages.append(f"the {name} split is empty: {len(set(e['subject'] for e in datalist.entries))} "
                                      f"subject(s) are too few for the fractions {list(fractions)}")
-    duplicates = duplicate_summary(duplicate_scan, scanned, getattr(args, "duplicates", "keep"),
+    duplicate_counts = duplicate_summary(duplicate_scan, scanned, duplicates,
                                    {str(e["subject"]): name for name, split in splits.items() for e in split}, dropped)
-    if line := duplicate_message(duplicates):
+    if line := duplicate_message(duplicate_counts):
         datalist.messages.append(line)
     coverage, coverage_lines = class_coverage(splits, datalist.classes, fractions)
     datalist.messages.extend(coverage_lines)
-    source_text = str(args.source) if builtin_dims is not None else datalist.source
+    source_text = str(source) if builtin_dims is not None else datalist.source
     try:
         document = datalists.write_datalist(
             out_dir / PENDING_DATALIST, datalist, splits,
             source=source_text,
             mode=mode,
             spatial_dims=spatial_dims,
-            seed=args.seed,
+            seed=seed,
             split_fractions=list(fractions),
             **({"official_split": True} if official else {}),
             **({"train_fraction": train_fraction} if train_fraction is not None else {}),
@@ -316,7 +352,7 @@ def run(args) -> int:
                                         "seconds": round(elapsed, 3),
                                         "accepted_irregular_dicom": sorted(accept_irregular)},
                                preprocessing={**preprocessing, "description": sizing}, preview=preview,
-                               duplicates=duplicates)
+                               duplicates=duplicate_counts)
         os.replace(out_dir / PENDING_DATALIST, out_dir / datalists.DATALIST_FILE)
     except OSError as err:  # a full disk while the datalist is pending: name the file the user knows
         if err.filename is not None and Path(err.filename).name == PENDING_DATALIST:

@@ -10,18 +10,28 @@ seed). DIR appears with all of it or not at all (`medvol.io.files.atomic_folder`
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from medvol import bundles
+from medvol.defaults import SEED
 from medvol.errors import MedvolInputError
 from medvol.sampling import check_checkpoint, load_run_record, resolve_checkpoint, sample_labels
 
 
-def sample(run_dir: str | Path, n: int, out_dir: str | Path, fmt: str = "nifti", label: str | None = None,
-           seed: int = 0, device: str | None = None, checkpoint: str = "latest") -> dict:
+def sample(run_dir: str | Path, n: int, out_dir: str | Path, *, fmt: str = "nifti", label: str | None = None,
+           seed: int = SEED, device: str | None = None, checkpoint: str = "latest") -> dict:
     """Run the sample workflow of the run's bundle; returns the written datalist document.
+
+    Args:
+        run_dir: the run folder `medvol train` wrote.
+        n: samples (per class for conditional models).
+        out_dir: the output folder (must be new or empty).
+        fmt: ``nifti``, ``dicom`` or ``png`` (2D runs).
+        label: only this class label.
+        seed: the sampling seed.
+        device: ``cpu`` or ``cuda`` (None: the workflow's default).
+        checkpoint: ``latest``, ``best``, a file name in ``RUN/checkpoints`` or a path.
 
     Raises:
         MedvolInputError: not a run folder, no checkpoint, bad --n or --label.
@@ -43,10 +53,10 @@ def sample(run_dir: str | Path, n: int, out_dir: str | Path, fmt: str = "nifti",
     return json.loads((out_dir / "datalist.json").read_text())
 
 
-def run(args: argparse.Namespace) -> int:
-    """`medvol sample` (see the module docstring)."""
-    document = sample(args.run, args.n, args.out, args.format, args.label, args.seed,
-                      checkpoint=getattr(args, "checkpoint", "latest"))
-    print(f"wrote {document['numTraining']} synthetic {args.format} samples and datalist.json to {Path(args.out).resolve()} "
+def run(*, run_dir: str, n: int, out: str, label: str | None = None, fmt: str = "nifti", seed: int = SEED,
+        checkpoint: str = "latest") -> int:
+    """`medvol sample` (see the module docstring and `sample`, whose arguments these are)."""
+    document = sample(run_dir, n, out, fmt=fmt, label=label, seed=seed, checkpoint=checkpoint)
+    print(f"wrote {document['numTraining']} synthetic {fmt} samples and datalist.json to {Path(out).resolve()} "
           f"(checkpoint {document['provenance']['checkpoint']}, seed {document['provenance']['seed']})")
     return 0

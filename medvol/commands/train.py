@@ -25,13 +25,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from medvol import bundles
+from medvol.defaults import SEED
 from medvol.errors import MedvolInputError
 from medvol.io.datalist import read_datalist
 from medvol.io.files import atomic_write_bytes
@@ -82,18 +83,9 @@ def prepared_data(data: str | Path, run_dir: Path, spatial_dims: int | None, see
     if not is_builtin and not source.exists():
         raise MedvolInputError(data, "does not exist")
     logger.info("%s holds no %s: preparing it into %s", data, DATALIST_FILE, target)
-    prepare.run(
-        argparse.Namespace(
-            source=str(data),
-            out=str(target),
-            mode={2: "slice", 3: "volume"}.get(spatial_dims),  # None: from the data (2D images give slices)
-            labels=None,
-            size=None,
-            spacing=None,
-            split=None,  # the default fractions, or the official split of a source that has one (.npz)
-            seed=seed,
-        )
-    )
+    # mode None: from the data (2D images give slices); split None: the default fractions, or the official split of a
+    # source that has one (.npz)
+    prepare.run(source=str(data), out=str(target), mode={2: "slice", 3: "volume"}.get(spatial_dims), seed=seed)
     return target
 
 
@@ -111,22 +103,43 @@ def _datalist_image_size(datalist: Mapping, spatial_dims: int) -> list[int] | No
     return None
 
 
-def training_overrides(args: argparse.Namespace, data_dir: Path, run_dir: Path) -> dict[str, Any]:
-    """The bundle config overrides that `medvol train`'s arguments stand for."""
+def training_overrides(
+    data_dir: Path,
+    run_dir: Path,
+    *,
+    spatial_dims: int | None = None,
+    image_size: list[int] | None = None,
+    iterations: int | None = None,
+    seed: int = SEED,
+    checkpoint_every: int | None = None,
+    evaluate_every: int | None = None,
+    batch_size: str | int = "auto",
+    max_memory: float | None = None,
+    precision: str = "auto",
+    device: str | None = None,
+    width: int | None = None,
+    augment: bool = False,
+    critic_augment: str | None = None,
+) -> dict[str, Any]:
+    """The bundle config overrides that `medvol train`'s options stand for (`run` describes them).
+
+    Args:
+        data_dir: the prepared data folder.
+        run_dir: the run folder.
+    """
     datalist = read_datalist(data_dir)
-    spatial_dims = args.spatial_dims or int(datalist.get("spatial_dims") or (3 if datalist.get("mode") == "volume" else 2))
+    spatial_dims = spatial_dims or int(datalist.get("spatial_dims") or (3 if datalist.get("mode") == "volume" else 2))
     if spatial_dims == 3 and int(datalist.get("source_spatial_dims") or 3) == 2:
         raise MedvolInputError(data_dir, "holds 2D images: it can train only with --spatial-dims 2")
     overrides: dict[str, Any] = {
         "dataset_dir": str(data_dir),
         "output_dir": str(run_dir),
         "spatial_dims": spatial_dims,
-        "seed": int(args.seed),
-        "precision": args.precision,
-        "max_memory_gb": args.max_memory,
+        "seed": int(seed),
+        "precision": precision,
+        "max_memory_gb": max_memory,
     }
     size = _datalist_image_size(datalist, spatial_dims)
-    image_size = getattr(args, "image_size", None)
     if image_size:
         if len(image_size) != spatial_dims or min(image_size) < 4:
             raise MedvolInputError("--image-size", f"expected {spatial_dims} sizes of at least 4, got {image_size}")
@@ -135,31 +148,28 @@ def training_overrides(args: argparse.Namespace, data_dir: Path, run_dir: Path) 
         overrides["image_size"] = size
         from medvol.commands.prepare import MIN_TRAINING_BATCH, check_size_fits_memory
 
-        batch = int(args.batch_size) if str(args.batch_size).isdigit() else MIN_TRAINING_BATCH
+        batch = int(batch_size) if str(batch_size).isdigit() else MIN_TRAINING_BATCH
         check_size_fits_memory(size, "--image-size" if image_size else f"{data_dir} (its prepared --size)", batch)
-    if args.iterations is not None:
-        if args.iterations < 1:
-            raise MedvolInputError("--iterations", f"must be at least 1, got {args.iterations}")
-        overrides["iterations"] = int(args.iterations)
-    if args.checkpoint_every is not None:
-        overrides["checkpoint_every"] = int(args.checkpoint_every)
-    evaluate_every = getattr(args, "evaluate_every", None)
+    if iterations is not None:
+        if iterations < 1:
+            raise MedvolInputError("--iterations", f"must be at least 1, got {iterations}")
+        overrides["iterations"] = int(iterations)
+    if checkpoint_every is not None:
+        overrides["checkpoint_every"] = int(checkpoint_every)
     if evaluate_every is not None:
         if evaluate_every < 0:
             raise MedvolInputError("--evaluate-every", f"must be 0 (off) or a positive number of iterations, got {evaluate_every}")
         overrides["evaluate_every"] = int(evaluate_every)
-    if args.batch_size != "auto":
-        overrides["batch_size"] = int(args.batch_size)
-    if args.device is not None:
-        overrides["device"] = args.device
-    if getattr(args, "augment", False):
+    if batch_size != "auto":
+        overrides["batch_size"] = int(batch_size)
+    if device is not None:
+        overrides["device"] = device
+    if augment:
         overrides["augment"] = True
-    critic_augment = getattr(args, "critic_augment", None)
     if critic_augment is not None:
         from medvol.transforms.differentiable import parse_critic_augment
 
         overrides["critic_augment"] = parse_critic_augment(critic_augment)
-    width = getattr(args, "width", None)
     if width is not None:
         if width < 1:
             raise MedvolInputError("--width", f"must be a positive number of channels, got {width}")
@@ -403,6 +413,7 @@ def train(
     bundle: str | Path,
     overrides: Mapping[str, Any],
     run_dir: Path,
+    *,
     nproc: int = 1,
     extra_handlers: list | None = None,
     network_pairs: tuple[str, ...] = (),
@@ -477,33 +488,58 @@ def train(
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    """`medvol train` (see the module docstring).
+def run(
+    *,
+    bundle: str,
+    data: str,
+    out: str,
+    spatial_dims: int | None = None,
+    image_size: list[int] | None = None,
+    iterations: int | None = None,
+    seed: int = SEED,
+    checkpoint_every: int | None = None,
+    evaluate_every: int | None = None,
+    batch_size: str | int = "auto",
+    max_memory: float | None = None,
+    precision: str = "auto",
+    device: str | None = None,
+    nproc: int = 1,
+    width: int | None = None,
+    network: Sequence[str] = (),
+    objective: Sequence[str] = (),
+    augment: bool = False,
+    critic_augment: str | None = None,
+) -> int:
+    """`medvol train` (see the module docstring); the arguments are its options (``--help`` explains them).
 
     Raises:
         MedvolInputError: unknown bundle, missing or unusable data, a run folder of another model, bad numbers.
     """
-    bundle_dir = bundles.resolve_bundle(args.bundle)
-    if args.nproc < 1:
-        raise MedvolInputError("--nproc", f"must be at least 1, got {args.nproc}")
-    if args.max_memory is not None and not (math.isfinite(args.max_memory) and args.max_memory > 0):
-        raise MedvolInputError("--max-memory", f"must be a positive number of GB, got {args.max_memory}")
-    run_dir = Path(args.out).expanduser().resolve()
+    bundle_dir = bundles.resolve_bundle(bundle)
+    if nproc < 1:
+        raise MedvolInputError("--nproc", f"must be at least 1, got {nproc}")
+    if max_memory is not None and not (math.isfinite(max_memory) and max_memory > 0):
+        raise MedvolInputError("--max-memory", f"must be a positive number of GB, got {max_memory}")
+    run_dir = Path(out).expanduser().resolve()
     if run_dir.exists() and not run_dir.is_dir():
         raise MedvolInputError(run_dir, "--out exists and is not a folder")
-    data_dir = prepared_data(args.data, run_dir, args.spatial_dims, args.seed)
-    overrides = training_overrides(args, data_dir, run_dir)
-    if getattr(args, "network", None) or getattr(args, "objective", None):
+    data_dir = prepared_data(data, run_dir, spatial_dims, seed)
+    overrides = training_overrides(
+        data_dir, run_dir, spatial_dims=spatial_dims, image_size=image_size, iterations=iterations, seed=seed,
+        checkpoint_every=checkpoint_every, evaluate_every=evaluate_every, batch_size=batch_size, max_memory=max_memory,
+        precision=precision, device=device, width=width, augment=augment, critic_augment=critic_augment,
+    )
+    if network or objective:
         bundle_config = yaml.safe_load((bundle_dir / "configs" / "train.yaml").read_text()) or {}
-        network, objective = (bundle_config.get(key) for key in ("network", "objective"))
-        if getattr(args, "network", None):
-            overrides["network"] = network_overrides(args.network, network if isinstance(network, Mapping) else None)
-        if getattr(args, "objective", None):
-            overrides["objective"] = objective_overrides(args.objective,
-                                                         objective if isinstance(objective, Mapping) else None,
-                                                         str(bundle_config.get("family", bundle_dir.name)))
-    summary = train(bundle_dir, overrides, run_dir, nproc=args.nproc,
-                    network_pairs=tuple(getattr(args, "network", None) or ()))
+        network_settings, objective_settings = (bundle_config.get(key) for key in ("network", "objective"))
+        if network:
+            overrides["network"] = network_overrides(
+                list(network), network_settings if isinstance(network_settings, Mapping) else None)
+        if objective:
+            overrides["objective"] = objective_overrides(
+                list(objective), objective_settings if isinstance(objective_settings, Mapping) else None,
+                str(bundle_config.get("family", bundle_dir.name)))
+    summary = train(bundle_dir, overrides, run_dir, nproc=nproc, network_pairs=tuple(network))
     resumed = f" (resumed from {summary['resumed_from']})" if summary.get("resumed_from") else ""
     plan_path = run_dir / "plan.json"
     plan = ""

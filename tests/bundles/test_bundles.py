@@ -6,7 +6,6 @@ multi-GPU config trained by 2 gloo processes under torchrun."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -72,12 +71,8 @@ def prepare_phantoms(out_dir: Path, spatial_dims: int) -> Path:
     """Tiny labelled phantoms (PNG in 2D, NIfTI in 3D) written and prepared by `medvol prepare`'s code."""
     from medvol.commands import prepare
 
-    prepare.run(
-        argparse.Namespace(
-            source="phantoms", out=str(out_dir), mode="volume" if spatial_dims == 3 else "slice", labels=None,
-            size=[SIZE] * spatial_dims, spacing=None, split=[0.6, 0.2, 0.2], seed=0,
-        )
-    )
+    prepare.run(source="phantoms", out=str(out_dir), mode="volume" if spatial_dims == 3 else "slice",
+                size=[SIZE] * spatial_dims, split=[0.6, 0.2, 0.2], seed=0)
     return out_dir
 
 
