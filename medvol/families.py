@@ -171,7 +171,7 @@ class FamilySpec:
         object.__setattr__(self, "output_range", tuple(float(v) for v in self.output_range))
         expected = {"autoencoder"} if kind is FamilyKind.AUTOENCODER else {"generator", "critic"}
         if set(self.networks) != expected:
-            raise ValueError(f"{self.name}: a {kind} family has the networks {sorted(expected)}, "
+            raise ValueError(f"{self.name}: {kind.value} families have the networks {sorted(expected)}, "
                              f"got {sorted(self.networks)}")
         if self.exported_network not in self.networks:
             raise ValueError(f"{self.name}: exported_network {self.exported_network!r} is none of its networks")

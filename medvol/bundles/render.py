@@ -18,7 +18,7 @@ from typing import Any
 from medvol import families
 from medvol.families import FamilyKind, FamilySpec, LatentPrior
 
-__all__ = ["TEMPLATE_DIR", "KIND_WORDS", "render_bundle", "rendered_files", "write_bundle"]
+__all__ = ["TEMPLATE_DIR", "KIND_WORDS", "rendered_files", "write_bundle"]
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "template"
 PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
@@ -239,8 +239,3 @@ def write_bundle(family: str | FamilySpec, folder: str | os.PathLike) -> Path:
         target.write_text(text)
     return folder
 
-
-def render_bundle(family: str | FamilySpec, bundles_dir: str | os.PathLike) -> Path:
-    """Write a family's bundle as ``bundles_dir/<name>`` (see `write_bundle`)."""
-    spec = family if isinstance(family, FamilySpec) else families.get_family(family)
-    return write_bundle(spec, Path(bundles_dir) / spec.name)
