@@ -233,8 +233,9 @@ def family_names(kind: FamilyKind | str | None = None) -> tuple[str, ...]:
 
 
 def bundle_help() -> str:
-    """The help of ``medvol train --bundle``: the family names."""
-    return f"bundle name ({', '.join(family_names())}) or path"
+    """The help of ``medvol train --bundle``: every family's name and description."""
+    described = ", ".join(f"{name} = {spec.description}" for name, spec in _REGISTRY.items())
+    return f"bundle name or path; the families: {described}"
 
 
 _GANS = "medvol.networks.gans."
@@ -332,7 +333,7 @@ for _spec in (
         networks={"generator": _GANS + "FullyConnectedGenerator", "critic": _GANS + "FullyConnectedDiscriminator"},
         objective="medvol.objectives.NonSaturatingGANLoss",
         width_rule=WidthRule.DENSE,
-        description="vanilla (fully connected) GAN",
+        description="fully connected GAN",
         bundle=BundleText(
             title="Vanilla GAN",
             task="vanilla (fully connected) GAN",
@@ -437,7 +438,7 @@ for _spec in (
         objective="medvol.objectives.NonSaturatingGANLoss",
         objective_defaults={"mode_seeking_weight": 1.0},
         width_rule=WidthRule.STRIDED,
-        description="conditional GAN (class labels required)",
+        description="conditional GAN (needs class labels)",
         bundle=BundleText(
             title="Conditional GAN",
             task="conditional GAN",
@@ -468,7 +469,7 @@ for _spec in (
         # the conditional families ignore their noise without the mode-seeking term (one image per class; docs/results.md)
         objective_defaults={"auxiliary_weight": 1.0, "mode_seeking_weight": 1.0},
         width_rule=WidthRule.RESIDUAL,
-        description="auxiliary-classifier WGAN-GP (class labels required)",
+        description="auxiliary-classifier WGAN-GP (needs class labels)",
         bundle=BundleText(
             title="Auxiliary-classifier WGAN-GP",
             task="auxiliary-classifier WGAN-GP",

@@ -65,7 +65,8 @@ def test_the_kind_fills_what_a_spec_leaves_out():
     assert wgan_gp.network_class("critic") is ResidualCritic and wgan_gp.objective_class().__name__ == "WassersteinGradientPenalty"
     assert family_names() == ("cae", "vae", "gan", "dcgan", "wgan", "wgan_gp", "cgan", "acwgan_gp")
     assert family_names(FamilyKind.AUTOENCODER) == ("cae", "vae")
-    assert bundle_help() == "bundle name (cae, vae, gan, dcgan, wgan, wgan_gp, cgan, acwgan_gp) or path"
+    assert bundle_help().startswith("bundle name or path; the families: cae = convolutional autoencoder, vae = ")
+    assert "cgan = conditional GAN (needs class labels), acwgan_gp = auxiliary-classifier WGAN-GP" in bundle_help()
 
 
 def test_registry_errors_name_the_problem(toy_family):
