@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from medvol import __version__, families
+from medvol.devices import default_device
 from medvol.errors import MedvolInputError
 from medvol.io.files import atomic_folder, write_json
 
@@ -158,6 +159,7 @@ def load_networks(
         MedvolInputError: the file holds no weights for the run's networks, or weights of another shape.
     """
     from medvol.engines.checkpoint import CheckpointManager
+    from medvol.engines.distributed import without_ddp_prefix
 
     networks = _build_networks(record)
     state = CheckpointManager.load(checkpoint, map_location="cpu")
@@ -175,7 +177,7 @@ def load_networks(
         if source is None:
             raise MedvolInputError(checkpoint, f"checkpoint holds no weights for the {name} (it has {sorted(weights)})")
         try:
-            module.load_state_dict(_unwrapped(source))
+            module.load_state_dict(without_ddp_prefix(source))
         except RuntimeError as err:
             problem = str(err).strip().splitlines()[0]
             raise MedvolInputError(
@@ -188,13 +190,6 @@ def load_networks(
 def _is_export(state: Mapping[str, Any]) -> bool:
     """A plain ``state_dict`` (the model-zoo ``models/model.pt``) rather than a trainer checkpoint."""
     return bool(state) and "networks" not in state and all(isinstance(v, torch.Tensor) for v in state.values())
-
-
-def _unwrapped(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Weights saved from a `DistributedDataParallel`-wrapped network lose their ``module.`` prefix."""
-    if state_dict and all(key.startswith("module.") for key in state_dict):
-        return {key[len("module.") :]: value for key, value in state_dict.items()}
-    return dict(state_dict)
 
 
 def sample_labels(record: Mapping, n: int, label: str | int | None = None) -> list[int | None]:
@@ -475,7 +470,7 @@ def sample_run(
     run_dir = Path(run_dir).expanduser().resolve()
     record = load_run_record(run_dir)
     checkpoint_path = resolve_checkpoint(run_dir, checkpoint)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(device)
     networks = load_networks(record, checkpoint_path, device)
     labels = sample_labels(record, n, label)
     images = generate(record, networks, labels, seed=seed, device=device)

@@ -33,6 +33,7 @@ import torch
 from ignite.engine import Events
 
 from medvol.benchmarks import environment
+from medvol.devices import default_device
 from medvol.engines import GenerativeAdversarialTrainer
 from medvol.engines.memory import GIB, is_out_of_memory, release_cached_memory
 
@@ -269,7 +270,7 @@ def run(
         torch_threads: intra-op threads during the run (None: leave as is).
         _other_benchmark_options: options meant for other benchmarks of ``medvol bench`` (ignored).
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(device)
     threads = torch.get_num_threads()
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)

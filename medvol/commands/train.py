@@ -464,12 +464,10 @@ def train(
             raise RuntimeError(f"distributed training failed (exit code {code}): {' '.join(command)}")
         return {"iterations": iteration, "checkpoint": checkpoint, "seconds": time.perf_counter() - started,
                 "resumed_from": None}
-    import torch
-
+    from medvol.devices import default_device
     from medvol.engines.threads import training_threads
 
-    device = overrides.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-    with bundles.input_errors_unwrapped(), training_threads(device) as threads:
+    with bundles.input_errors_unwrapped(), training_threads(default_device(overrides.get("device"))) as threads:
         config_workflow.initialize()
         trainer = config_workflow.parser.get_parsed_content("train#trainer")
         _quiet_statistics()

@@ -19,7 +19,9 @@ import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from monai.data import Dataset, PersistentDataset
 from monai.transforms import Compose, RandSpatialCropd, SelectItemsd, SpatialPadd, apply_transform
@@ -351,3 +353,47 @@ def build_dataset(
         )
     dataset.preprocessing = settings
     return dataset
+
+
+def seeded_subset(count: int, limit: int | None, seed: int) -> np.ndarray:
+    """All indices ``0..count-1``, or a seeded random subset of `limit` of them in their order (a private
+    generator: the global random state is left alone)."""
+    if limit is None or count <= limit:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size=limit, replace=False))
+
+
+def stack_samples(
+    dataset: Any, indices: Sequence[int], *, desc: str = "dataset", progress: bool = False
+) -> tuple[torch.Tensor, np.ndarray]:
+    """The images of `dataset` at `indices` as one float32 tensor ``[N, C, ...]``, and their int labels (-1 where a
+    sample has none). A sample is a dict with ``image`` (and ``label``), a tuple ``(image, label)`` or an image.
+
+    Args:
+        dataset: anything indexable by int.
+        indices: the positions to read.
+        desc: what the images are, for the progress bar and the error.
+        progress: show a progress bar (on a terminal).
+
+    Raises:
+        MedvolInputError: images of different shapes (naming `desc`).
+    """
+    from tqdm.auto import tqdm
+
+    images, labels = [], []
+    for index in tqdm(indices, desc=desc, unit="image", disable=None if progress else True, leave=False):
+        sample = dataset[int(index)]
+        if isinstance(sample, Mapping):
+            image, label = sample["image"], sample.get("label", -1)
+        elif isinstance(sample, (tuple, list)):
+            image, label = sample[0], (sample[1] if len(sample) > 1 else -1)
+        else:
+            image, label = sample, -1
+        images.append(image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image))
+        labels.append(-1 if label is None else int(label))
+    if not images:
+        return torch.empty(0), np.zeros(0, dtype=np.int64)
+    shapes = {tuple(i.shape) for i in images}
+    if len(shapes) > 1:
+        raise MedvolInputError(desc, f"images of different shapes {sorted(shapes)[:3]}: prepare the data with --size")
+    return torch.stack(images).float(), np.asarray(labels, dtype=np.int64)

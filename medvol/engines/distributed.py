@@ -19,6 +19,8 @@ from medvol.engines.checkpoint import CheckpointManager
 __all__ = [
     "world_size",
     "is_rank_zero",
+    "unwrapped",
+    "without_ddp_prefix",
     "DistributedNetwork",
     "place_networks",
     "init_distributed",
@@ -73,6 +75,18 @@ def place_networks(networks: Mapping[str, torch.nn.Module], device: str | torch.
 def is_rank_zero() -> bool:
     """True in a single process and in the first process of a distributed run (the one that writes files)."""
     return world_size() == 1 or dist.get_rank() == 0
+
+
+def unwrapped(network: torch.nn.Module) -> torch.nn.Module:
+    """The network inside a ``DistributedDataParallel`` wrapper (or the network itself)."""
+    return network.module if isinstance(network, DistributedDataParallel) else network
+
+
+def without_ddp_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``state_dict`` saved from a ``DistributedDataParallel`` wrapper (keys ``module.*``) as the network's own."""
+    if state and all(key.startswith("module.") for key in state):
+        return {key[len("module.") :]: value for key, value in state.items()}
+    return dict(state)
 
 
 def init_distributed(device: str | torch.device | None = None, timeout_s: float = COLLECTIVE_TIMEOUT_S) -> None:

@@ -49,12 +49,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from medvol.data.datasets import build_dataset, seeded_subset, stack_samples
+from medvol.defaults import AUTO_EVALUATION_MIN_ITERATIONS, AUTO_EVALUATIONS
 from medvol.engines.checkpoint import atomic_write_bytes, capture_rng_state, restore_rng_state
+from medvol.engines.distributed import is_rank_zero, unwrapped
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 SummaryWriter, has_tensorboard = optional_import("torch.utils.tensorboard", name="SummaryWriter")
@@ -65,10 +66,6 @@ logger = logging.getLogger(__name__)
 
 EVALUATION_DIR = "evaluation"
 HISTORY_FILE = "history.json"
-# `evaluate_every: auto`: runs shorter than this are left alone (building the feature space costs more than a few
-# evaluations tell); longer runs are evaluated about this many times
-AUTO_MIN_ITERATIONS = 2000
-AUTO_EVALUATIONS = 10
 MIN_VALIDATION_SAMPLES = 2
 
 
@@ -77,13 +74,13 @@ def evaluation_interval(evaluate_every: int | str | None, total_iterations: int 
 
     Args:
         evaluate_every: a number of iterations (0 or None: off), or ``"auto"``: every tenth of the run for runs of at
-            least `AUTO_MIN_ITERATIONS` iterations, off for shorter ones.
+            least `AUTO_EVALUATION_MIN_ITERATIONS` iterations, off for shorter ones.
         total_iterations: iterations the run trains to (None when unknown).
     """
     if evaluate_every is None or evaluate_every is False:
         return 0
     if isinstance(evaluate_every, str) and evaluate_every.strip().lower() == "auto":
-        if total_iterations is None or total_iterations < AUTO_MIN_ITERATIONS:
+        if total_iterations is None or total_iterations < AUTO_EVALUATION_MIN_ITERATIONS:
             return 0
         return max(1, int(total_iterations) // AUTO_EVALUATIONS)
     interval = int(evaluate_every)
@@ -128,39 +125,6 @@ def _training_state_preserved() -> Iterator[None]:
         torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[2], flags[3]
         restore_rng_state(rng)
-
-
-def _unwrapped(network: torch.nn.Module) -> torch.nn.Module:
-    return network.module if isinstance(network, DistributedDataParallel) else network
-
-
-def _is_rank_zero() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def _subset(count: int, limit: int | None, seed: int) -> np.ndarray:
-    """All indices, or a seeded subset of `limit` of them in their order (a private generator)."""
-    if limit is None or count <= limit:
-        return np.arange(count)
-    return np.sort(np.random.default_rng(seed).choice(count, size=limit, replace=False))
-
-
-def _stack(dataset: Any, indices: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-    """Images ``[N, C, ...]`` float32 and int labels (-1 when absent) of `dataset` at `indices`."""
-    images, labels = [], []
-    for index in indices:
-        sample = dataset[int(index)]
-        if isinstance(sample, Mapping):
-            image, label = sample["image"], sample.get("label", -1)
-        elif isinstance(sample, (tuple, list)):
-            image, label = sample[0], (sample[1] if len(sample) > 1 else -1)
-        else:
-            image, label = sample, -1
-        images.append(image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image))
-        labels.append(-1 if label is None else int(label))
-    if not images:
-        return torch.empty(0), np.zeros(0, dtype=np.int64)
-    return torch.stack(images).float(), np.asarray(labels, dtype=np.int64)
 
 
 class TrainingEvaluator:
@@ -280,7 +244,7 @@ class TrainingEvaluator:
         if self._prepared:
             self._open_writer(engine)  # the same trainer run again: the monitor has a new writer
             return
-        if not _is_rank_zero():
+        if not is_rank_zero():
             return
         self.total = self._total(engine)
         self.interval = evaluation_interval(self.evaluate_every, self.total)
@@ -314,20 +278,18 @@ class TrainingEvaluator:
             if isinstance(given, (tuple, list)) and len(given) == 2 and isinstance(given[0], torch.Tensor):
                 images, labels = given
                 labels = np.full(len(images), -1, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
-                chosen = _subset(len(images), limit, self.seed)
+                chosen = seeded_subset(len(images), limit, self.seed)
                 return images[torch.as_tensor(chosen)].float(), labels[chosen]
-            return _stack(given, _subset(len(given), limit, self.seed))
+            return stack_samples(given, seeded_subset(len(given), limit, self.seed), desc=f"{name} data")
         if self.datalist is None:
             raise ValueError(f"the evaluator needs a datalist or {name}_data")
-        from medvol.data.datasets import build_dataset
-
         path = Path(self.datalist)
         document = json.loads((path / "datalist.json" if path.is_dir() else path).read_text())
         self.classes = list(document.get("classes") or [])
         if not document.get(name):
             return torch.empty(0), np.zeros(0, dtype=np.int64)
         dataset = build_dataset(self.datalist, split=name, **self.dataset_options)
-        return _stack(dataset, _subset(len(dataset), limit, self.seed))
+        return stack_samples(dataset, seeded_subset(len(dataset), limit, self.seed), desc=str(self.datalist))
 
     def _to_feature_range(self, images: torch.Tensor) -> torch.Tensor:
         low, high = self.value_range
@@ -416,12 +378,12 @@ class TrainingEvaluator:
 
         if hasattr(engine, "generator"):
             network = engine.ema_generator if getattr(engine, "ema_generator", None) is not None else engine.generator
-            networks = {"generator": _unwrapped(network)}
+            networks = {"generator": unwrapped(network)}
             record: dict[str, Any] = {"family": self.family or "gan"}
         else:
             if self.family is None:
                 raise ValueError("evaluating an autoencoder needs its family ('cae' or 'vae'): it says how it generates")
-            networks = {"autoencoder": _unwrapped(engine.network)}
+            networks = {"autoencoder": unwrapped(engine.network)}
             record = {"family": self.family, "datalist": self.datalist, "dataset_options": self.dataset_options}
         modes = {name: net.training for name, net in networks.items()}
         for net in networks.values():

@@ -106,6 +106,7 @@ from monai.utils import GanKeys, IgniteInfo, min_version, optional_import
 
 from medvol.engines.amp import AutocastModule, forget_unfinished_step, make_grad_scaler, resolve_precision
 from medvol.engines.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state, seed_cuda_device
+from medvol.engines.distributed import unwrapped, without_ddp_prefix
 from medvol.engines.guards import AdversarialHealth, check_finite
 from medvol.engines.memory import (
     MemoryPlan,
@@ -189,24 +190,12 @@ def _micro_slices(n: int, micro_batch: int) -> list[slice]:
     return [slice(start, min(start + micro_batch, n)) for start in range(0, n, micro_batch)]
 
 
-def _without_ddp_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
-    """A ``state_dict`` saved from a ``DistributedDataParallel`` wrapper (keys ``module.*``) as the network's own."""
-    if state and all(key.startswith("module.") for key in state):
-        return {key[len("module.") :]: value for key, value in state.items()}
-    return dict(state)
-
-
 def process_rank() -> tuple[int, int]:
     """``(rank, world size)`` of this process: ``(0, 1)`` without an initialised process group."""
     distributed = torch.distributed
     if distributed.is_available() and distributed.is_initialized():
         return distributed.get_rank(), distributed.get_world_size()
     return 0, 1
-
-
-def unwrapped(network: nn.Module) -> nn.Module:
-    """The network inside a ``DistributedDataParallel`` wrapper (or the network itself)."""
-    return network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
 
 
 def step_seed(seed: int, rank: int, iteration: int, stream: int = 0) -> int:
@@ -1235,7 +1224,7 @@ class GenerativeAdversarialTrainer(MedvolTrainer):
 
     def load_extra_state_dict(self, state: Mapping[str, Any]) -> None:
         if self.ema_generator is not None and state.get("ema_generator") is not None:
-            self.ema_generator.load_state_dict(_without_ddp_prefix(state["ema_generator"]))
+            self.ema_generator.load_state_dict(without_ddp_prefix(state["ema_generator"]))
         saved = state.get("critic_augment")
         if (saved is None) != (self.critic_augmentation is None):
             raise ValueError(

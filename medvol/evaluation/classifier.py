@@ -19,6 +19,9 @@ from monai.utils import convert_to_tensor
 from torch import nn
 from tqdm.auto import tqdm
 
+from medvol.defaults import CLASSIFIER_EPOCHS as DEFAULT_EPOCHS
+from medvol.defaults import CLASSIFIER_MIN_STEPS as DEFAULT_MIN_STEPS
+from medvol.devices import default_device
 from medvol.errors import MedvolInputError
 from medvol.networks.classifiers import ResNetClassifier, stem_stride_for
 from medvol.transforms.augment import classical_augmentation
@@ -26,21 +29,11 @@ from medvol.transforms.augment import classical_augmentation
 DEFAULT_CHANNELS = (16, 32, 64)
 # MedNIST 64^2 (1800 training images): every utility arm's test accuracy is at its final level (+-0.2 points) by
 # epoch 5 of 10 for 3 seeds; the 5 arms x 3 seeds plus the feature network take about 11 min of one CPU core.
-DEFAULT_EPOCHS = 10
+# DEFAULT_EPOCHS (10) and DEFAULT_MIN_STEPS come from medvol.defaults, where `medvol evaluate --help` reads them.
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_LR = 5e-3
 DEFAULT_WEIGHT_DECAY = 1e-4
-# With few training images 10 epochs are a few dozen steps: the default trains at least this many steps, so that a
-# classifier of a low-data regime converges instead of stopping early (explicit epochs are honoured as given)
-DEFAULT_MIN_STEPS = 500
 SCHEDULES = ("cosine", "step", "constant")
-
-
-def default_device(device: str | torch.device | None = None) -> torch.device:
-    """`device`, or CUDA when available, else the CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from medvol.errors import MedvolInputError
+from medvol.devices import default_device
 from medvol.evaluation.classifier import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHANNELS,
@@ -35,7 +36,6 @@ from medvol.evaluation.classifier import (
     _learning_rate_factor,
     check_images,
     cpu_threads,
-    default_device,
     recipe_epochs,
     seeded,
     train_classifier,

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from medvol.defaults import SYNTHETIC_RATIO, UTILITY_SEEDS
+from medvol.devices import default_device
 from medvol.errors import MedvolInputError
 from medvol.evaluation.classifier import (
     check_images,
@@ -93,7 +95,7 @@ class RealArmCache:
         self._recipe = _recipe_fingerprint()
 
     def key(self, data: str, arm: str, seed: int, steps: int, device: Any, record_curves: bool) -> str:
-        device_type = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        device_type = default_device(device).type
         text = json.dumps([self._recipe, data, arm, int(seed), int(steps), device_type, bool(record_curves)])
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -444,9 +446,9 @@ def utility_study(
     synthetic_images: torch.Tensor,
     synthetic_labels: Any,
     classes: Sequence[str],
-    seeds: int | Sequence[int] = 3,
+    seeds: int | Sequence[int] = UTILITY_SEEDS,
     epochs: int | None = None,
-    synthetic_ratio: float = 1.0,
+    synthetic_ratio: float = SYNTHETIC_RATIO,
     filter_mask: Any = None,
     device: str | torch.device | None = None,
     progress: bool = True,

@@ -33,6 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medvol.data.datasets import seeded_subset, stack_samples
+from medvol.defaults import SYNTHETIC_RATIO, UTILITY_SEEDS
+from medvol.devices import default_device
 from medvol.errors import MedvolInputError
 from medvol.io.datalist import datalist_file, read_datalist
 from medvol.io.files import write_json
@@ -158,12 +161,6 @@ class SyntheticData:
 
 
 # ---------------------------------------------------------------------------------------------------------- loading
-def _progress(items, desc: str, enabled: bool, total: int | None = None, unit: str = "image"):
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, total=total, unit=unit, disable=None if enabled else True, leave=False)
-
-
 def _dataset_paths(dataset) -> list[str]:
     """The file of every sample of a `build_dataset` dataset (slices as ``path[slice k]``)."""
     from medvol.data.datasets import SliceDataset
@@ -184,28 +181,6 @@ def _dataset_subjects(dataset) -> list[str]:
     if isinstance(dataset, SliceDataset):
         return [subject(dataset.volumes.data[p]) for p, _ in dataset.index]
     return [subject(item) for item in dataset.data]
-
-
-def _stack(dataset, indices: Sequence[int], desc: str, progress: bool) -> tuple[torch.Tensor, np.ndarray]:
-    images, labels = [], []
-    for index in _progress(indices, desc, progress):
-        sample = dataset[int(index)]
-        image = sample["image"]
-        images.append(image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image))
-        labels.append(int(sample["label"]))
-    if not images:
-        return torch.empty(0), np.zeros(0, dtype=np.int64)
-    shapes = {tuple(i.shape) for i in images}
-    if len(shapes) > 1:
-        raise MedvolInputError(desc, f"images of different shapes {sorted(shapes)[:3]}: prepare the data with --size")
-    return torch.stack(images).float(), np.asarray(labels, dtype=np.int64)
-
-
-def _chosen(count: int, max_samples: int | None, seed: int) -> np.ndarray:
-    """All indices, or a seeded random subset of `max_samples` (in their original order)."""
-    if max_samples is None or count <= max_samples:
-        return np.arange(count)
-    return np.sort(np.random.default_rng(seed).choice(count, size=max_samples, replace=False))
 
 
 def _dataset_options(datalist: Mapping, mode: str, size: Sequence[int] | None, cache_dir: Path | None) -> dict:
@@ -277,8 +252,8 @@ def load_real(
     for split in ("training", HELDOUT_SPLIT):
         dataset = build_dataset(path, split=split, **options)
         settings = dataset.preprocessing
-        indices = _chosen(len(dataset), max_samples, seed)
-        images, labels = _stack(dataset, indices, f"loading real {split}", progress)
+        indices = seeded_subset(len(dataset), max_samples, seed)
+        images, labels = stack_samples(dataset, indices, desc=f"loading real {split}", progress=progress)
         all_paths, all_subjects = _dataset_paths(dataset), _dataset_subjects(dataset)
         splits[split] = ImageSet(images, labels, [all_paths[i] for i in indices], [all_subjects[i] for i in indices])
     shapes = {tuple(s.images.shape[1:]) for s in splits.values() if len(s)}
@@ -495,8 +470,8 @@ def load_synthetic(
         for index in range(len(dataset)):
             position, k = dataset.index[index] if isinstance(dataset, SliceDataset) else (index, -1)
             samples.append((dataset, index, group[position]["listed"] + ("" if k < 0 else f"[slice {k}]")))
-    indices = _chosen(len(samples), max_samples, seed)
-    images, labels = _stack(_SampleList(samples), indices, "loading synthetic", progress)
+    indices = seeded_subset(len(samples), max_samples, seed)
+    images, labels = stack_samples(_SampleList(samples), indices, desc="loading synthetic", progress=progress)
     if tuple(images.shape[2:]) != expected:
         raise MedvolInputError(folder, f"synthetic samples have shape {list(images.shape[2:])} after preprocessing, "
                                        f"the real ones {list(expected)}")
@@ -583,10 +558,6 @@ class _Timer:
             yield
         finally:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - started, 3)
-
-
-def _default_device(device: str | torch.device | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _plain(value):
@@ -701,8 +672,8 @@ def evaluate(
     synthetic_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     utility: bool = False,
-    seeds: int = 3,
-    synthetic_ratio: float = 1.0,
+    seeds: int = UTILITY_SEEDS,
+    synthetic_ratio: float = SYNTHETIC_RATIO,
     classifier_epochs: int | None = None,
     features_path: str | os.PathLike | None = None,
     run_dir: str | os.PathLike | None = None,
@@ -767,7 +738,7 @@ def evaluate(
     _check_options(seeds, synthetic_ratio, classifier_epochs, max_samples, features_path, run_path)
     if out.exists() and not out.is_dir():
         raise MedvolInputError(out, "--out must be a folder, this is a file")
-    device = _default_device(device)
+    device = default_device(device)
     cache_dir = out / "cache"
 
     with timer.stage("load"):
@@ -788,9 +759,9 @@ def evaluate(
         synthetic = load_synthetic(synthetic_folder, real, cache_dir, None, seed, progress)
     _check_counts(real, synthetic)
     all_train, all_heldout, all_synth = real.splits["training"], real.splits[HELDOUT_SPLIT], synthetic.images
-    synth_index = _chosen(len(all_synth), max_samples, seed)
-    train_index = _chosen(len(all_train), max_samples, seed)
-    train, heldout, synth = (all_train.subset(train_index), all_heldout.subset(_chosen(len(all_heldout), max_samples, seed)),
+    synth_index = seeded_subset(len(all_synth), max_samples, seed)
+    train_index = seeded_subset(len(all_train), max_samples, seed)
+    train, heldout, synth = (all_train.subset(train_index), all_heldout.subset(seeded_subset(len(all_heldout), max_samples, seed)),
                              all_synth.subset(synth_index))
     labelled = train.labelled and heldout.labelled and bool(real.classes)
     num_classes = len(real.classes) if labelled else 0

@@ -306,8 +306,9 @@ def evaluate_reconstruction(
     """
     from medvol.io.datalist import datalist_file
     from medvol.io.files import write_json
-    from medvol.metrics.evaluate import METRICS_FILE, _chosen
-    from medvol.evaluation.classifier import default_device
+    from medvol.data.datasets import seeded_subset
+    from medvol.metrics.evaluate import METRICS_FILE
+    from medvol.devices import default_device
     from medvol.families import FamilyKind, family_names
     from medvol.report.figures import save_png
     from medvol.sampling import load_networks, load_run_record, relative_provenance, resolve_checkpoint
@@ -324,7 +325,7 @@ def evaluate_reconstruction(
     device = default_device(device)
     autoencoder = load_networks(record, checkpoint_path, device)["autoencoder"]
     images, paths, how = heldout_images(datalist, record, split, out / "cache")
-    chosen = _chosen(len(images), max_samples, seed)
+    chosen = seeded_subset(len(images), max_samples, seed)
     images, paths = [images[i] for i in chosen], [paths[i] for i in chosen]
     low, high = (float(v) for v in (record.get("dataset_options") or {}).get("output_range") or (0.0, 1.0))
     slice_axis = int((record.get("dataset_options") or {}).get("slice_axis", 2))

@@ -16,12 +16,9 @@ from typing import Any
 from torch import nn
 
 from medvol import families
+from medvol.defaults import BASE_WIDTH, WIDTH_DOUBLING_DATASET_SIZES
 from medvol.networks.blocks import count_parameters, plan_resolution, spatial_shape
 
-# Default width (channels at full resolution) by dimensionality, and the dataset sizes from which it doubles: a few
-# hundred 2D images get a 2D DCGAN of about 3 M parameters at 64^2 (docs/benchmarks.md), not the published 38 M.
-BASE_WIDTH = {2: 32, 3: 16}
-WIDTH_DOUBLING_DATASET_SIZES = (2000, 20000)
 # the widest layer is at most this many times the base width (DCGAN's published 1024 / 128)
 MAX_WIDTH_FACTOR = 8
 

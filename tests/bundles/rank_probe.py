@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from ignite.engine import Events
 
-from medvol.engines.trainer import unwrapped
+from medvol.engines.distributed import unwrapped
 
 
 def digest(tensors: Iterable[torch.Tensor]) -> str:

@@ -73,3 +73,23 @@ def test_defaults_and_help_numbers_come_from_the_constants(monkeypatch):
     assert "(default 3)" in _help(parser, "demo")
 
 
+
+def test_the_library_applies_the_defaults_the_help_states():
+    from medvol.engines.evaluation import evaluation_interval
+    from medvol.evaluation import evaluate, utility_study
+    from medvol.evaluation.classifier import DEFAULT_BATCH_SIZE, recipe_epochs
+    from medvol.networks.factory import default_width
+
+    low, high = defaults.WIDTH_DOUBLING_DATASET_SIZES
+    assert [default_width(2), default_width(3, low), default_width(3, high)] == [
+        defaults.BASE_WIDTH[2], 2 * defaults.BASE_WIDTH[3], 4 * defaults.BASE_WIDTH[3]]
+    shortest = defaults.AUTO_EVALUATION_MIN_ITERATIONS
+    assert evaluation_interval("auto", shortest - 1) == 0
+    assert evaluation_interval("auto", shortest) == shortest // defaults.AUTO_EVALUATIONS
+    large = DEFAULT_BATCH_SIZE * defaults.CLASSIFIER_MIN_STEPS  # one step per epoch would be too few
+    assert recipe_epochs(large) == defaults.CLASSIFIER_EPOCHS
+    assert recipe_epochs(DEFAULT_BATCH_SIZE) == defaults.CLASSIFIER_MIN_STEPS
+    for function in (evaluate, utility_study):
+        parameters = inspect.signature(function).parameters
+        assert parameters["seeds"].default == defaults.UTILITY_SEEDS
+        assert parameters["synthetic_ratio"].default == defaults.SYNTHETIC_RATIO

@@ -191,7 +191,7 @@ def test_no_validation_split_means_no_evaluation_and_one_message(tmp_path, caplo
 
 
 def test_a_rank_other_than_zero_does_not_evaluate(tmp_path, monkeypatch):
-    monkeypatch.setattr("medvol.engines.evaluation._is_rank_zero", lambda: False)
+    monkeypatch.setattr("medvol.engines.evaluation.is_rank_zero", lambda: False)
     features = PooledFeatures()
     features.calls = 0
     counting = lambda images: (setattr(features, "calls", features.calls + 1), features(images))[1]  # noqa: E731
