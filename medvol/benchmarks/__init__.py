@@ -39,6 +39,23 @@ def environment() -> dict:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        **_cuda_environment(),
+    }
+
+
+def _cuda_environment() -> dict:
+    """The GPU and the float32 modes its numbers were measured in: with ``cudnn_tf32`` true (PyTorch's default),
+    "fp32" convolutions run in TF32 on Ampere and later GPUs; matrix products only with ``matmul_tf32``."""
+    if not torch.cuda.is_available():
+        return {}
+    return {
+        "cuda_device": torch.cuda.get_device_name(),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
     }
 
 

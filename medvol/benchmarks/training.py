@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -204,7 +205,11 @@ def step_fits(trainer: Any, micro_batch: int) -> bool:
     return not failed
 
 
-def _planner_rows(sizes, device, seed, channels, effective_batch) -> list[dict]:
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type} ({platform.machine()})"
+
+
+def _planner_rows(sizes, device, seed, channels, effective_batch, budget_bytes: int | None = None) -> list[dict]:
     rows = []
     for size in sizes:
         for precision, checkpointing in (("fp32", False), ("bf16", False), ("bf16", True)):
@@ -218,9 +223,9 @@ def _planner_rows(sizes, device, seed, channels, effective_batch) -> list[dict]:
                 trainer._enable_checkpointing()
             try:
                 start = time.perf_counter()
-                plan = trainer.plan_memory(None)
+                plan = trainer.plan_memory(budget_bytes)
                 plan_s = time.perf_counter() - start
-                planned, note = plan.micro_batch, f"planned peak {plan.measured_peak_bytes / GIB:.1f} GiB of {plan.budget_bytes / GIB:.1f} GiB"
+                planned, note = plan.micro_batch, f"planned peak {(plan.measured_peak_bytes or 0) / GIB:.2f} GiB of {(plan.budget_bytes or 0) / GIB:.2f} GiB"
             except MemoryError as error:
                 planned, plan_s, note = 0, None, str(error)
 
@@ -228,7 +233,7 @@ def _planner_rows(sizes, device, seed, channels, effective_batch) -> list[dict]:
             largest = largest_fitting_batch(functools.partial(step_fits, trainer), limit=4 * effective_batch)
             search_s = time.perf_counter() - start
             rows.append({
-                "case": f"3D WGAN-GP {size}^3 {precision}{' + checkpointing' if checkpointing else ''}, {torch.cuda.get_device_name(device)}",
+                "case": f"3D WGAN-GP {size}^3 {precision}{' + checkpointing' if checkpointing else ''}, {_device_name(device)}",
                 "medvol": f"planner micro-batch {planned}", "baseline": f"bisection max batch {largest}",
                 "medvol_s": plan_s, "baseline_s": search_s, "speedup": None,
                 "planned_micro_batch": planned, "largest_fitting_batch": largest,
@@ -236,7 +241,7 @@ def _planner_rows(sizes, device, seed, channels, effective_batch) -> list[dict]:
                 "status": "ok", "note": note,
             })
             del trainer, generator, critic
-            torch.cuda.empty_cache()
+            release_cached_memory(device)
     return rows
 
 
@@ -252,6 +257,8 @@ def run(
     channels: int | None = 16,
     seed: int = 0,
     torch_threads: int | None = None,
+    throughput: bool = True,
+    planner_budget_bytes: int | None = None,
     **_other_benchmark_options: Any,
 ) -> dict:
     """Runs the training benchmark and returns ``{"name": "training", "rows", "settings", "environment"}``.
@@ -268,6 +275,9 @@ def run(
         channels: ``base_channels`` of the residual generator/critic (None: the family default).
         seed: seeds the networks and data.
         torch_threads: intra-op threads during the run (None: leave as is).
+        throughput: run the throughput rows (False: planner rows only).
+        planner_budget_bytes: memory budget of the planner rows (None: the free GPU memory); given on a CPU, the
+            planner rows run there too (a dry run of the GPU code path: the numbers mean nothing).
         _other_benchmark_options: options meant for other benchmarks of ``medvol bench`` (ignored).
     """
     device = default_device(device)
@@ -275,10 +285,10 @@ def run(
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
     try:
-        rows = _throughput_rows(size, batch, critic_steps, iterations, repeats, device, seed, channels)
-        if device.type == "cuda":
-            rows += _planner_rows(planner_sizes, device, seed, channels, planner_effective_batch)
-        else:
+        rows = _throughput_rows(size, batch, critic_steps, iterations, repeats, device, seed, channels) if throughput else []
+        if device.type == "cuda" or planner_budget_bytes is not None:
+            rows += _planner_rows(planner_sizes, device, seed, channels, planner_effective_batch, planner_budget_bytes)
+        elif planner_sizes:
             rows.append({
                 "case": f"3D WGAN-GP {', '.join(f'{s}^3' for s in planner_sizes)}: planner micro-batch vs bisection max batch",
                 "medvol": "plan_memory(free GPU memory)", "baseline": "bisection on real steps",
@@ -290,5 +300,6 @@ def run(
         torch.set_num_threads(threads)
     settings = {"size": size, "batch": batch, "critic_steps": critic_steps, "iterations": iterations, "repeats": repeats,
                 "device": str(device), "planner_sizes": list(planner_sizes), "planner_effective_batch": planner_effective_batch,
-                "channels": channels, "seed": seed, "torch_threads": torch.get_num_threads() if torch_threads is None else torch_threads}
+                "channels": channels, "seed": seed, "torch_threads": torch.get_num_threads() if torch_threads is None else torch_threads,
+                "throughput": throughput, "planner_budget_bytes": planner_budget_bytes}
     return {"name": "training", "rows": rows, "settings": settings, "environment": measured_on}

@@ -32,6 +32,7 @@ __all__ = [
     "autocast",
     "make_grad_scaler",
     "forget_unfinished_step",
+    "configure_cudnn",
     "AutocastModule",
     "cpu_supports_bf16",
     "cpu_bf16_support",
@@ -137,6 +138,22 @@ def forget_unfinished_step(scaler: torch.amp.GradScaler | None) -> None:
     itself is kept."""
     if scaler is not None:
         scaler._per_optimizer_states.clear()  # a defaultdict: each optimiser starts again from a fresh "ready" record
+
+
+def configure_cudnn(device: str | torch.device, benchmark: bool) -> bool:
+    """On a CUDA device with `benchmark`, let cuDNN time its convolution algorithms and keep the fastest
+    (``cudnn.benchmark = True``, ``cudnn.deterministic = False``), overriding what ``monai.utils.set_determinism``
+    set; otherwise leave the flags as they are. Returns whether it changed them.
+
+    The trade-off: autotuned 3D convolutions are faster, but the chosen algorithms (and so the float rounding) may
+    differ between runs, so a resumed run is no longer bitwise the uninterrupted one (docs/benchmarks.md, "Determinism
+    on a GPU"). The trainers' default is False.
+    """
+    if not benchmark or torch.device(device).type != "cuda":
+        return False
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.deterministic = False
+    return True
 
 
 class AutocastModule(nn.Module):

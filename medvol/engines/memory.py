@@ -223,7 +223,7 @@ class MemoryPlan:
         distributed = torch.distributed
         if not (distributed.is_available() and distributed.is_initialized()) or distributed.get_world_size() == 1:
             return self
-        device = torch.device("cuda", torch.cuda.current_device()) if distributed.get_backend() == "nccl" else "cpu"
+        device = torch.device(self.device) if distributed.get_backend() == "nccl" else "cpu"  # the training GPU
         smallest = torch.tensor([self.micro_batch, -int(self.checkpointing)], dtype=torch.int64, device=device)
         distributed.all_reduce(smallest, op=distributed.ReduceOp.MIN)
         micro, checkpointing = int(smallest[0].item()), bool(-smallest[1].item())
@@ -390,6 +390,7 @@ def _measure_tracked(probe: Callable[[int], None], micro_batch: int) -> int:
 def plan_memory(
     probe: Callable[[int], None],
     effective_batch: int,
+    *,
     device: str | torch.device = "cpu",
     budget_bytes: int | None = None,
     precision: str = "fp32",

@@ -73,7 +73,9 @@ Randomness inside data-loader workers (random augmentation with ``num_workers > 
 Interruption: during ``run()`` SIGINT (Ctrl-C) and SIGTERM only ask training to stop; the current iteration finishes,
 its checkpoint is written and :class:`TrainingInterrupted` (a ``KeyboardInterrupt`` with ``exit_code`` 130 / 143 and a
 one-line message saying where the checkpoint is) is raised; ``request_stop()`` does the same from code. Under
-DistributedDataParallel the ranks all-reduce the stop flag after every iteration, so all stop after the same one.
+DistributedDataParallel the ranks all-reduce the stop flag, so all stop after the same iteration: after every
+iteration with gloo (CPU), after every 10th with NCCL (``STOP_SYNC_EVERY_NCCL``: reading the flag back waits for the
+GPU to finish its queued work, so it is not done every iteration).
 
 Export: when training ends, ``run_dir/models/model.pt`` receives the weights sampling needs as a plain ``state_dict``
 (the EMA generator when there is one, else the generator; the autoencoder), and ``run.json``, when present, names it.
@@ -104,7 +106,13 @@ from monai.engines import Trainer
 from monai.engines.utils import IterationEvents
 from monai.utils import GanKeys, IgniteInfo, min_version, optional_import
 
-from medvol.engines.amp import AutocastModule, forget_unfinished_step, make_grad_scaler, resolve_precision
+from medvol.engines.amp import (
+    AutocastModule,
+    configure_cudnn,
+    forget_unfinished_step,
+    make_grad_scaler,
+    resolve_precision,
+)
 from medvol.engines.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state, seed_cuda_device
 from medvol.engines.distributed import unwrapped, without_ddp_prefix
 from medvol.engines.guards import AdversarialHealth, check_finite
@@ -241,6 +249,8 @@ class MedvolTrainer(Trainer):
         oom_injector: test hook ``f(trainer, micro_batch)`` called before each micro-batch; may raise
             ``torch.OutOfMemoryError``.
         non_blocking: non-blocking host-to-device copies.
+        cudnn_benchmark: on CUDA, autotune cuDNN's convolution algorithms (faster 3D convolutions, no longer bitwise
+            reproducible; overrides ``set_determinism``, see :func:`medvol.engines.amp.configure_cudnn`). Default False.
     """
 
     def __init__(
@@ -249,6 +259,7 @@ class MedvolTrainer(Trainer):
         train_data_loader: Any,
         networks: Mapping[str, nn.Module],
         optimizers: Mapping[str, Optimizer],
+        *,
         batches_per_iteration: int = 1,
         max_epochs: int = 1,
         epoch_length: int | None = None,
@@ -271,6 +282,7 @@ class MedvolTrainer(Trainer):
         monitor: Any = None,
         oom_injector: Callable[[Any, int], None] | None = None,
         non_blocking: bool = False,
+        cudnn_benchmark: bool = False,
     ):
         device = torch.device(device)
         self.stream = BatchStream(train_data_loader, seed=seed)
@@ -320,6 +332,7 @@ class MedvolTrainer(Trainer):
         self.state.samples_per_second = float("nan")
         self._stop_signal: int | None = None
         self.seed = int(seed)
+        self.cudnn_benchmark = bool(cudnn_benchmark)
         self.rank, self.world_size = process_rank()
 
         self.add_event_handler(Events.ITERATION_COMPLETED, self._save_periodic_checkpoint)
@@ -444,9 +457,9 @@ class MedvolTrainer(Trainer):
         if self.run_dir is None or (self._stop_signal is not None and not self._is_finished()):
             return
         import io
-        import json
 
         from medvol.engines.checkpoint import atomic_write_bytes
+        from medvol.runs import RunRecord
 
         state = {key: value.detach().cpu() for key, value in self.model_state_dict().items()}
         buffer = io.BytesIO()
@@ -454,19 +467,11 @@ class MedvolTrainer(Trainer):
         path = self.run_dir / MODEL_EXPORT
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, buffer.getvalue())
-        record_path = self.run_dir / "run.json"
-        if record_path.is_file():
+        if RunRecord.exists(self.run_dir):
             name, network, ema = self.exported_network()
-            record = json.loads(record_path.read_text())
-            record["model"] = {
-                "file": MODEL_EXPORT.as_posix(),
-                "network": name,
-                "ema": ema,
-                "iteration": int(self.state.iteration),
-                "parameters": int(sum(p.numel() for p in network.parameters())),
-                "bytes": path.stat().st_size,
-            }
-            atomic_write_bytes(record_path, (json.dumps(record, indent=2) + "\n").encode())
+            model = {"file": MODEL_EXPORT.as_posix(), "network": name, "ema": ema, "iteration": int(self.state.iteration),
+                     "parameters": int(sum(p.numel() for p in network.parameters())), "bytes": path.stat().st_size}
+            RunRecord.load(self.run_dir).update(model=model).save()
 
     # ---- stopping on SIGINT / SIGTERM ---------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -484,6 +489,9 @@ class MedvolTrainer(Trainer):
             for signum, handler in previous.items():
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
+    # under NCCL the ranks agree on stopping every this many iterations (reading the flag waits for the GPU)
+    STOP_SYNC_EVERY_NCCL = 10
+
     def request_stop(self, signum: int = signal.SIGINT) -> None:
         """Stop after the current iteration as if `signum` had been received (:meth:`run` then saves a checkpoint of
         it and raises :class:`TrainingInterrupted`)."""
@@ -495,8 +503,10 @@ class MedvolTrainer(Trainer):
         distributed = torch.distributed
         if distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1:
             # every rank stops after the same iteration: a rank still training would wait forever in an all-reduce
-            device = torch.device("cuda", torch.cuda.current_device()) if distributed.get_backend() == "nccl" else "cpu"
-            flag = torch.tensor([stop], dtype=torch.int64, device=device)
+            nccl = distributed.get_backend() == "nccl"
+            if self.state.iteration % (self.STOP_SYNC_EVERY_NCCL if nccl else 1):
+                return
+            flag = torch.tensor([stop], dtype=torch.int64, device=self.state.device if nccl else "cpu")
             distributed.all_reduce(flag, op=distributed.ReduceOp.MAX)
             stop = int(flag.item())
             if stop and self._stop_signal is None:
@@ -746,6 +756,8 @@ class MedvolTrainer(Trainer):
             logger.info("the run in %s already reached iteration %d: nothing to do", self.checkpoints.directory, self.state.iteration)
             return
         logger.info("precision: %s (%s)", self.precision.value, self.precision_reason)
+        if configure_cudnn(self.state.device, self.cudnn_benchmark):
+            logger.info("cuDNN autotuning on: faster convolutions, results no longer bitwise reproducible")
         if self.plan is None:
             self.plan = self._make_plan().agreed_across_ranks()
         self.plan = self._with_batch_norm_policy(self.plan)
@@ -948,6 +960,7 @@ class GenerativeAdversarialTrainer(MedvolTrainer):
         g_optimizer: Optimizer,
         d_optimizer: Optimizer,
         objective: Any,
+        *,
         critic_steps: int | None = None,
         ema_decay: float | None = None,
         health_interval: int = 10,
@@ -1002,12 +1015,19 @@ class GenerativeAdversarialTrainer(MedvolTrainer):
 
     # ---- sampling -----------------------------------------------------------------------------------------------
     def _latents(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.randn(count, self.latent_size, generator=generator).to(self.state.device)
+        """Latents drawn on the training device (from this iteration's stream); with a `generator`, on its device."""
+        if generator is None:
+            return torch.randn(count, self.latent_size, device=self.state.device)
+        z = torch.randn(count, self.latent_size, generator=generator, device=generator.device)
+        return z.to(self.state.device, non_blocking=True)
 
     def _sample_labels(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
         if self.num_classes <= 0:
             return None
-        return torch.randint(0, self.num_classes, (count,), generator=generator).to(self.state.device)
+        if generator is None:
+            return torch.randint(0, self.num_classes, (count,), device=self.state.device)
+        labels = torch.randint(0, self.num_classes, (count,), generator=generator, device=generator.device)
+        return labels.to(self.state.device, non_blocking=True)
 
 
     @torch.no_grad()
@@ -1095,10 +1115,11 @@ class GenerativeAdversarialTrainer(MedvolTrainer):
         if self.ema_generator is None:
             return
         decay = ema_warmup_decay(self.ema_decay, int(self.state.iteration))
-        for ema_param, param in zip(self.ema_generator.parameters(), self.generator.parameters()):
-            ema_param.lerp_(param.detach(), 1.0 - decay)
-        for ema_buffer, buffer in zip(self.ema_generator.buffers(), self.generator.buffers()):
-            ema_buffer.copy_(buffer)
+        # one fused kernel per list on CUDA (a per-parameter loop launches one kernel per tensor)
+        torch._foreach_lerp_(list(self.ema_generator.parameters()), list(self.generator.parameters()), 1.0 - decay)
+        buffers = list(self.generator.buffers())
+        if buffers:
+            torch._foreach_copy_(list(self.ema_generator.buffers()), buffers)
 
     def _iteration(self, engine: Any, batchdata: Any) -> dict[str, Any]:
         batches = [batchdata] + [next(self.stream) for _ in range(self.critic_steps - 1)]

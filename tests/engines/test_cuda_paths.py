@@ -90,3 +90,29 @@ def test_the_process_group_waits_long_enough_for_rank_zero_to_evaluate(monkeypat
     assert calls[0]["backend"] == "gloo"
     assert calls[0]["timeout"] == datetime.timedelta(hours=2) and calls[1]["timeout"] == datetime.timedelta(hours=4)
     assert distributed.COLLECTIVE_TIMEOUT_S > 600  # NCCL's default of 10 minutes would end runs that evaluate mid-run
+
+
+@pytest.fixture
+def cudnn_flags():
+    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True  # as set_determinism leaves them
+    yield
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
+
+
+def test_cudnn_autotuning_is_an_option_that_only_touches_cuda(cudnn_flags):
+    from medvol.engines.amp import configure_cudnn
+
+    assert not configure_cudnn("cuda", benchmark=False)
+    assert not configure_cudnn("cpu", benchmark=True)
+    assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (False, True)
+    assert configure_cudnn("cuda:1", benchmark=True)
+    assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (True, False)
+
+
+def test_the_trainer_keeps_determinism_unless_asked(cudnn_flags):
+    generator, critic, g_opt, d_opt = make_gan(2, 8)
+    trainer = GenerativeAdversarialTrainer("cpu", make_loader(), generator, critic, g_opt, d_opt, ToyWasserstein(), max_iterations=1)
+    assert trainer.cudnn_benchmark is False
+    trainer.run()
+    assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (False, True)
