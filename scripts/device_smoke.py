@@ -15,9 +15,9 @@ import warnings
 from pathlib import Path
 
 import torch
-from ignite.engine import Events
 
 from medvol.benchmarks import environment
+from medvol.benchmarks.training import iteration_stepper
 from medvol.engines import GenerativeAdversarialTrainer
 from medvol.engines.memory import is_out_of_memory
 from medvol.networks import MinibatchStdDev
@@ -47,23 +47,14 @@ def syncs_per_iteration(device: torch.device, size: int, iterations: int) -> dic
     """Synchronising calls per iteration of a 3D WGAN-GP (bf16, EMA) under ``set_sync_debug_mode("warn")``, counted
     over `iterations` iterations after 2 warm-up ones (planning and first-step allocations left out)."""
     trainer = _trainer(device, size, "bf16", iterations=10**9)
-    remaining = [0]
-
-    def stop_after_n(engine) -> None:
-        remaining[0] -= 1
-        if remaining[0] == 0:
-            engine.terminate()
-
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, stop_after_n)
-    remaining[0] = 2
-    trainer.run()
+    step = iteration_stepper(trainer)
+    step(2)
     debug_mode = torch.cuda.set_sync_debug_mode if device.type == "cuda" else (lambda mode: None)
-    remaining[0] = iterations
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         debug_mode("warn")
         try:
-            trainer.run()  # ignite resumes a terminated run where it stopped
+            step(iterations)
         finally:
             debug_mode("default")
     sources: dict[str, int] = {}

@@ -38,7 +38,7 @@ from medvol.devices import default_device
 from medvol.engines import GenerativeAdversarialTrainer
 from medvol.engines.memory import GIB, is_out_of_memory, release_cached_memory
 
-__all__ = ["run", "plain_wgan_gp_loop", "largest_fitting_batch", "step_fits"]
+__all__ = ["run", "plain_wgan_gp_loop", "largest_fitting_batch", "step_fits", "iteration_stepper"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,24 @@ def _trainer(generator, critic, loader, device, precision: str, checkpointing: b
     )
 
 
+def iteration_stepper(trainer: Any) -> Callable[[int], None]:
+    """``step(n)``: run `trainer` (with a large ``max_iterations``) for `n` more iterations, then return."""
+    remaining = [0]
+
+    def stop_after_n(engine) -> None:
+        remaining[0] -= 1
+        if remaining[0] == 0:
+            engine.terminate()
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, stop_after_n)
+
+    def step(n: int) -> None:  # ignite resumes a terminated run where it stopped
+        remaining[0] = n
+        trainer.run()
+
+    return step
+
+
 def _time_per_iteration(step: Callable[[int], None], iterations: int, device: torch.device) -> float:
     step(1)  # warm-up (allocator, kernels, lazy optimiser state)
     if device.type == "cuda":
@@ -124,22 +142,8 @@ def _throughput_rows(size, batch, critic_steps, iterations, repeats, device, see
     critic0.to(device)
 
     def medvol_case(precision: str, checkpointing: bool) -> Callable[[int], None]:
-        trainer = _trainer(copy.deepcopy(generator0), copy.deepcopy(critic0), _loader(batches), device, precision,
-                           checkpointing, critic_steps, 10**9)
-        remaining = [0]
-
-        def stop_after_n(engine) -> None:
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                engine.terminate()
-
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, stop_after_n)
-
-        def step(n: int) -> None:  # ignite resumes a terminated run where it stopped
-            remaining[0] = n
-            trainer.run()
-
-        return step
+        return iteration_stepper(_trainer(copy.deepcopy(generator0), copy.deepcopy(critic0), _loader(batches), device,
+                                          precision, checkpointing, critic_steps, 10**9))
 
     cases: dict[str, Callable[[int], None]] = {
         "plain fp32 loop": plain_wgan_gp_loop(copy.deepcopy(generator0), copy.deepcopy(critic0), batches, critic_steps),

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import medvol
 from medvol.engines import GenerativeAdversarialTrainer
 from medvol.engines.trainer import ema_warmup_decay
 from tests.engines.toys import ToyWassersteinGP, make_gan, make_loader
+from tests.operators import OperatorLog
 
 READ_BACKS = ("item", "tolist", "__float__", "__int__", "__bool__", "cpu", "numpy")
 
@@ -79,16 +79,6 @@ def test_the_hot_loop_reads_back_once_per_optimiser_step_and_copies_only_the_bat
     assert per_iteration["copies"] <= 2 * critic_steps, per_iteration
 
 
-class _OpCounter(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
-
-
 def test_the_ema_update_is_fused_and_equal_to_the_per_parameter_loop():
     generator, critic, g_opt, d_opt = make_gan(2, 8, num_classes=2)
     generator.register_buffer("calls", torch.zeros(3))  # a buffer, copied as it is
@@ -109,8 +99,8 @@ def test_the_ema_update_is_fused_and_equal_to_the_per_parameter_loop():
             ema_param.lerp_(param, 1.0 - decay)
         for ema_buffer, buffer in zip(reference.buffers(), generator.buffers()):
             ema_buffer.copy_(buffer)
-    with _OpCounter() as counter:
+    with OperatorLog() as counter:
         trainer._update_ema()
     for (name, expected), actual in zip(reference.state_dict().items(), trainer.ema_generator.state_dict().values()):
         assert torch.equal(expected, actual), name  # bitwise
-    assert len(counter.ops) <= 2, counter.ops  # one lerp over every parameter, one copy over every buffer
+    assert len(counter.names) <= 2, counter.names  # one lerp over every parameter, one copy over every buffer

@@ -32,21 +32,25 @@ def test_allocation_failures_count_as_out_of_memory(error, expected):
     assert is_out_of_memory(error) is expected
 
 
+def _oom_before_the_first_update(step, params=None):
+    """`step` that raises an out-of-memory error on its first call, before changing anything."""
+    calls = []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected before the update)")
+        return step(*args, **kwargs)
+
+    return wrapped
+
+
 def test_gradscaler_state_is_reset_after_an_error_inside_its_step():
     """The issue's reproduction: p = 0, gradient 1, SGD lr 1; after a failed scaler.step the retry must give p = -1."""
     p = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([p], lr=1.0)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    original = optimizer.step
-    calls = []
-
-    def fail_once(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise torch.OutOfMemoryError("injected inside optimizer.step")
-        return original(*args, **kwargs)
-
-    optimizer.step = fail_once
+    optimizer.step = _oom_before_the_first_update(optimizer.step)
     for attempt in range(2):
         optimizer.zero_grad()
         scaler.scale(p.sum()).backward()
@@ -77,19 +81,8 @@ def _fp16_weights(step_wrapper=None):
 
 
 def test_fp16_step_repeated_after_an_oom_before_the_update_matches_an_uninterrupted_step():
-    def oom_before_the_first_update(step, params):
-        calls = []
-
-        def wrapped(*args, **kwargs):
-            calls.append(1)
-            if len(calls) == 1:
-                raise torch.OutOfMemoryError("CUDA out of memory (injected before the update)")
-            return step(*args, **kwargs)
-
-        return wrapped
-
     _, reference = _fp16_weights()
-    trainer, retried = _fp16_weights(oom_before_the_first_update)
+    trainer, retried = _fp16_weights(_oom_before_the_first_update)
     assert trainer.plan.micro_batch == 2 and trainer.plan.oom_events[0]["from"] == 4
     # without the scaler reset the repeated step applies gradients x65536 (max difference ~1e2)
     torch.testing.assert_close(retried, reference, rtol=1e-3, atol=1e-5)

@@ -5,26 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from medvol.networks import MinibatchStdDev
+from tests.operators import OperatorLog
 
 # operators that copy a value to the host, or whose output size depends on tensor values
 SYNCING = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive", "masked_select", "item"}
-
-
-class _OpNames(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.names: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(func.overloadpacket.__name__)
-        if func.overloadpacket.__name__ == "index" and any(
-            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else ())
-        ):
-            self.names.append("nonzero")  # boolean-mask indexing
-        return func(*args, **(kwargs or {}))
 
 
 def _per_group_spread(features: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
@@ -50,7 +36,7 @@ def test_the_spread_matches_the_per_group_definition_without_host_syncs(shape, l
     features = torch.randn(shape) * 3 + 1
     layer = MinibatchStdDev(group_size=4)
     label_tensor = None if labels is None else torch.tensor(labels)
-    with _OpNames() as ops:
+    with OperatorLog() as ops:
         out = layer(features, label_tensor)
     assert not SYNCING & set(ops.names), sorted(SYNCING & set(ops.names))
     if labels is None:
