@@ -15,7 +15,6 @@ Gaussian fitted (per latent dimension) to the codes of up to `CAE_FIT_SAMPLES` t
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -29,10 +28,9 @@ from medvol import __version__, families
 from medvol.devices import default_device
 from medvol.errors import MedvolInputError
 from medvol.io.files import atomic_folder, write_json
+from medvol.runs import RunRecord
 
 __all__ = [
-    "RUN_RECORD",
-    "load_run_record",
     "resolve_checkpoint",
     "load_networks",
     "sample_labels",
@@ -46,27 +44,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-RUN_RECORD = "run.json"
 MODEL_EXPORT = Path("models") / "model.pt"  # the generator-only export training writes (medvol.engines.trainer)
 CAE_FIT_SAMPLES = 64
 SAMPLE_BATCH = 8
 FORMATS = ("nifti", "dicom", "png")
 MODALITY_BY_INTENSITY = {"ct": "CT", "mr": "MR"}
-
-
-def load_run_record(run_dir: str | os.PathLike) -> dict:
-    """The ``run.json`` of a run folder.
-
-    Raises:
-        MedvolInputError: the folder or its ``run.json`` is missing or unreadable.
-    """
-    path = Path(run_dir) / RUN_RECORD
-    if not path.is_file():
-        raise MedvolInputError(run_dir, f"not a medvol run folder (no {RUN_RECORD}; train one with `medvol train`)")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise MedvolInputError(path, f"unreadable run record ({err})") from None
 
 
 def resolve_checkpoint(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> Path:
@@ -130,25 +112,20 @@ def check_checkpoint(path: str | os.PathLike) -> dict:
         ) from None
 
 
-def _build_networks(record: Mapping) -> dict[str, torch.nn.Module]:
+def _build_networks(record: RunRecord) -> dict[str, torch.nn.Module]:
     from medvol.networks.factory import build
 
-    return build(
-        record["family"],
-        int(record["spatial_dims"]),
-        record["image_size"],
-        num_classes=int(record.get("num_classes") or 0),
-        **dict(record.get("network") or {}),
-    )
+    return build(record.family, int(record.spatial_dims), record.image_size, num_classes=int(record.num_classes),
+                 **dict(record.network))
 
 
 def load_networks(
-    record: Mapping, checkpoint: str | os.PathLike, device: str | torch.device = "cpu", use_ema: bool = True
+    record: RunRecord, checkpoint: str | os.PathLike, device: str | torch.device = "cpu", use_ema: bool = True
 ) -> dict[str, torch.nn.Module]:
     """The networks of a run with the weights of `checkpoint`, in eval mode on `device`.
 
     Args:
-        record: the run record (``run.json``).
+        record: the run record.
         checkpoint: a checkpoint file written by the run's trainer, or a generator-only export (``RUN/models/model.pt``:
             the plain ``state_dict`` of the generator, its EMA when training kept one, or of the autoencoder); from an
             export only that network is returned.
@@ -164,8 +141,8 @@ def load_networks(
     networks = _build_networks(record)
     state = CheckpointManager.load(checkpoint, map_location="cpu")
     if _is_export(state):
-        default = families.get_family(record["family"]).exported_network
-        name = str((record.get("model") or {}).get("network") or default)
+        default = families.get_family(record.family).exported_network
+        name = str((record.model or {}).get("network") or default)
         networks = {name: networks[name]}
         state = {"networks": {name: state}}
     weights = dict(state.get("networks") or {})
@@ -181,7 +158,7 @@ def load_networks(
         except RuntimeError as err:
             problem = str(err).strip().splitlines()[0]
             raise MedvolInputError(
-                checkpoint, f"its {name} weights do not fit the {record['family']} network that run.json describes ({problem})"
+                checkpoint, f"its {name} weights do not fit the {record.family} network that run.json describes ({problem})"
             ) from None
         module.to(device).eval()
     return networks
@@ -192,30 +169,30 @@ def _is_export(state: Mapping[str, Any]) -> bool:
     return bool(state) and "networks" not in state and all(isinstance(v, torch.Tensor) for v in state.values())
 
 
-def sample_labels(record: Mapping, n: int, label: str | int | None = None) -> list[int | None]:
+def sample_labels(record: RunRecord, n: int, label: str | int | None = None) -> list[int | None]:
     """One entry per sample: class indices (`n` per class, or `n` of `label`) for conditional models, else None.
 
     Raises:
         MedvolInputError: an unknown label, or a label for an unconditional model.
     """
-    classes = list(record.get("classes") or [])
-    conditional = int(record.get("num_classes") or 0) > 0
+    classes = list(record.classes)
+    conditional = int(record.num_classes) > 0
     if label is not None and not conditional:
-        raise MedvolInputError("--label", f"the {record['family']} model is not conditional: it cannot sample a class")
+        raise MedvolInputError("--label", f"the {record.family} model is not conditional: it cannot sample a class")
     if not conditional:
         return [None] * n
     if label is None:
-        return [c for c in range(int(record["num_classes"])) for _ in range(n)]
+        return [c for c in range(int(record.num_classes)) for _ in range(n)]
     text = str(label)
     if text in classes:
         return [classes.index(text)] * n
-    if text.lstrip("-").isdigit() and 0 <= int(text) < int(record["num_classes"]):
+    if text.lstrip("-").isdigit() and 0 <= int(text) < int(record.num_classes):
         return [int(text)] * n
-    raise MedvolInputError("--label", f"unknown class {text!r}; the model knows {classes or list(range(record['num_classes']))}")
+    raise MedvolInputError("--label", f"unknown class {text!r}; the model knows {classes or list(range(record.num_classes))}")
 
 
 def _cae_latent_gaussian(
-    record: Mapping, autoencoder: torch.nn.Module, device: torch.device
+    record: RunRecord, autoencoder: torch.nn.Module, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation per latent dimension of the codes of up to `CAE_FIT_SAMPLES` training images."""
     dataset = _training_dataset(record)
@@ -229,16 +206,15 @@ def _cae_latent_gaussian(
     return stacked.mean(0), stacked.std(0, unbiased=count > 1).clamp_min(1e-6)
 
 
-def _training_dataset(record: Mapping):
+def _training_dataset(record: RunRecord):
     from medvol.data.datasets import build_dataset
 
-    options = dict(record.get("dataset_options") or {})
-    return build_dataset(record["datalist"], split="training", **options)
+    return build_dataset(record.datalist, split="training", **dict(record.dataset_options))
 
 
 @torch.no_grad()
 def generate(
-    record: Mapping,
+    record: RunRecord,
     networks: Mapping[str, torch.nn.Module],
     labels: Sequence[int | None],
     seed: int = 0,
@@ -251,7 +227,7 @@ def generate(
     """
     device = torch.device(device)
     generator = torch.Generator().manual_seed(int(seed))
-    spec = families.get_family(record["family"])
+    spec = families.get_family(record.family)
     outputs = []
     if spec.is_autoencoder:
         autoencoder = networks["autoencoder"]
@@ -273,7 +249,7 @@ def generate(
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
-def to_source_units(images: torch.Tensor, record: Mapping, snap: bool = True) -> np.ndarray:
+def to_source_units(images: torch.Tensor, record: RunRecord, snap: bool = True) -> np.ndarray:
     """Images in the networks' output range mapped back to the source intensities (HU for CT) with the run's
     intensity record; values are clipped to the output range first, so they land within the source window. When the
     training images were masks (``intensity_source.levels`` of the run, e.g. 0 / 255 recorded by `medvol prepare`),
@@ -281,20 +257,20 @@ def to_source_units(images: torch.Tensor, record: Mapping, snap: bool = True) ->
     otherwise carry a low-level speckle that no training image has."""
     from medvol.transforms.intensity import invert_intensity, snap_to_levels
 
-    mapping = record.get("intensity")
+    mapping = record.intensity
     array = images.detach().cpu().numpy().astype(np.float32)
     if not mapping:
         return array
     low, high = (float(v) for v in mapping["output_range"])
     array = np.asarray(invert_intensity(np.clip(array, low, high), mapping), dtype=np.float32)
-    levels = (record.get("intensity_source") or {}).get("levels")
+    levels = record.intensity_source.get("levels")
     return snap_to_levels(array, levels) if snap and levels else array
 
 
-def _label_name(record: Mapping, label: int | None) -> str | None:
+def _label_name(record: RunRecord, label: int | None) -> str | None:
     if label is None:
         return None
-    classes = list(record.get("classes") or [])
+    classes = list(record.classes)
     return classes[label] if label < len(classes) else str(label)
 
 
@@ -317,7 +293,7 @@ def relative_provenance(provenance: Mapping[str, Any]) -> dict[str, Any]:
 def write_samples(
     arrays: np.ndarray,
     labels: Sequence[int | None],
-    record: Mapping,
+    record: RunRecord,
     out_dir: str | os.PathLike,
     fmt: str,
     provenance: Mapping[str, Any],
@@ -347,7 +323,7 @@ def write_samples(
         return _write_samples(arrays, labels, record, out, staging, fmt, relative_provenance(provenance))
 
 
-def _write_samples(arrays: np.ndarray, labels: Sequence[int | None], record: Mapping, out: Path, staging: Path,
+def _write_samples(arrays: np.ndarray, labels: Sequence[int | None], record: RunRecord, out: Path, staging: Path,
                    fmt: str, provenance: Mapping[str, Any]) -> dict:
     """`write_samples` into `staging`, with the paths the files will have in `out`."""
     from medvol.io.writers import (
@@ -358,16 +334,16 @@ def _write_samples(arrays: np.ndarray, labels: Sequence[int | None], record: Map
         write_synthetic_png,
     )
 
-    spatial_dims = int(record["spatial_dims"])
+    spatial_dims = int(record.spatial_dims)
     bit_depth = None
     if fmt == "png":
         if spatial_dims != 2:
             raise MedvolInputError("--format", f"png is for 2D runs; this run is {spatial_dims}D: write nifti or dicom")
-        mapping = record.get("intensity") or {}
+        mapping = record.intensity or {}
         bit_depth = png_bit_depth(mapping.get("window_range") or mapping.get("window") or (0, 255))
-    affine = np.asarray(record.get("reference_affine") or np.eye(4 if spatial_dims == 3 else 3), dtype=float)
+    affine = np.asarray(record.reference_affine or np.eye(4 if spatial_dims == 3 else 3), dtype=float)
     spacing, origin, direction = lps_geometry_from_affine_ras(affine)
-    modality = record.get("modality") or "OT"
+    modality = record.modality
     entries = []
     for index, (array, label) in enumerate(zip(arrays, labels)):
         name = _label_name(record, label)
@@ -404,7 +380,7 @@ def _write_samples(arrays: np.ndarray, labels: Sequence[int | None], record: Map
         "synthetic": True,
         "mode": "volume" if spatial_dims == 3 else "slice",
         "spatial_dims": spatial_dims,
-        "classes": list(record.get("classes") or []),
+        "classes": list(record.classes),
         "format": fmt,
         "provenance": dict(provenance),
         "preprocessing": {"size": list(arrays.shape[2:]), "spacing": None},
@@ -421,13 +397,13 @@ def _write_samples(arrays: np.ndarray, labels: Sequence[int | None], record: Map
     return document
 
 
-def sample_intensity(record: Mapping) -> dict:
+def sample_intensity(record: RunRecord) -> dict:
     """The ``intensity`` block of a sample folder's datalist: what the training data's source says (kind, modality,
     levels) and, under ``sample_mapping``, the run's mapping that `to_source_units` inverted (``window`` in source
     units onto ``output_range``), so `medvol evaluate` reads the files back with that fixed window: exactly the
     generator's output, not a window measured again on each generated image."""
-    intensity = dict(record.get("intensity_source") or {})
-    mapping = record.get("intensity")
+    intensity = dict(record.intensity_source)
+    mapping = record.intensity
     if mapping:
         intensity["sample_mapping"] = {"window": [float(v) for v in mapping["window"]],
                                        "output_range": [float(v) for v in mapping["output_range"]]}
@@ -468,14 +444,14 @@ def sample_run(
     if fmt not in FORMATS:
         raise MedvolInputError("--format", f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     run_dir = Path(run_dir).expanduser().resolve()
-    record = load_run_record(run_dir)
+    record = RunRecord.load(run_dir)
     checkpoint_path = resolve_checkpoint(run_dir, checkpoint)
     device = default_device(device)
     networks = load_networks(record, checkpoint_path, device)
     labels = sample_labels(record, n, label)
     images = generate(record, networks, labels, seed=seed, device=device)
     arrays = to_source_units(images, record)
-    provenance = {"run": str(run_dir), "checkpoint": str(checkpoint_path), "seed": int(seed), "family": record["family"]}
+    provenance = {"run": str(run_dir), "checkpoint": str(checkpoint_path), "seed": int(seed), "family": record.family}
     document = write_samples(arrays, labels, record, out_dir, fmt, provenance)
     logger.info("wrote %d synthetic %s samples to %s", len(labels), fmt, out_dir)
     return document
@@ -538,15 +514,18 @@ def stack_slice_samples(sample_dir: str | os.PathLike, out_dir: str | os.PathLik
     volume_affine[:, :3] = np.asarray(affine, dtype=float)[:, columns]
     provenance = dict(document.get("provenance") or {})
     run = str(provenance.get("run", folder.name))
-    record = {"spatial_dims": 3, "reference_affine": volume_affine.tolist(), "classes": document.get("classes") or [],
-              "intensity_source": document.get("intensity") or {},
-              "modality": MODALITY_BY_INTENSITY.get(str((document.get("intensity") or {}).get("kind")), "OT")}
+    stacked = np.stack(arrays)
+    # what write_samples needs of a run: geometry, classes and intensity of the stacked samples
+    record = RunRecord(family=str(provenance.get("family")), spatial_dims=3, image_size=list(stacked.shape[2:]),
+                       reference_affine=volume_affine.tolist(), classes=list(document.get("classes") or []),
+                       intensity_source=dict(document.get("intensity") or {}),
+                       modality=MODALITY_BY_INTENSITY.get(str((document.get("intensity") or {}).get("kind")), "OT"))
     provenance.update({
         "run": run,  # the run's name; the checkpoint as a path inside it, so relative_provenance keeps it as it was
         "checkpoint": None if provenance.get("checkpoint") is None else str(Path(run) / str(provenance["checkpoint"])),
         "stacked": {"from": folder.name, "depth": int(depth), "axis": int(axis), "latents": "independent per slice"},
     })
-    written = write_samples(np.stack(arrays), labels, record, out_dir, "nifti", provenance)
+    written = write_samples(stacked, labels, record, out_dir, "nifti", provenance)
     logger.info("stacked %d samples of %s into %d volumes of depth %d in %s", len(document["training"]), folder,
                 len(arrays), depth, out_dir)
     return written

@@ -92,13 +92,14 @@ def test_demo_cgan_samples_of_a_class_differ_as_much_as_real_images_of_the_class
     NIfTI files. Without the mode-seeking term every sample of a class was the same image (ratio 0.07-0.10,
     docs/results.md); an untrained generator's noise would pass the ratio, hence the check on the iterations."""
     from medvol.commands.demo import run_demo
-    from medvol.sampling import _training_dataset, load_run_record, to_source_units
+    from medvol.runs import RunRecord
+    from medvol.sampling import _training_dataset, to_source_units
 
     summary = run_demo(tmp_path / "demo", minutes=30.0, only="cgan_2d")
     result = summary["runs"]["cgan_2d"]
     assert set(summary["runs"]) == {"cgan_2d"} and result["iterations"] == 1000, result
     synthetic = json.loads((tmp_path / "demo" / "cgan_2d" / "synthetic" / "datalist.json").read_text())
-    record = load_run_record(result["run_dir"])
+    record = RunRecord.load(result["run_dir"])
     dataset = _training_dataset(record)
     real = torch.stack([torch.as_tensor(dataset[i]["image"]) for i in range(len(dataset))]).float()
     real = torch.as_tensor(to_source_units(real, record))  # the units the synthetic files are written in

@@ -81,3 +81,13 @@ def test_for_training_records_the_data_and_the_history_of_a_resumed_run(run_dir,
     resumed = RunRecord.for_training(run_dir, dataset=dataset, datalist=str(datalist), **facts)
     assert resumed.history == [{"iterations": 1, "seed": 0}, {"iterations": 2, "seed": 0}]
     assert resumed.model is None and resumed.iterations == 7
+
+
+def test_a_run_folder_inside_a_source_is_a_medvol_output_and_a_damaged_record_is_not(run_dir, tmp_path):
+    from medvol.io.discovery import medvol_output_folders
+
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / RUN_RECORD_FILE).write_text("{}")
+    files = [run_dir / RUN_RECORD_FILE, damaged / RUN_RECORD_FILE]
+    assert medvol_output_folders(tmp_path.parent, files) == [run_dir]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from medvol.errors import MedvolInputError
+from medvol.runs import RunRecord
 from medvol.sampling import stack_slice_samples, write_samples
 
 SLICE_AFFINE = [[1.0, 0, 0, 5.0], [0, 1.0, 0, 6.0], [0, 0, 2.0, 7.0], [0, 0, 0, 1]]  # 1 mm pixels, 2 mm slices
@@ -19,8 +20,8 @@ def write_2d_samples(folder, count: int, labels=None, shape=(6, 5)):
     """A `medvol sample` output of a 2D run: `count` slices of `shape`, each filled with its own index."""
     arrays = np.stack([np.full((1, *shape), float(i), dtype=np.float32) for i in range(count)])
     arrays[:, :, 0, 0] += np.arange(count)[:, None] * 0.5  # not constant
-    record = {"spatial_dims": 2, "classes": ["a", "b"] if labels else [], "family": "wgan_gp",
-              "reference_affine": SLICE_AFFINE, "intensity_source": {"kind": "mr"}}
+    record = RunRecord(spatial_dims=2, image_size=list(shape), classes=["a", "b"] if labels else [], family="wgan_gp",
+                       reference_affine=SLICE_AFFINE, intensity_source={"kind": "mr"})
     run = folder.parent / "run2d"
     provenance = {"run": str(run), "checkpoint": str(run / "models" / "model.pt"), "seed": 3, "family": "wgan_gp"}
     write_samples(arrays, labels or [None] * count, record, folder, "nifti", provenance)
@@ -67,7 +68,7 @@ def test_bad_depth_is_refused_with_one_line(tmp_path, depth, message):
 def test_a_folder_without_2d_samples_is_refused(tmp_path):
     with pytest.raises(MedvolInputError, match="no datalist.json"):
         stack_slice_samples(tmp_path, tmp_path / "volumes", depth=2)
-    record = {"spatial_dims": 3, "classes": [], "family": "wgan_gp"}
+    record = RunRecord(spatial_dims=3, image_size=[4, 4, 4], family="wgan_gp")
     write_samples(np.zeros((2, 1, 4, 4, 4), np.float32), [None, None], record, tmp_path / "volumes3d", "nifti",
                   {"run": str(tmp_path / "run"), "checkpoint": None, "seed": 0, "family": "wgan_gp"})
     with pytest.raises(MedvolInputError, match="NIfTI samples of a 2D"):

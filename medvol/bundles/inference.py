@@ -12,6 +12,7 @@ from torch import nn
 
 from medvol import families
 from medvol.errors import MedvolInputError
+from medvol.runs import RUN_RECORD_FILE, RunRecord
 from medvol.networks.factory import build, sized_options
 
 __all__ = ["exported_network_name", "LatentGenerator", "export_network", "latent_input_size", "DEFAULT_NUM_CLASSES"]
@@ -114,21 +115,15 @@ def export_network(run_dir: str | os.PathLike | None = None, bundle_root: str | 
     Raises:
         MedvolInputError: `run_dir` holds an unreadable ``run.json``; no run and no ``train.yaml`` in `bundle_root`.
     """
-    from medvol.sampling import load_run_record
-
-    if run_dir is not None and (Path(run_dir) / "run.json").is_file():
-        record, source = load_run_record(run_dir), Path(run_dir) / "run.json"
-        network = dict(record.get("network") or {})
+    if run_dir is not None and RunRecord.exists(run_dir):
+        record, source = RunRecord.load(run_dir), Path(run_dir) / RUN_RECORD_FILE
+        network = dict(record.network)
     else:
-        record, source = _bundle_defaults(bundle_root), Path(bundle_root) / "configs" / "train.yaml"
-        network = sized_options(
-            record["family"], int(record["spatial_dims"]), record["image_size"], record["network"], width=record["width"]
-        )
-    networks = build(
-        record["family"],
-        int(record["spatial_dims"]),
-        record["image_size"],
-        num_classes=int(record.get("num_classes") or 0),
-        **network,
-    )
-    return LatentGenerator(networks[exported_network_name(record["family"])], source=str(source)).eval()
+        defaults, source = _bundle_defaults(bundle_root), Path(bundle_root) / "configs" / "train.yaml"
+        record = RunRecord(family=defaults["family"], spatial_dims=int(defaults["spatial_dims"]),
+                           image_size=defaults["image_size"], num_classes=defaults["num_classes"])
+        network = sized_options(record.family, record.spatial_dims, record.image_size, defaults["network"],
+                                width=defaults["width"])
+    networks = build(record.family, int(record.spatial_dims), record.image_size, num_classes=int(record.num_classes),
+                     **network)
+    return LatentGenerator(networks[exported_network_name(record.family)], source=str(source)).eval()

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from medvol.errors import MedvolInputError
+from medvol.runs import RunRecord
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ def _run_parts(out: Path, minutes: float, only: str | None, summary: dict[str, A
             "checkpoint": result["checkpoint"],
             "train_seconds": round(result["seconds"], 1),
             "seconds_per_iteration": round(result["seconds"] / max(1, result["iterations"]), 2),
-            "parameters": json.loads((run_dir / "run.json").read_text()).get("parameters"),
+            "parameters": RunRecord.load(run_dir).parameters,
             "samples": document["numTraining"],
             "training_montages": sorted(str(p) for p in (run_dir / "samples").glob("*.png")),
             **outputs,

@@ -16,7 +16,8 @@ from pathlib import Path
 from medvol import bundles
 from medvol.defaults import SEED
 from medvol.errors import MedvolInputError
-from medvol.sampling import check_checkpoint, load_run_record, resolve_checkpoint, sample_labels
+from medvol.runs import RunRecord
+from medvol.sampling import check_checkpoint, resolve_checkpoint, sample_labels
 
 
 def sample(run_dir: str | Path, n: int, out_dir: str | Path, *, fmt: str = "nifti", label: str | None = None,
@@ -39,7 +40,7 @@ def sample(run_dir: str | Path, n: int, out_dir: str | Path, *, fmt: str = "nift
     if n < 1:
         raise MedvolInputError("--n", f"must be at least 1, got {n}")
     run_dir = Path(run_dir).expanduser().resolve()
-    record = load_run_record(run_dir)
+    record = RunRecord.load(run_dir)
     check_checkpoint(resolve_checkpoint(run_dir, checkpoint))
     sample_labels(record, n, label)  # a bad --label fails here, with one line, before any work
     out_dir = Path(out_dir).expanduser().resolve()
@@ -49,7 +50,7 @@ def sample(run_dir: str | Path, n: int, out_dir: str | Path, *, fmt: str = "nift
                  "seed": int(seed), "checkpoint": checkpoint}
     if device is not None:
         overrides["device"] = device
-    bundles.run_workflow(record["family"], "sample", overrides, logging_file=False)
+    bundles.run_workflow(record.family, "sample", overrides, logging_file=False)
     return json.loads((out_dir / "datalist.json").read_text())
 
 

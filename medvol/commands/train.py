@@ -36,6 +36,7 @@ from medvol.defaults import SEED
 from medvol.errors import MedvolInputError
 from medvol.io.datalist import read_datalist
 from medvol.io.files import atomic_write_bytes
+from medvol.runs import RunRecord
 
 logger = logging.getLogger(__name__)
 
@@ -256,10 +257,9 @@ def check_resumable(run_dir: Path, workflow) -> None:
         if wrapped != bool(workflow.parser.get_parsed_content("distributed")):
             how = "several processes (--nproc 2 or more)" if wrapped else "one process"
             raise MedvolInputError(run_dir, f"was trained with {how}: resume it the same way, or use another --out")
-    record_path = run_dir / "run.json"
-    if not record_path.is_file():
+    if not RunRecord.exists(run_dir):
         return
-    previous = json.loads(record_path.read_text())
+    previous = RunRecord.load(run_dir)
     parser = workflow.parser
     current = {
         "family": parser.get_parsed_content("family"),
@@ -267,19 +267,19 @@ def check_resumable(run_dir: Path, workflow) -> None:
         "image_size": parser.get_parsed_content("train#image_shape"),
     }
     for key in RESUME_KEYS:
-        if key in previous and previous[key] != current[key]:
+        if getattr(previous, key) != current[key]:
             raise MedvolInputError(
-                run_dir, f"holds a run with {key}={previous[key]}, not {current[key]}: use another --out to start a new run"
+                run_dir, f"holds a run with {key}={getattr(previous, key)}, not {current[key]}: use another --out to "
+                "start a new run"
             )
     _check_resumed_classes(run_dir, previous, parser)
     if not (run_dir / "checkpoints" / "latest.json").is_file():
         return
     # the optimiser state in the checkpoint carries the old settings; a resumed run must train as it started
-    settings = {"objective": (previous.get("objective"), dict(parser.get_parsed_content("objective") or {})),
-                "augment": ((previous.get("dataset_options") or {}).get("augment"),
-                            bool(parser.get_parsed_content("augment"))),
+    settings = {"objective": (previous.objective, dict(parser.get_parsed_content("objective") or {})),
+                "augment": (previous.dataset_options.get("augment"), bool(parser.get_parsed_content("augment"))),
                 # runs from before critic augmentation had none
-                "critic_augment": (previous.get("critic_augment", {"mode": "off"}),
+                "critic_augment": (previous.critic_augment or {"mode": "off"},
                                    parser.get_parsed_content("train#critic_augment"))}
     options = {"objective": "--objective", "augment": "--augment", "critic_augment": "--critic-augment"}
     for key, (before, now) in settings.items():
@@ -291,21 +291,21 @@ def check_resumable(run_dir: Path, workflow) -> None:
             )
 
 
-def _check_resumed_classes(run_dir: Path, previous: Mapping[str, Any], parser) -> None:
+def _check_resumed_classes(run_dir: Path, previous: RunRecord, parser) -> None:
     """A conditional run resumes only on data with the classes it was trained on (its label embedding and class
     head have one row per class)."""
     from medvol import families
 
-    family = previous.get("family")
+    family = previous.family
     conditional = family in families.family_names() and families.get_family(family).conditional
-    if previous.get("num_classes") is None or not conditional:
+    if not conditional:
         return
-    before, now = int(previous["num_classes"]), int(parser.get_parsed_content("num_classes"))
+    before, now = int(previous.num_classes), int(parser.get_parsed_content("num_classes"))
     if before != now:
         data = Path(str(parser.get_parsed_content("dataset_dir"))) / DATALIST_FILE
         names = read_datalist(data).get("classes") or []
         raise MedvolInputError(
-            run_dir, f"holds a {family} run trained on {before} classes {list(previous.get('classes') or [])}, but "
+            run_dir, f"holds a {family} run trained on {before} classes {previous.classes}, but "
             f"{data} has {now} {list(names)}: resume it with the data it was trained on, or use another --out to "
             "start a new run"
         )

@@ -374,17 +374,19 @@ class TrainingEvaluator:
     @torch.no_grad()
     def generate(self, engine: Any) -> torch.Tensor:
         """The evaluation's generated images (fixed latents and labels), float32 in [-1, 1], on the CPU."""
+        from medvol.runs import RunRecord
         from medvol.sampling import generate
 
         if hasattr(engine, "generator"):
             network = engine.ema_generator if getattr(engine, "ema_generator", None) is not None else engine.generator
             networks = {"generator": unwrapped(network)}
-            record: dict[str, Any] = {"family": self.family or "gan"}
         else:
             if self.family is None:
                 raise ValueError("evaluating an autoencoder needs its family ('cae' or 'vae'): it says how it generates")
             networks = {"autoencoder": unwrapped(engine.network)}
-            record = {"family": self.family, "datalist": self.datalist, "dataset_options": self.dataset_options}
+        size = list(self.real_images.shape[2:])
+        record = RunRecord(family=self.family or "gan", spatial_dims=len(size), image_size=size, datalist=self.datalist,
+                           dataset_options=self.dataset_options)
         modes = {name: net.training for name, net in networks.items()}
         for net in networks.values():
             net.eval()

@@ -44,6 +44,7 @@ from medvol.io.labels import LABELS_FILE, apply_labels_csv
 from medvol.io.nifti import check_nifti, nifti_spatial_dims
 from medvol.io.npz import datalist_from_npz, is_npz
 from medvol.io.report import SKIPPED, USED, WARNING, FileRecord
+from medvol.runs import RUN_RECORD_FILE, RunRecord
 
 _BIDS_SUBJECT = re.compile(r"^(sub-[A-Za-z0-9]+)(?:_|$)")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -227,12 +228,12 @@ def _is_2d_dicom_series(series, read_header) -> bool:
     return header is not None and not ("ImagePositionPatient" in header and "ImageOrientationPatient" in header)
 
 
-MEDVOL_OUTPUT_MARKERS = ("datalist.json", "run.json")
+MEDVOL_OUTPUT_MARKERS = ("datalist.json", RUN_RECORD_FILE)
 
 
 def medvol_output_folders(root: Path, files: Sequence[Path]) -> list[Path]:
     """Folders below `root` (not `root` itself) that medvol wrote: ``prepare`` and ``sample`` outputs (a
-    ``datalist.json`` with ``medvol_version``) and training runs (``run.json`` with ``medvol_version``).
+    ``datalist.json`` with ``medvol_version``) and training runs (a readable ``run.json``).
 
     Args:
         root: the source folder.
@@ -241,6 +242,12 @@ def medvol_output_folders(root: Path, files: Sequence[Path]) -> list[Path]:
     found = []
     for path in files:
         if path.name not in MEDVOL_OUTPUT_MARKERS or path.parent == root:
+            continue
+        if path.name == RUN_RECORD_FILE:
+            try:
+                found.append(RunRecord.load(path.parent).folder)
+            except MedvolInputError:
+                pass
             continue
         try:
             document = json.loads(path.read_text())

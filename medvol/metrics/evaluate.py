@@ -39,6 +39,7 @@ from medvol.devices import default_device
 from medvol.errors import MedvolInputError
 from medvol.io.datalist import datalist_file, read_datalist
 from medvol.io.files import write_json
+from medvol.runs import RUN_RECORD_FILE, RunRecord
 
 __all__ = [
     "HELDOUT_SPLIT",
@@ -192,16 +193,14 @@ def _dataset_options(datalist: Mapping, mode: str, size: Sequence[int] | None, c
 
 
 def _run_image_size(run_dir: Path | None, spatial_dims: int) -> list[int] | None:
-    """The image size a run trained at (``RUN/run.json``), None when unknown."""
-    if run_dir is None or not (run_dir / "run.json").is_file():
+    """The image size a run trained at (its run record), None when unknown."""
+    if run_dir is None or not RunRecord.exists(run_dir):
         return None
     try:
-        size = json.loads((run_dir / "run.json").read_text()).get("image_size")
-    except (OSError, json.JSONDecodeError):
+        size = RunRecord.load(run_dir).image_size
+    except MedvolInputError:
         return None
-    if isinstance(size, int):
-        size = [size] * spatial_dims
-    return [int(s) for s in size] if size and len(size) == spatial_dims else None
+    return [int(s) for s in size] if len(size) == spatial_dims else None
 
 
 def _prepared_size(datalist: Mapping, spatial_dims: int) -> list[int] | None:
@@ -888,9 +887,7 @@ def evaluate(
     metrics = _plain(metrics)
     from medvol.metrics.verdict import VERDICT_METHOD, samples_verdict
 
-    run_record = None
-    if run_path is not None and (run_path / "run.json").is_file():
-        run_record = {**json.loads((run_path / "run.json").read_text()), "output_dir": str(run_path)}
+    run_record = RunRecord.load(run_path) if run_path is not None and RunRecord.exists(run_path) else None
     metrics["verdict"] = samples_verdict(metrics, run_record)
     metrics["methods"]["verdict"] = VERDICT_METHOD
     if report:
@@ -915,16 +912,10 @@ def run_datalist(run_dir: str | os.PathLike) -> str:
     Raises:
         MedvolInputError: not a run folder, or its record names no datalist.
     """
-    record = Path(run_dir).expanduser() / "run.json"
-    try:
-        datalist = json.loads(record.read_text()).get("datalist")
-    except FileNotFoundError:
-        raise MedvolInputError(run_dir, "not a medvol run folder (no run.json); give the real datalist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
-        raise MedvolInputError(record, f"unreadable run record ({err})") from None
-    if not datalist:
-        raise MedvolInputError(record, "names no datalist; give the real datalist")
-    return str(datalist)
+    record = RunRecord.load(Path(run_dir).expanduser(), if_missing="give the real datalist")
+    if not record.datalist:
+        raise MedvolInputError(record.folder / RUN_RECORD_FILE, "names no datalist; give the real datalist")
+    return str(record.datalist)
 
 
 def _read_datalist(datalist: str | os.PathLike) -> tuple[dict, Path]:

@@ -27,13 +27,14 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from medvol.errors import MedvolInputError
+from medvol.runs import RunRecord
 
 __all__ = [
     "MONTAGE_FILE",
@@ -123,7 +124,7 @@ def reconstruction_metrics(
 
 def heldout_images(
     datalist: str | os.PathLike,
-    record: Mapping,
+    record: RunRecord,
     split: str = "test",
     cache_dir: str | os.PathLike | None = None,
 ) -> tuple[list[torch.Tensor], list[str], str]:
@@ -131,7 +132,7 @@ def heldout_images(
 
     Args:
         datalist: ``datalist.json`` written by `medvol prepare` (or its folder).
-        record: the run record (``run.json``).
+        record: the run record.
         split: the split (``test``: the held-out images).
         cache_dir: disk cache of the preprocessing.
 
@@ -151,9 +152,9 @@ def heldout_images(
     if not document.get(split):
         raise MedvolInputError(path, f"the {split} split is empty: it holds the images to reconstruct; prepare the data "
                                      "with a non-zero test fraction (e.g. --split 0.6,0.2,0.2)")
-    run_dims = int(record["spatial_dims"])
-    size = [int(s) for s in record["image_size"]]
-    options = dict(record.get("dataset_options") or {})
+    run_dims = int(record.spatial_dims)
+    size = [int(s) for s in record.image_size]
+    options = dict(record.dataset_options)
     output_range = [float(v) for v in options.get("output_range") or (0.0, 1.0)]
     slice_axis = int(options.get("slice_axis", 2))
     source_dims = int(document.get("source_spatial_dims") or (3 if document.get("mode") == "volume" else 2))
@@ -311,15 +312,15 @@ def evaluate_reconstruction(
     from medvol.devices import default_device
     from medvol.families import FamilyKind, family_names
     from medvol.report.figures import save_png
-    from medvol.sampling import load_networks, load_run_record, relative_provenance, resolve_checkpoint
+    from medvol.sampling import load_networks, relative_provenance, resolve_checkpoint
 
     started = time.perf_counter()
     run_dir = Path(run_dir).expanduser().resolve()
     out = Path(out_dir).expanduser().resolve()
-    record = load_run_record(run_dir)
+    record = RunRecord.load(run_dir)
     autoencoders = family_names(FamilyKind.AUTOENCODER)
-    if record.get("family") not in autoencoders:
-        raise MedvolInputError(run_dir, f"is a {record.get('family')} run: --reconstruct needs an autoencoder run "
+    if record.family not in autoencoders:
+        raise MedvolInputError(run_dir, f"is a {record.family} run: --reconstruct needs an autoencoder run "
                                         f"({' or '.join(autoencoders)})")
     checkpoint_path = resolve_checkpoint(run_dir, checkpoint)
     device = default_device(device)
@@ -327,22 +328,22 @@ def evaluate_reconstruction(
     images, paths, how = heldout_images(datalist, record, split, out / "cache")
     chosen = seeded_subset(len(images), max_samples, seed)
     images, paths = [images[i] for i in chosen], [paths[i] for i in chosen]
-    low, high = (float(v) for v in (record.get("dataset_options") or {}).get("output_range") or (0.0, 1.0))
-    slice_axis = int((record.get("dataset_options") or {}).get("slice_axis", 2))
+    low, high = (float(v) for v in record.dataset_options.get("output_range") or (0.0, 1.0))
+    slice_axis = int(record.dataset_options.get("slice_axis", 2))
     loaded = time.perf_counter()
     outputs = reconstruct(autoencoder, images, slice_axis=slice_axis, device=device)
     reconstructed = time.perf_counter()
     inputs = [(image - low) / (high - low) for image in images]
     outputs = [(output - low) / (high - low) for output in outputs]
     metrics = reconstruction_metrics(inputs, outputs, data_range=1.0)
-    parameters = dict(record.get("parameters") or {})
+    parameters = dict(record.parameters)
     steps, seconds = training_seconds(run_dir)
     provenance = relative_provenance({"run": str(run_dir), "checkpoint": str(checkpoint_path)})
     document = {
         "evaluation": "reconstruction",
-        "run": {**provenance, "family": record["family"], "spatial_dims": int(record["spatial_dims"]),
-                "image_size": record["image_size"], "training_samples": record.get("training_samples"),
-                "iterations": record.get("iterations"), "logged_iterations": steps, "training_seconds": seconds},
+        "run": {**provenance, "family": record.family, "spatial_dims": int(record.spatial_dims),
+                "image_size": record.image_size, "training_samples": record.training_samples,
+                "iterations": record.iterations, "logged_iterations": steps, "training_seconds": seconds},
         "parameters": parameters,
         "parameters_total": int(sum(parameters.values())),
         "inputs": {"datalist": str(datalist_file(datalist).resolve()), "split": split, "n": len(images),

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from medvol.runs import RunRecord
 
 __all__ = ["NOT_REALISTIC", "CONCERNS", "CLOSE_TO_REAL", "VERDICT_METHOD", "samples_verdict", "run_identity"]
 
@@ -50,21 +52,21 @@ def _value(entry: Any) -> float | None:
     return None if entry is None or isinstance(entry, bool) else float(entry)
 
 
-def run_identity(metrics: Mapping, run_record: Mapping | None = None) -> dict | None:
+def run_identity(metrics: Mapping, run_record: RunRecord | None = None) -> dict | None:
     """Family, checkpoint, iteration and run folder name of the generator, from the synthetic datalist's provenance
-    (``inputs.synthetic_provenance``) and, when given, the run's ``run.json``; None when nothing is known."""
+    (``inputs.synthetic_provenance``) and, when given, the run's record; None when nothing is known."""
     provenance = dict((metrics.get("inputs") or {}).get("synthetic_provenance") or {})
-    record = dict(run_record or {})
-    if not provenance and not record:
+    if not provenance and run_record is None:
         return None
     checkpoint = provenance.get("checkpoint")
     match = re.search(r"checkpoint_(\d+)\.pt$", str(checkpoint or ""))
+    folder = run_record.folder if run_record is not None else None
     identity = {
-        "run": provenance.get("run") or (Path(str(record["output_dir"])).name if record.get("output_dir") else None),
-        "family": provenance.get("family") or record.get("family"),
+        "run": provenance.get("run") or (folder.name if folder is not None else None),
+        "family": provenance.get("family") or (run_record.family if run_record is not None else None),
         "checkpoint": checkpoint,
         "iteration": int(match.group(1)) if match else None,
-        "iterations_planned": record.get("iterations"),
+        "iterations_planned": run_record.iterations if run_record is not None else None,
         "seed": provenance.get("seed"),
     }
     return {key: value for key, value in identity.items() if value is not None} or None
@@ -138,13 +140,13 @@ def _uses_synthetic(arm: str) -> bool:
     return "synthetic" in arm or "balanced" in arm
 
 
-def samples_verdict(metrics: Mapping, run_record: Mapping | None = None) -> dict:
+def samples_verdict(metrics: Mapping, run_record: RunRecord | None = None) -> dict:
     """The verdict of `medvol evaluate` (``metrics.json`` ``verdict``, the first lines of ``report.html``).
 
     Args:
         metrics: the metrics `medvol evaluate` computed (fidelity, precision/recall, recognisability, diversity,
             privacy, utility; missing parts are not judged).
-        run_record: the training run's ``run.json`` (``--run``), for its family and planned iterations.
+        run_record: the training run's record (``--run``), for its family and planned iterations.
 
     Returns:
         ``{"level": "not_realistic" | "concerns" | "close_to_real", "realistic": bool, "headline": str,

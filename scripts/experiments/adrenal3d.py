@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Experiment, finished_run, fmt, load_json, mean_sd, parser, signed_interval  # noqa: E402
 
 from medvol.evaluation.keys import METRICS_FILE, MetricsKeys as Keys  # noqa: E402
+from medvol.runs import RunRecord  # noqa: E402
 
 NAME = "adrenal3d"
 CLASSES = ("normal", "hyperplasia")
@@ -128,19 +129,18 @@ def continuous_samples(run: Path, out: Path, per_class: int, checkpoint: str, de
     from medvol.sampling import (
         generate,
         load_networks,
-        load_run_record,
         resolve_checkpoint,
         sample_labels,
         to_source_units,
         write_samples,
     )
 
-    record = load_run_record(run)
+    record = RunRecord.load(run)
     checkpoint_file = resolve_checkpoint(run, checkpoint)
     networks = load_networks(record, checkpoint_file, device)
     labels = sample_labels(record, per_class)
     images = generate(record, networks, labels, seed=0, device=device)
-    provenance = {"run": str(run), "checkpoint": str(checkpoint_file), "seed": 0, "family": record["family"]}
+    provenance = {"run": str(run), "checkpoint": str(checkpoint_file), "seed": 0, "family": record.family}
     write_samples(to_source_units(images, record, snap=False), labels, record, out, "nifti", provenance)
 
 
@@ -224,13 +224,13 @@ def main() -> None:
 
     metrics = load_json(evaluation / METRICS_FILE)
     metrics["continuous"] = load_json(continuous_evaluation / METRICS_FILE)
-    run_record = load_json(run / "run.json")
+    run_record = RunRecord.load(run)
     figures = montages(exp, data / "datalist.json", samples, exp.out, size)
     results = page(exp, settings, metrics, run_record, figures)
     exp.finish(*results)
 
 
-def page(exp: Experiment, settings: dict, metrics: dict, run_record: dict, figures) -> tuple[dict, str]:
+def page(exp: Experiment, settings: dict, metrics: dict, run_record: RunRecord, figures) -> tuple[dict, str]:
     """results.json content and the markdown page."""
     utility = metrics[Keys.UTILITY]
     counts = metrics[Keys.INPUTS]["counts"]
@@ -269,7 +269,7 @@ def page(exp: Experiment, settings: dict, metrics: dict, run_record: dict, figur
         else:
             verdict = "not distinguishable from real alone (the 95% interval of the paired difference includes 0)"
         reading.append(f"- {metric.replace('_', ' ')}: real+synthetic {entry['mean']:+.3f} against real, {verdict}.")
-    iterations = run_record.get("iterations") or settings["iterations"]
+    iterations = run_record.iterations or settings["iterations"]
     snapping = snapping_section(metrics, metrics["continuous"])
     fid_note = f"Feature extractor: {metrics['feature_extractor']['description']}."
     if (metrics[Keys.FID].get("value") or 0) < (metrics[Keys.FID_REAL_BASELINE].get("value") or 0):
@@ -312,8 +312,8 @@ def page(exp: Experiment, settings: dict, metrics: dict, run_record: dict, figur
   the validation volumes are not used by the evaluation). Intensities are min-max scaled (0/255 to -1/1).
 - Generator: {BUNDLE_CHOICE}
 - Training: {iterations} iterations, seed 0, widths sized by medvol for {counts['training']['total']} images
-  (generator {run_record.get('parameters', {}).get('generator', 'n/a')} and critic
-  {run_record.get('parameters', {}).get('critic', 'n/a')} parameters). {reduced}
+  (generator {run_record.parameters.get('generator', 'n/a')} and critic
+  {run_record.parameters.get('critic', 'n/a')} parameters). {reduced}
 - Sampling: `medvol sample --n {settings['per_class']}` per class: {counts['synthetic']['per_class']}, every voxel
   snapped to 0 or 255 (the training masks' two values, recorded by `medvol prepare` as `intensity.levels`). The synthetic
   set is class-balanced while the real training split is {normal_share:.0%} normal: the real+synthetic arms see
@@ -401,8 +401,8 @@ folder; it is not committed.
             "recognisability", "utility", "timing", "feature_extractor")
     results = {
         "settings": settings,
-        "training": {"iterations": iterations, "parameters": run_record.get("parameters"),
-                     "width": run_record.get("width")},
+        "training": {"iterations": iterations, "parameters": run_record.parameters,
+                     "width": run_record.width},
         "metrics": {key: metrics.get(key) for key in keep},
         "privacy": {k: v for k, v in privacy.items() if k != "nearest"},
         "counts": counts,

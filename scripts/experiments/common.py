@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from medvol.evaluation.keys import METRICS_FILE
+from medvol.runs import RunRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -228,13 +229,13 @@ def check_run_options(run: Path, options: Sequence[Any]) -> None:
     `--precision` options than `options` (a reused run would otherwise be labelled with the profile's settings)."""
     from medvol.commands.train import key_value_overrides  # how `medvol train --objective` reads the pairs
 
-    record = load_json(Path(run) / "run.json")
+    record = RunRecord.load(run)
     options = [str(o) for o in options]
     wanted = key_value_overrides([pair for flag, pair in zip(options, options[1:]) if flag == "--objective"], None,
                                  "--objective")
-    recorded = record.get("objective") or {}
+    recorded = record.objective
     problems = [f"objective {recorded} (profile: {wanted})"] if recorded != wanted else []
-    augment = bool((record.get("dataset_options") or {}).get("augment"))
+    augment = bool(record.dataset_options.get("augment"))
     if augment != ("--augment" in options):
         problems.append(f"augment {augment} (profile: {'--augment' in options})")
     if "--precision" in options:

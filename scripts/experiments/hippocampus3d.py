@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, Experiment, check_run_options, finished_run, fmt, load_json, parser  # noqa: E402
 
 from medvol.evaluation.keys import METRICS_FILE, MetricsKeys as Keys  # noqa: E402
+from medvol.runs import RunRecord  # noqa: E402
 
 NAME = "hippocampus3d"
 SOURCE = "hippocampus3d"
@@ -112,17 +113,17 @@ def training_facts(run: Path) -> dict[str, Any]:
     """Iterations, batch, parameters and training time (sum of the logged seconds per step) of a run."""
     from medvol.report.html import read_scalar_curves
 
-    record, plan = load_json(run / "run.json"), load_json(run / "plan.json")
+    record, plan = RunRecord.load(run), load_json(run / "plan.json")
     steps, seconds = read_scalar_curves(run).get("time/seconds_per_step", ([], []))
     iterations = int(load_json(run / "checkpoints" / "latest.json")["iteration"])
-    parameters = record.get("parameters") or {}
+    parameters = record.parameters
     return {
         "iterations": iterations,
         "batch": int(plan["effective_batch"]),
         "precision": plan.get("precision"),
-        "image_size": record["image_size"],
-        "training_samples": record.get("training_samples"),
-        "width": record.get("width"),
+        "image_size": record.image_size,
+        "training_samples": record.training_samples,
+        "width": record.width,
         "parameters": parameters,
         "parameters_total": int(sum(parameters.values())),
         "train_seconds": round(float(sum(seconds)), 1),
@@ -245,7 +246,7 @@ def main() -> None:
     results = {
         "settings": settings,
         # what the run recorded; runs from before run.json had `optimization` trained with the objective's default
-        "critic_steps": (load_json(runs["wgan_gp"] / "run.json").get("optimization") or {}).get("critic_steps")
+        "critic_steps": (RunRecord.load(runs["wgan_gp"]).optimization or {}).get("critic_steps")
         or build_objective("wgan_gp")[1]["critic_steps"],
         "grid": load_json(volumes / "datalist.json")["preprocessing"],
         "splits": {s: len(load_json(volumes / "datalist.json")[s]) for s in ("training", "validation", "test")},

@@ -31,6 +31,7 @@ from common import (  # noqa: E402
 )
 
 from medvol.evaluation.keys import MetricsKeys as Keys  # noqa: E402
+from medvol.runs import RunRecord  # noqa: E402
 
 NAME = "mednist"
 FAMILIES = ("cgan", "acwgan_gp")
@@ -113,12 +114,12 @@ def main() -> None:
                        skip_if=up_to_date(samples / "datalist.json", run / "checkpoints" / "latest.json"))
             metrics = exp.evaluate(data[regime], samples, evaluation, "--utility", "--seeds", settings["seeds"],
                                    "--run", run, *settings.get("evaluate", []))
-            run_record = load_json(run / "run.json")
+            run_record = RunRecord.load(run)
             montage(evaluation, data[regime] / "datalist.json", samples, exp.figure_path(f"montage_{key}.png"))
             results["runs"][key] = {
                 "family": family, "regime": regime, "iterations": settings["iterations"][family],
                 "training_options": " ".join(map(str, options)),
-                "train_seconds": round(train_seconds, 1), "parameters": run_record.get("parameters"),
+                "train_seconds": round(train_seconds, 1), "parameters": run_record.parameters,
                 "training_images": metrics[Keys.INPUTS]["counts"]["training"]["total"],
                 "metrics": {k: metrics[k] for k in (
                     "fid", "fid_real_baseline", "kid", "kid_real_baseline", "precision", "recall", "density",

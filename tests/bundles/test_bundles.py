@@ -26,7 +26,8 @@ from medvol.bundles.inference import export_network, exported_network_name, late
 from medvol.errors import MedvolInputError
 from medvol.families import family_names
 from medvol.networks.factory import build, sized_options
-from medvol.sampling import load_networks, load_run_record
+from medvol.runs import RunRecord
+from medvol.sampling import load_networks
 
 REPO_ROOT = BUNDLES_DIR.parent
 SIZE = 16
@@ -250,7 +251,7 @@ def assert_export_generates_as_sampling(run_dir: Path, family: str) -> None:
                     config_file=str(resolve_bundle(family) / "configs" / "inference.yaml"),
                     meta_file=str(resolve_bundle(family) / "configs" / "metadata.json"))
     scripted = load_torchscript(exported)
-    reference = next(iter(load_networks(load_run_record(run_dir), model).values()))
+    reference = next(iter(load_networks(RunRecord.load(run_dir), model).values()))
     z = torch.randn(3, reference.latent_size, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([1, 0, 1])
     latent = torch.cat([z, labels[:, None].float()], dim=1) if family in CONDITIONAL else z
@@ -355,7 +356,7 @@ def test_bundle_copied_alone_trains_samples_exports_and_verifies(family, prepare
     assert "data shape of network is verified with no error" in documented(VERIFY_COMMAND)
 
     scripted = load_torchscript(bundle / "G.ts")
-    reference = next(iter(load_networks(load_run_record(run_dir), run_dir / "models" / "model.pt").values()))
+    reference = next(iter(load_networks(RunRecord.load(run_dir), run_dir / "models" / "model.pt").values()))
     z = torch.randn(2, reference.latent_size, generator=torch.Generator().manual_seed(1))
     labels = torch.tensor([0, 1])
     with torch.no_grad():

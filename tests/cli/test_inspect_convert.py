@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from medvol.cli import main
+from medvol.runs import RunRecord
 
 SINGLE_SERIES_FOLDERS = ["dicom/crop_series/study1_hippo_crop", "dicom/crop_series/study2_hippo_crop", "dicom/ct_tiny"]
 STUDY = "dicom/study_mixed_series"
@@ -252,7 +253,8 @@ def synthetic_dicom_samples(out: Path, spatial_dims: int, modality: str) -> dict
 
     arrays = np.random.default_rng(spatial_dims).normal(0.4, 0.1, size=(3, 1, *(16,) * spatial_dims)).astype(np.float32)
     affine = np.diag([-0.9, -1.1, 2.0, 1.0]) if spatial_dims == 3 else np.diag([-0.9, -1.1, 1.0])
-    record = {"spatial_dims": spatial_dims, "modality": modality, "classes": ["normal", "lesion"], "reference_affine": affine.tolist()}
+    record = RunRecord(family="wgan_gp", spatial_dims=spatial_dims, image_size=[16] * spatial_dims, modality=modality,
+                       classes=["normal", "lesion"], reference_affine=affine.tolist())
     run = out.parent / "run"
     provenance = {"run": str(run), "checkpoint": str(run / "checkpoints" / "checkpoint_000010.pt"), "seed": 0, "family": "wgan_gp"}
     return write_samples(arrays, [0, 1, 0], record, out, "dicom", provenance)

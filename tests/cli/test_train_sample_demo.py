@@ -19,6 +19,7 @@ from medvol.bundles import BUNDLES_DIR
 from medvol.cli import main
 from medvol.data.phantoms import write_phantom_dataset
 from medvol.io.writers import identifying_tags_in, lps_geometry_from_affine_ras
+from medvol.runs import RunRecord
 
 TINY_NETWORKS = {
     "cgan": {"latent_size": 8, "generator": {"channels": [16, 8]}, "critic": {"channels": [8, 16]}},
@@ -197,7 +198,7 @@ def test_non_finite_numbers_are_refused_before_any_work(argv, tmp_path, capsys):
 def test_sample_reports_a_missing_or_damaged_checkpoint_in_one_line(damage, tmp_path, capsys):
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / "run.json").write_text(json.dumps({"family": "cae", "spatial_dims": 2}))
+    RunRecord(family="cae", spatial_dims=2, image_size=[16, 16]).save(run_dir)
     (run_dir / "checkpoints" / "latest.json").write_text(json.dumps({"iteration": 2, "file": "checkpoint_00000002.pt"}))
     if damage == "garbage":
         (run_dir / "checkpoints" / "checkpoint_00000002.pt").write_bytes(b"not a checkpoint")

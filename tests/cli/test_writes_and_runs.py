@@ -19,6 +19,7 @@ from PIL import Image
 from medvol.cli import main
 from medvol.data.phantoms import write_phantom_dataset
 from medvol.io import files
+from medvol.runs import RunRecord
 
 TRAIN = ["--bundle", "cgan", "--device", "cpu", "--precision", "fp32", "--evaluate-every", "0", "--width", "4"]
 
@@ -219,7 +220,8 @@ def test_png_samples_of_a_3d_run_are_refused_in_one_line(tmp_path, capsys):
     from medvol.errors import MedvolInputError
 
     with pytest.raises(MedvolInputError, match="png is for 2D runs; this run is 3D"):
-        write_samples(np.zeros((1, 1, 4, 4, 4), np.float32), [None], {"spatial_dims": 3}, tmp_path / "out", "png",
+        write_samples(np.zeros((1, 1, 4, 4, 4), np.float32), [None],
+                      RunRecord(family="gan", spatial_dims=3, image_size=[4, 4, 4]), tmp_path / "out", "png",
                       {"run": str(run_dir), "checkpoint": str(run_dir / "checkpoints" / "c.pt"), "seed": 0})
     assert not (tmp_path / "out").exists()
 
@@ -243,8 +245,8 @@ def test_a_read_only_output_folder_is_one_line(run2d, tmp_path, capsys):
 def test_png_bit_depth_follows_the_source_range(window_range, bit_depth, mode, tmp_path):
     from medvol.sampling import write_samples
 
-    record = {"spatial_dims": 2, "intensity": {"window": list(window_range), "window_range": list(window_range),
-                                               "output_range": [-1.0, 1.0]}}
+    record = RunRecord(family="gan", spatial_dims=2, image_size=[8, 8], intensity={
+        "window": list(window_range), "window_range": list(window_range), "output_range": [-1.0, 1.0]})
     values = np.linspace(0, window_range[1], 64, dtype=np.float32).reshape(1, 1, 8, 8)
     provenance = {"run": str(tmp_path / "run"), "checkpoint": str(tmp_path / "run" / "c.pt"), "seed": 0}
     document = write_samples(values, [None], record, tmp_path / "out", "png", provenance)
@@ -260,8 +262,8 @@ def test_png_samples_of_ct_hounsfield_units_are_refused_in_one_line(tmp_path):
     from medvol.errors import MedvolInputError
     from medvol.sampling import write_samples
 
-    record = {"spatial_dims": 2, "intensity": {"window": [-1024.0, 3071.0], "window_range": [-1024.0, 3071.0],
-                                               "output_range": [-1.0, 1.0]}}
+    record = RunRecord(family="gan", spatial_dims=2, image_size=[8, 8], intensity={
+        "window": [-1024.0, 3071.0], "window_range": [-1024.0, 3071.0], "output_range": [-1.0, 1.0]})
     provenance = {"run": str(tmp_path / "run"), "checkpoint": str(tmp_path / "run" / "c.pt"), "seed": 0}
     with pytest.raises(MedvolInputError, match="source intensities reach -1024: write nifti or dicom"):
         write_samples(np.zeros((1, 1, 8, 8), np.float32), [None], record, tmp_path / "out", "png", provenance)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from medvol.engines import GenerativeAdversarialTrainer, CheckpointManager, NonFiniteLossError
+from medvol.runs import RunRecord
 from tests.engines.toys import ToyWassersteinGP, make_gan, make_loader
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -211,7 +212,7 @@ def _tensor_bytes(tree) -> int:
 
 def test_a_checkpoint_holds_what_resume_needs_and_no_more_and_the_export_holds_the_ema_generator(tmp_path):
     trainer = _gan_trainer(tmp_path, 2)  # Adam on both networks, EMA generator
-    (tmp_path / "run.json").write_text(json.dumps({"family": "toy"}))
+    RunRecord(family="toy", spatial_dims=2, image_size=[8, 8]).save(tmp_path)
     trainer.run()
     state = CheckpointManager(tmp_path / "checkpoints").load_latest()
     assert set(state) == {"format", "iteration", "networks", "optimizers", "scalers", "stream", "epoch", "plan",

@@ -17,6 +17,7 @@ from medvol.errors import MedvolInputError
 from medvol.data.phantoms import CLASSES, make_phantom_batch
 from medvol.metrics.evaluate import HELDOUT_SPLIT, evaluate, load_real, load_synthetic
 from medvol.evaluation.utility import ARMS, BALANCED_ARM, PRETRAINED_ARM
+from medvol.runs import RunRecord
 from medvol.sampling import write_samples
 from tests.report.test_html import check_self_contained_valid_html
 
@@ -27,7 +28,8 @@ ISSUE_KEYS = ("fid", "kid", "fid_real_baseline", "kid_real_baseline", "mmd", "pr
 
 def write_synthetic(out: Path, arrays: np.ndarray, labels, fmt: str = "nifti", classes=CLASSES) -> Path:
     """A folder as `medvol sample` writes it (files + datalist.json), from `arrays` [N, 1, *size] in source units."""
-    record = {"spatial_dims": arrays.ndim - 2, "classes": list(classes), "family": "cgan"}
+    record = RunRecord(spatial_dims=arrays.ndim - 2, image_size=list(arrays.shape[2:]), classes=list(classes),
+                       family="cgan")
     provenance = {"run": str(out / "no-run"), "checkpoint": "none", "seed": 0, "family": "cgan"}
     write_samples(arrays, list(labels), record, out, fmt, provenance)
     return out
@@ -123,7 +125,7 @@ def test_bundle_evaluate_config_runs_the_same_evaluation(prepared, synthetic, tm
     assert all((BUNDLES_DIR / family / "configs" / "evaluate.yaml").is_file() for family in family_names())
     run_dir = tmp_path / "run"
     shutil.copytree(synthetic, run_dir / "synthetic")  # where the sample workflow writes by default
-    (run_dir / "run.json").write_text(json.dumps({"family": "cgan", "datalist": str(prepared)}))
+    RunRecord(family="cgan", spatial_dims=2, image_size=[SIZE, SIZE], datalist=str(prepared)).save(run_dir)
     writer = SummaryWriter(str(run_dir / "tensorboard"))
     for step in (1, 2, 3):
         writer.add_scalar("generator/loss", 1.0 / step, step)

@@ -22,7 +22,7 @@ from PIL import Image
 from medvol.data.datasets import build_dataset
 from medvol.data.phantoms import CLASSES, make_phantom_batch
 from medvol.metrics.evaluate import HELDOUT_SPLIT, evaluate, load_real, load_synthetic
-from medvol.runs import training_data_summary
+from medvol.runs import RunRecord, training_data_summary
 from medvol.sampling import to_source_units, write_samples
 
 SIZE = 16
@@ -69,12 +69,12 @@ def real_files(folder: Path, kind: str) -> tuple[list[Path], np.ndarray, dict, i
     return files, labels, intensity, dims
 
 
-def run_record(datalist: Path, mode: str, dims: int) -> dict:
+def run_record(datalist: Path, mode: str, dims: int) -> RunRecord:
     """The run record `medvol train` writes (intensity mapping and geometry from the training samples)."""
     document = json.loads(datalist.read_text())
     dataset = build_dataset(datalist, split="training", mode=mode, output_range=[-1.0, 1.0])
-    return {"spatial_dims": dims, "classes": list(CLASSES), "num_classes": 2, "family": "cgan",
-            "image_size": [SIZE] * dims, **training_data_summary(dataset, document)}
+    return RunRecord(spatial_dims=dims, classes=list(CLASSES), num_classes=2, family="cgan", image_size=[SIZE] * dims,
+                     **training_data_summary(dataset, document))
 
 
 @pytest.mark.parametrize("fmt", ["nifti", "dicom"])
@@ -96,7 +96,7 @@ def test_a_sample_read_back_is_the_generators_output(tmp_path, kind, fmt):
     synthetic = load_synthetic(folder, real, tmp_path / "cache", progress=False)
     expected = generated
     if kind == "masks":  # snapped to the levels 0 / 255, the window [0, 255]: the nearest level is the sign
-        assert record["intensity"]["window"] == [0.0, 255.0]
+        assert record.intensity["window"] == [0.0, 255.0]
         expected = torch.where(generated >= 0, 1.0, -1.0)
     # NIfTI float32; DICOM uint16 over the whole range (MR, SC) or integer HU (CT: half a HU of 1000 at most)
     tolerance = {"nifti": 1e-4, "dicom": 1e-3 if kind == "ct" else 1e-4}[fmt]

@@ -130,11 +130,14 @@ def test_snap_to_levels(levels, image, expected):
 def test_snapped_generator_output_is_a_mask_in_source_units():
     from medvol.sampling import to_source_units
 
-    record = {"intensity": {"kind": "minmax", "window": [0.0, 255.0], "output_range": [-1.0, 1.0]},
-              "intensity_source": {"kind": "minmax", "levels": [0.0, 255.0]}}
+    from medvol.runs import RunRecord
+
+    record = RunRecord(family="gan", spatial_dims=2, image_size=[1, 5],
+                       intensity={"kind": "minmax", "window": [0.0, 255.0], "output_range": [-1.0, 1.0]},
+                       intensity_source={"kind": "minmax", "levels": [0.0, 255.0]})
     images = torch.tensor([[[-1.2, -0.9, -0.01, 0.2, 0.95]]])
     assert to_source_units(images, record).tolist() == [[[0.0, 0.0, 0.0, 255.0, 255.0]]]
     raw = to_source_units(images, record, snap=False)
     assert np.allclose(raw, [[[0.0, 12.75, 126.225, 153.0, 248.625]]])
-    del record["intensity_source"]["levels"]  # no levels (MR, CT, pictures): the continuous values
+    del record.intensity_source["levels"]  # no levels (MR, CT, pictures): the continuous values
     assert np.allclose(to_source_units(images, record), raw)
