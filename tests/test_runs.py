@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -91,3 +92,12 @@ def test_a_run_folder_inside_a_source_is_a_medvol_output_and_a_damaged_record_is
     (damaged / RUN_RECORD_FILE).write_text("{}")
     files = [run_dir / RUN_RECORD_FILE, damaged / RUN_RECORD_FILE]
     assert medvol_output_folders(tmp_path.parent, files) == [run_dir]
+
+
+def test_only_the_run_record_names_the_file():
+    """run.json is read and written by medvol.runs alone: no other module of the package spells its name."""
+    package = Path(__file__).resolve().parents[1] / "medvol"
+    spelled = re.compile(r"""["']run\.json["']""")
+    others = [str(p.relative_to(package)) for p in sorted(package.rglob("*.py"))
+              if p.name != "runs.py" and spelled.search(p.read_text(encoding="utf-8"))]
+    assert others == []
