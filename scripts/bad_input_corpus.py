@@ -745,7 +745,7 @@ def _(w):
 
 
 @case("samples of a 3-iteration run (pure noise): the report's verdict", "evaluate",
-      "tests/report/test_verdict.py::test_report_of_an_untrained_run_opens_with_not_realistic_and_held_out_real_images_do_not")
+      "tests/evaluation/test_verdict.py::test_report_of_an_untrained_run_opens_with_not_realistic_and_held_out_real_images_do_not")
 def _(w):
     return _evaluate(w, w.samples(), "e_noise", "--run", str(w.run2d()))
 

@@ -1,10 +1,10 @@
 """`medvol evaluate --real DATALIST --synthetic DIR --out OUT [--utility] [--seeds N] ...`: is the synthetic data
 faithful, diverse, private and useful? `medvol evaluate --real DATALIST --reconstruct RUN --out OUT`: how well does an
-autoencoder run reconstruct the held-out images (`medvol.metrics.reconstruction`)?
+autoencoder run reconstruct the held-out images (`medvol.evaluation.reconstruction`)?
 
 Writes ``OUT/metrics.json`` (fidelity with real-vs-real baselines, diversity and ``mode_collapse``, ``privacy``,
 ``recognisability``, with ``--utility`` the utility study, with ``--filter`` the realness filtering) and the
-self-contained ``OUT/report.html``. The work is `medvol.metrics.evaluate.evaluate`; the bundles'
+self-contained ``OUT/report.html``. The work is `medvol.evaluation.pipeline.evaluate`; the bundles'
 ``configs/evaluate.yaml`` run the same function through ``python -m monai.bundle run``.
 """
 
@@ -83,8 +83,8 @@ def _reconstruction(real: str, reconstruct: str, out: str, *, device: str | None
         refused: whether each option of the synthetic-data evaluation was given (an error when one was).
     """
     from medvol.errors import MedvolInputError
-    from medvol.metrics.evaluate import METRICS_FILE
-    from medvol.metrics.reconstruction import MONTAGE_FILE, evaluate_reconstruction
+    from medvol.evaluation.keys import METRICS_FILE
+    from medvol.evaluation.reconstruction import MONTAGE_FILE, evaluate_reconstruction
 
     for option, given in refused.items():
         if given:
@@ -118,9 +118,10 @@ def run(
     seed: int = defaults.SEED,
 ) -> int:
     """`medvol evaluate` (see the module docstring); the arguments are its options (``--filter`` is
-    `filter_synthetic`, ``--run`` `run_dir`), passed on to `medvol.metrics.evaluate.evaluate`."""
+    `filter_synthetic`, ``--run`` `run_dir`), passed on to `medvol.evaluation.pipeline.evaluate`."""
     from medvol.errors import MedvolInputError
-    from medvol.metrics.evaluate import METRICS_FILE, REPORT_FILE, evaluate
+    from medvol.evaluation.keys import METRICS_FILE, REPORT_FILE
+    from medvol.evaluation.pipeline import evaluate
 
     if reconstruct:
         refused = {"--synthetic": bool(synthetic), "--utility": utility, "--filter": filter_synthetic,

@@ -1,4 +1,4 @@
-"""Evaluation of synthetic data: is it faithful, diverse, private and useful?
+"""Metrics of synthetic data: is it faithful, diverse, private and useful?
 
 - `fidelity`: FID, KID and MMD with bootstrap intervals next to the real-vs-real baseline, precision/recall and
   density/coverage;
@@ -7,13 +7,14 @@
 - `privacy`: nearest training neighbour of every synthetic sample, flagged against held-out real images;
 - `classification`: a classifier's test metrics (accuracy, balanced accuracy, ROC AUC, recalls, confusion) and their
   summaries over seeds (mean and sd, paired differences with a t interval);
-- `reconstruction`: PSNR / SSIM / MAE of an autoencoder run on the held-out images (`medvol evaluate --reconstruct`);
-- `evaluate`: `medvol evaluate` (loading with the training preprocessing, metrics.json, report.html).
+- `reconstruction`: PSNR / SSIM / MAE of reconstructions against their inputs.
+
+Pure computations on images, features and labels; the evaluation that trains networks, reads files and writes
+metrics.json is `medvol.evaluation`.
 """
 
 from medvol.metrics.coherence import adjacent_slice_similarity, coherence_report, slice_coherence
 from medvol.metrics.diversity import diversity_report, mean_pairwise_distance, pairwise_ms_ssim
-from medvol.metrics.evaluate import ImageSet, RealData, SyntheticData, evaluate, load_real, load_synthetic, run_datalist
 from medvol.metrics.fidelity import (
     bootstrap_interval,
     fidelity_with_baseline,
@@ -23,7 +24,7 @@ from medvol.metrics.fidelity import (
     precision_recall_density_coverage,
 )
 from medvol.metrics.privacy import nearest_neighbour_privacy, nearest_training_neighbours
-from medvol.metrics.reconstruction import evaluate_reconstruction, reconstruction_metrics
+from medvol.metrics.reconstruction import reconstruction_metrics
 from medvol.metrics.classification import classification_metrics, paired_difference, roc_auc, summarise
 
 __all__ = [
@@ -41,17 +42,9 @@ __all__ = [
     "coherence_report",
     "nearest_neighbour_privacy",
     "nearest_training_neighbours",
-    "evaluate_reconstruction",
     "reconstruction_metrics",
     "classification_metrics",
     "roc_auc",
     "summarise",
     "paired_difference",
-    "ImageSet",
-    "RealData",
-    "SyntheticData",
-    "load_real",
-    "load_synthetic",
-    "evaluate",
-    "run_datalist",
 ]

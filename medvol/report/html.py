@@ -72,7 +72,7 @@ class ReportInputs:
 
     Attributes:
         classes: class names (empty when unlabelled).
-        train: real training split (an `medvol.metrics.evaluate.ImageSet`: images, labels, paths).
+        train: real training split (a `medvol.evaluation.data.ImageSet`: images, labels, paths).
         heldout: real held-out split.
         synthetic: synthetic samples.
         train_features: ``[N, F]`` features of `train`.
@@ -176,7 +176,7 @@ def _unrealistic(metrics: Mapping) -> bool:
 
 
 def _verdict(metrics: Mapping) -> str:
-    """The verdict (``metrics["verdict"]``, `medvol.metrics.verdict`) as the report's first paragraph."""
+    """The verdict (``metrics["verdict"]``, `medvol.evaluation.verdict`) as the report's first paragraph."""
     verdict = metrics.get(Keys.VERDICT)
     if not verdict:
         return ""

@@ -151,7 +151,7 @@ def montages(exp: Experiment, datalist: Path, samples: Path, work: Path, size: i
     import numpy as np
     import torch
 
-    from medvol.metrics.evaluate import load_real, load_synthetic
+    from medvol.evaluation.data import load_real, load_synthetic
     from medvol.report.figures import save_png, triplanar_views
 
     real = load_real(datalist, cache_dir=work / "montage-cache", max_samples=120, seed=0, progress=False)

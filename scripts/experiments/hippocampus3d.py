@@ -132,7 +132,7 @@ def training_facts(run: Path) -> dict[str, Any]:
 
 
 def _load_sets(volumes: Path, cache: Path, synthetic: dict[str, Path]):
-    from medvol.metrics.evaluate import load_real, load_synthetic
+    from medvol.evaluation.data import load_real, load_synthetic
 
     real = load_real(volumes / "datalist.json", cache, progress=False)
     sets = {"real (test)": real.splits["test"].images}

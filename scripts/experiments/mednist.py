@@ -57,7 +57,7 @@ def montage(evaluation: Path, datalist: Path, samples: Path, out: Path) -> None:
     """Per class one row: 8 real training images, then 8 synthetic ones (from the evaluation's caches), enlarged x2."""
     import torch
 
-    from medvol.metrics.evaluate import load_real, load_synthetic
+    from medvol.evaluation.data import load_real, load_synthetic
     from medvol.report.figures import sample_montage, save_png
 
     real = load_real(datalist, evaluation / "cache", progress=False)

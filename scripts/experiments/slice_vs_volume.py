@@ -106,7 +106,7 @@ def montage(exp: Experiment, volumes: Path, folders: dict[str, Path], cache: Pat
     """One tri-planar montage (`hippocampus3d.triplanar_montage`: middle axial, coronal and sagittal slice, one volume
     per row, one column group per set) of real test volumes and each synthetic set, loaded as evaluate loads them
     (the same preprocessing and [-1, 1] scale)."""
-    from medvol.metrics.evaluate import load_real, load_synthetic
+    from medvol.evaluation.data import load_real, load_synthetic
 
     real = load_real(volumes / "datalist.json", cache, progress=False)
     sets = {"real (test)": real.splits["test"].images}

@@ -12,7 +12,7 @@ import pytest
 
 from medvol.cli import main
 from medvol.data.phantoms import make_phantom_batch
-from tests.metrics.test_evaluate import SIZE, write_synthetic
+from tests.evaluation.test_pipeline import SIZE, write_synthetic
 from tests.report.test_html import check_self_contained_valid_html
 
 

@@ -192,7 +192,7 @@ def test_prepare_interrupted_before_report_and_preview_leaves_no_new_datalist(in
 
 
 def test_png_samples_of_a_2d_run_read_back_as_the_nifti_samples(run2d, tmp_path, capsys):
-    from medvol.metrics.evaluate import load_real, load_synthetic
+    from medvol.evaluation.data import load_real, load_synthetic
 
     for fmt in ("png", "nifti"):
         assert main(["sample", str(run2d), "--n", "3", "--format", fmt, "--out", str(tmp_path / fmt)]) == 0

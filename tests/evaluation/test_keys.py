@@ -10,7 +10,7 @@ from pathlib import Path
 
 from medvol.evaluation import evaluate
 from medvol.evaluation.keys import METRICS_FILE, MetricsKeys
-from tests.metrics.test_evaluate import prepared, synthetic  # noqa: F401 - fixtures
+from tests.evaluation.test_pipeline import prepared, synthetic  # noqa: F401 - fixtures
 
 KEY_TREE = Path(__file__).parent / "data" / "metrics_keys.json"
 

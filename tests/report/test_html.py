@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from medvol.metrics.evaluate import ImageSet
+from medvol.evaluation.data import ImageSet
 from medvol.report.figures import line_plot, principal_components, scatter_plot
 from medvol.report.html import SECTIONS, ReportInputs, read_scalar_curves, render_report, write_report
 
@@ -91,7 +91,7 @@ def check_self_contained_valid_html(text: str) -> StrictReportParser:
 
 
 def fake_metrics(classes, n_synthetic, flagged_paths, with_utility: bool) -> dict:
-    """A metrics dict of the shape `medvol.metrics.evaluate.evaluate` writes (values made up; the report only
+    """A metrics dict of the shape `medvol.evaluation.pipeline.evaluate` writes (values made up; the report only
     shows them)."""
     boot = {"value": 12.5, "ci95": [10.0, 15.0], "n_real": 20, "n_synthetic": 20}
     metrics = {

@@ -1,4 +1,4 @@
-"""`medvol.metrics.evaluate`: real and synthetic images through the same preprocessing, every key of metrics.json
+"""`medvol.evaluation.pipeline` and `medvol.evaluation.data`: real and synthetic images through the same preprocessing, every key of metrics.json
 with the right counts, exact copies flagged, the realness filter's drops listed, and the bundles' evaluate.yaml
 running the same evaluation. Tiny data: 16^2 phantoms, classifiers of one epoch."""
 
@@ -15,7 +15,8 @@ import torch
 from medvol.cli import main
 from medvol.errors import MedvolInputError
 from medvol.data.phantoms import CLASSES, make_phantom_batch
-from medvol.metrics.evaluate import HELDOUT_SPLIT, evaluate, load_real, load_synthetic
+from medvol.evaluation.data import HELDOUT_SPLIT, load_real, load_synthetic
+from medvol.evaluation.pipeline import evaluate
 from medvol.evaluation.utility import ARMS, BALANCED_ARM, PRETRAINED_ARM
 from medvol.runs import RunRecord
 from medvol.sampling import write_samples

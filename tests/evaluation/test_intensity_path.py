@@ -21,7 +21,8 @@ from PIL import Image
 
 from medvol.data.datasets import build_dataset
 from medvol.data.phantoms import CLASSES, make_phantom_batch
-from medvol.metrics.evaluate import HELDOUT_SPLIT, evaluate, load_real, load_synthetic
+from medvol.evaluation.data import HELDOUT_SPLIT, load_real, load_synthetic
+from medvol.evaluation.pipeline import evaluate
 from medvol.runs import RunRecord, training_data_summary
 from medvol.sampling import to_source_units, write_samples
 
@@ -153,7 +154,7 @@ def test_external_images_at_another_size_go_through_the_real_preprocessing(share
     real = load_real(datalist, tmp_path / "cache", progress=False)
     train = real.splits["training"]
     upsampled = plain_folder(tmp_path / "upsampled", files[:10], (192, 192))
-    with caplog.at_level(logging.INFO, logger="medvol.metrics.evaluate"):
+    with caplog.at_level(logging.INFO, logger="medvol.evaluation.data"):
         external = load_synthetic(upsampled, real, tmp_path / "cache", progress=False)
     lines = [r.getMessage() for r in caplog.records if "real data's preprocessing" in r.getMessage()]
     assert len(lines) == 1 and "10 synthetic files not at the real size 64x64 (10 at 192x192)" in lines[0], lines

@@ -1,4 +1,4 @@
-"""The verdict that opens report.html and goes to metrics.json (`medvol.metrics.verdict`): an untrained run is told
+"""The verdict that opens report.html and goes to metrics.json (`medvol.evaluation.verdict`): an untrained run is told
 its samples are not realistic, held-out real images given as synthetic are not, and unrealistic samples get no
 green "no mode collapse"."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from medvol.cli import main
-from medvol.metrics.verdict import CLOSE_TO_REAL, CONCERNS, NOT_REALISTIC, samples_verdict
+from medvol.evaluation.verdict import CLOSE_TO_REAL, CONCERNS, NOT_REALISTIC, samples_verdict
 from medvol.report import html
 
 # metrics of a real-looking set (numbers as medvol evaluate writes them), and changes that make it worse

@@ -18,6 +18,8 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from medvol.evaluation.keys import MetricsKeys as Keys
+
 if TYPE_CHECKING:
     from medvol.runs import RunRecord
 
@@ -55,7 +57,7 @@ def _value(entry: Any) -> float | None:
 def run_identity(metrics: Mapping, run_record: RunRecord | None = None) -> dict | None:
     """Family, checkpoint, iteration and run folder name of the generator, from the synthetic datalist's provenance
     (``inputs.synthetic_provenance``) and, when given, the run's record; None when nothing is known."""
-    provenance = dict((metrics.get("inputs") or {}).get("synthetic_provenance") or {})
+    provenance = dict((metrics.get(Keys.INPUTS) or {}).get("synthetic_provenance") or {})
     if not provenance and run_record is None:
         return None
     checkpoint = provenance.get("checkpoint")
@@ -89,9 +91,9 @@ def _run_text(identity: Mapping | None) -> str:
 def _unrealism(metrics: Mapping) -> tuple[list[str], float | None]:
     """The signals of unrealistic samples that fire, as phrases, and the FID ratio."""
     findings = []
-    fid, baseline = _value(metrics.get("fid")), _value(metrics.get("fid_real_baseline"))
+    fid, baseline = _value(metrics.get(Keys.FID)), _value(metrics.get(Keys.FID_REAL_BASELINE))
     ratio = fid / baseline if fid is not None and baseline is not None and baseline > 0 else None
-    interval = (metrics.get("fid_real_baseline") or {}).get("ci95") if isinstance(metrics.get("fid_real_baseline"), Mapping) else None
+    interval = (metrics.get(Keys.FID_REAL_BASELINE) or {}).get("ci95") if isinstance(metrics.get(Keys.FID_REAL_BASELINE), Mapping) else None
     above_interval = fid is not None and (not interval or fid > float(interval[1]))
     if ratio is not None and ratio >= FID_RATIO and above_interval:
         findings.append(f"FID {fid:.3g} is {ratio:.3g} times the real baseline ({baseline:.3g})")
@@ -99,7 +101,7 @@ def _unrealism(metrics: Mapping) -> tuple[list[str], float | None]:
         value, real = _value(metrics.get(key)), _value(metrics.get(f"{key}_real_baseline"))
         if value is not None and real is not None and value <= NEAR_ZERO and real >= BASELINE_SOLID:
             findings.append(f"{key} {value:.2f} near 0 ({meaning}; held-out real images {real:.2f})")
-    recognised = metrics.get("recognisability") or {}
+    recognised = metrics.get(Keys.RECOGNISABILITY) or {}
     classes = len(recognised.get("per_class") or {})
     overall, real = _value(recognised.get("overall")), _value((recognised.get("real_test") or {}).get("overall"))
     if classes >= 2 and overall is not None and real is not None:
@@ -112,15 +114,15 @@ def _unrealism(metrics: Mapping) -> tuple[list[str], float | None]:
 
 def _concerns(metrics: Mapping) -> list[str]:
     concerns = []
-    if metrics.get("mode_collapse"):
-        reason = str((metrics.get("diversity") or {}).get("mode_collapse_reason") or "").split("; ")[0]
+    if metrics.get(Keys.MODE_COLLAPSE):
+        reason = str((metrics.get(Keys.DIVERSITY) or {}).get("mode_collapse_reason") or "").split("; ")[0]
         concerns.append("mode collapse" + (f" ({reason})" if reason else ""))
-    privacy = metrics.get("privacy") or {}
+    privacy = metrics.get(Keys.PRIVACY) or {}
     flagged, expected = _value(privacy.get("flagged_fraction")), _value(privacy.get("expected_fraction"))
     if flagged is not None and expected and flagged > COPIES_FACTOR * expected:
         concerns.append(f"{flagged:.0%} of the samples flagged as possible copies of training images (about "
                         f"{expected:.0%} by chance)")
-    utility = metrics.get("utility") or {}
+    utility = metrics.get(Keys.UTILITY) or {}
     against_augmentation = utility.get("paired_difference_augmentation") or {}
     for arm, entry in (utility.get("paired_difference") or {}).items():
         if not _uses_synthetic(arm):

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from medvol.errors import MedvolInputError
-from medvol.metrics.reconstruction import reconstruct, reconstruction_metrics, reconstruction_montage
+from medvol.evaluation.reconstruction import reconstruct, reconstruction_montage
+from medvol.metrics.reconstruction import reconstruction_metrics
 from medvol.networks.autoencoders import ConvAutoencoder
 
 TEST_CASE_IDENTICAL_2D = [(1, 16, 16)]
