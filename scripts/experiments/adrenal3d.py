@@ -2,9 +2,11 @@
 synthetic volumes help a 3D classifier of hyperplasia on the official test split.
 
 prepare (the MedMNIST .npz, official split 1188 / 98 / 298) -> train the conditional 3D GAN (bundle cgan) ->
-sample the same number of volumes per class -> medvol evaluate --utility --seeds 3 (fidelity with real-vs-real
-baselines, diversity, mode collapse, privacy, recognisability, the five utility arms with paired differences) ->
-tri-planar montages of real and synthetic volumes per class -> docs/experiments/adrenal3d/README.md.
+sample the same number of volumes per class -> medvol evaluate --utility --seeds 3 --balance --pretrain-synthetic
+--select-confidence 0.9 (fidelity with real-vs-real baselines, diversity, mode collapse, privacy, recognisability,
+every utility arm with paired differences against real+augmentation; the classes are imbalanced, so the balancing arm
+fills the minority class with synthetic volumes) -> tri-planar montages of real and synthetic volumes per class ->
+docs/experiments/adrenal3d/README.md.
 
 Run: .venv/bin/python scripts/experiments/adrenal3d.py [--profile cpu|gpu|smoke]
 """
@@ -16,28 +18,45 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Experiment, finished_run, fmt, load_json, mean_sd, parser, signed_interval  # noqa: E402
+from common import (  # noqa: E402
+    REFERENCE_ARM,
+    Experiment,
+    augmentation_difference_table,
+    augmentation_target,
+    finished_run,
+    fmt,
+    load_json,
+    mean_sd,
+    parser,
+    selection_counts,
+    utility_metrics_table,
+    utility_reading,
+    without_per_sample,
+)
 
 from medvol.evaluation.keys import METRICS_FILE, MetricsKeys as Keys  # noqa: E402
 from medvol.runs import RunRecord  # noqa: E402
 
 NAME = "adrenal3d"
 CLASSES = ("normal", "hyperplasia")
-ARMS = ("real", "real+augmentation", "synthetic", "real+synthetic", "real+augmentation+synthetic")
 METRICS = ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity")
 MONTAGE_VOLUMES = 6  # volumes per class and set in the montages
 MONTAGE_ZOOM = {28: 3, 64: 2}
 
 # Per profile: the archive (28^3 or 64^3), the GAN bundle and iterations, volumes sampled per class (594 x 2 = 1188,
-# the size of the real training split: --synthetic-ratio 1 uses all of them), evaluation settings.
+# the size of the real training split: --synthetic-ratio 1 uses all of them), evaluation settings. The selection keeps
+# the synthetic volumes a real-trained classifier gives their own class with probability >= select_confidence (a
+# one-epoch smoke classifier is never that sure: the smoke profile checks that selection runs, not what it keeps).
 PROFILES = {
     "smoke": {"npz": "adrenalmnist3d.npz", "size": 28, "bundle": "cgan", "iterations": 20, "per_class": 24,
-              "seeds": 2, "classifier_epochs": 1, "max_samples": 64},
+              "seeds": 2, "classifier_epochs": 1, "max_samples": 64, "select_confidence": 0.3},
     "cpu": {"npz": "adrenalmnist3d.npz", "size": 28, "bundle": "cgan", "iterations": 1500, "per_class": 594,
-            "seeds": 3, "classifier_epochs": None, "max_samples": None},
+            "seeds": 3, "classifier_epochs": None, "max_samples": None, "select_confidence": 0.9},
     "gpu": {"npz": "adrenalmnist3d_64.npz", "size": 64, "bundle": "cgan", "iterations": 4000, "per_class": 594,
-            "seeds": 3, "classifier_epochs": None, "max_samples": None},
+            "seeds": 3, "classifier_epochs": None, "max_samples": None, "select_confidence": 0.9},
 }
+# the ways of using synthetic data of issue J, item 3: minority class filled with synthetic volumes, pre-training
+UTILITY_OPTIONS = ["--balance", "--pretrain-synthetic"]
 
 # Measured while choosing the bundle (not rerun by this script): `medvol train --spatial-dims 3` on the 28^3 data,
 # batch 16, bf16 autocast, 1 torch thread (medvol's choice on a busy CPU), the 2-core machine shared with other runs.
@@ -94,26 +113,30 @@ samples (`medvol sample`, each voxel to the nearer of 0 and 255):
 """
 
 
-def utility_rows(utility: dict) -> tuple[str, str]:
-    """Markdown tables: arms x metrics (mean ± sd over seeds) and paired differences against `real` (mean, 95% CI)."""
-    header = "| arm | training images (real + synthetic) | " + " | ".join(m.replace("_", " ") for m in METRICS) + " |"
-    rule = "|---|---|" + "---|" * len(METRICS)
-    rows = [header, rule]
-    for arm in ARMS:
-        entry = utility["arms"].get(arm)
-        if entry is None:
-            continue
-        counts = utility["counts"][arm]
-        rows.append(f"| {arm} | {counts['real']} + {counts['synthetic']} | "
-                    + " | ".join(mean_sd(entry.get(m)) for m in METRICS) + " |")
-    differences = [header.replace("| arm | training images (real + synthetic) |", "| arm minus real |"),
-                   "|---|" + "---|" * len(METRICS)]
-    for arm in ARMS[1:]:
-        entry = utility["paired_difference"].get(arm)
-        if entry is None:
-            continue
-        differences.append(f"| {arm} | " + " | ".join(signed_interval(entry.get(m)) for m in METRICS) + " |")
-    return "\n".join(rows), "\n".join(differences)
+def utility_section(utility: dict, seeds: int) -> str:
+    """Markdown: every arm run (mean ± sd of each metric), every arm with synthetic data minus real+augmentation
+    (paired, 95% interval), and the reading on balanced accuracy, computed from the numbers.
+
+    Args:
+        utility: the `utility` entry of metrics.json.
+        seeds: number of seeds (for the words).
+    """
+    return f"""Mean ± sd over {seeds} seeds (the same seeds in every arm). Sensitivity is the recall of hyperplasia,
+specificity that of normal.
+
+{utility_metrics_table(utility, METRICS)}
+
+Every arm with synthetic volumes minus **{REFERENCE_ARM}** (the bar to clear), paired by seed, mean and 95% t
+interval over the seeds:
+
+{augmentation_difference_table(utility, METRICS)}
+
+Sample selection (synthetic volumes kept / offered per class, by a classifier trained on the real training split,
+never the test split): {selection_counts(utility)}.
+
+What the numbers say (balanced accuracy):
+{chr(10).join(utility_reading(utility, "balanced_accuracy"))}
+"""
 
 
 def interval(entry: dict | None) -> str:
@@ -185,6 +208,17 @@ def montages(exp: Experiment, datalist: Path, samples: Path, work: Path, size: i
     return written
 
 
+def evaluation_options(settings: dict) -> list:
+    """The profile's `medvol evaluate` options of the main evaluation (without --run)."""
+    options = ["--utility", "--seeds", settings["seeds"], *UTILITY_OPTIONS, "--select-confidence",
+               settings["select_confidence"]]
+    if settings["classifier_epochs"] is not None:
+        options += ["--classifier-epochs", settings["classifier_epochs"]]
+    if settings["max_samples"] is not None:
+        options += ["--max-samples", settings["max_samples"]]
+    return options
+
+
 def main() -> None:
     args = parser(NAME, __doc__.splitlines()[0]).parse_args()
     exp = Experiment(NAME, args)
@@ -205,13 +239,7 @@ def main() -> None:
     best = latest.is_file() and bool(load_json(latest).get("best"))  # an FID evaluation during training chose one
     exp.medvol("sample", run, "--n", settings["per_class"], "--out", samples, "--seed", 0,
                *(["--checkpoint", "best"] if best else []), skip_if=samples / "datalist.json")
-    evaluate = ["evaluate", "--real", data / "datalist.json", "--synthetic", samples, "--out", evaluation,
-                "--utility", "--seeds", settings["seeds"], "--run", run, "--device", exp.device]
-    if settings["classifier_epochs"] is not None:
-        evaluate += ["--classifier-epochs", settings["classifier_epochs"]]
-    if settings["max_samples"] is not None:
-        evaluate += ["--max-samples", settings["max_samples"]]
-    exp.medvol(*evaluate, skip_if=evaluation / METRICS_FILE)
+    exp.evaluate(data, samples, evaluation, *evaluation_options(settings), "--run", run)
 
     # the same samples before snapping, judged in the same feature space (the evaluation's feature extractor)
     continuous, continuous_evaluation = exp.out / "samples-continuous", exp.out / "evaluation-continuous"
@@ -240,7 +268,6 @@ def page(exp: Experiment, settings: dict, metrics: dict, run_record: RunRecord, 
     privacy = metrics[Keys.PRIVACY]
     recognised = metrics[Keys.RECOGNISABILITY]
     size = settings["size"]
-    utility_table, difference_table = utility_rows(utility)
     training_counts = counts["training"]["per_class"]
     normal_share = training_counts.get("normal", 0) / max(1, sum(training_counts.values()))
     collapse = "YES" if metrics[Keys.MODE_COLLAPSE] else "no"
@@ -255,20 +282,6 @@ def page(exp: Experiment, settings: dict, metrics: dict, run_record: RunRecord, 
         f"| {name} | {fmt(recognised['per_class'].get(name))} | {fmt(recognised['real_test']['per_class'].get(name))} |"
         for name in metrics[Keys.INPUTS]["classes"])
     real_bal = utility["arms"]["real"]["balanced_accuracy"]
-    mixed = utility["paired_difference"].get("real+synthetic", {})
-    reading = []
-    for metric in ("balanced_accuracy", "auc", "accuracy"):
-        entry = mixed.get(metric) or {}
-        ci = entry.get("ci95")
-        if entry.get("mean") is None:
-            continue
-        if ci and ci[0] > 0:
-            verdict = "better than real alone (the 95% interval of the paired difference excludes 0)"
-        elif ci and ci[1] < 0:
-            verdict = "worse than real alone (the 95% interval of the paired difference excludes 0)"
-        else:
-            verdict = "not distinguishable from real alone (the 95% interval of the paired difference includes 0)"
-        reading.append(f"- {metric.replace('_', ' ')}: real+synthetic {entry['mean']:+.3f} against real, {verdict}.")
     iterations = run_record.iterations or settings["iterations"]
     snapping = snapping_section(metrics, metrics["continuous"])
     fid_note = f"Feature extractor: {metrics['feature_extractor']['description']}."
@@ -277,21 +290,8 @@ def page(exp: Experiment, settings: dict, metrics: dict, run_record: RunRecord, 
                      "images perfectly places unseen real volumes further from them, so a synthetic set can sit closer "
                      "to the training volumes than new real ones without being more realistic. Nearness to individual "
                      "training volumes is what the privacy check below measures.")
-    arms = utility["arms"]
-
-    def balanced(arm: str) -> str:
-        return mean_sd(arms.get(arm, {}).get("balanced_accuracy"))
-
-    augmentation_note = (
-        f"For comparison, classical augmentation of the real volumes: balanced accuracy {balanced('real+augmentation')} "
-        f"(paired difference against real "
-        f"{signed_interval(utility['paired_difference'].get('real+augmentation', {}).get('balanced_accuracy'))}); "
-        f"adding the synthetic volumes to it: {balanced('real+augmentation+synthetic')}; synthetic volumes alone: "
-        f"{balanced('synthetic')}.")
-    epochs_note = (f" --classifier-epochs {settings['classifier_epochs']}" if settings["classifier_epochs"] else "")
-    other_defaults = " with every other default"
-    steps_note = ", ".join(f"{arm}: {utility['epochs'][arm]} epochs of {sum(utility['counts'][arm].values())} volumes"
-                           for arm in ARMS if arm in utility["epochs"])
+    options = " ".join(map(str, evaluation_options(settings)))
+    steps = ", ".join(map(str, sorted(set(utility["steps"].values()))))
     reduced = {
         "cpu": f"Reduced for the CPU: {settings['iterations']} generator iterations at 28^3 (the GPU profile, "
                f"not run yet: {PROFILES['gpu']['iterations']} at 64^3 with FID evaluations during training), so "
@@ -317,32 +317,20 @@ def page(exp: Experiment, settings: dict, metrics: dict, run_record: RunRecord, 
 - Sampling: `medvol sample --n {settings['per_class']}` per class: {counts['synthetic']['per_class']}, every voxel
   snapped to 0 or 255 (the training masks' two values, recorded by `medvol prepare` as `intensity.levels`). The synthetic
   set is class-balanced while the real training split is {normal_share:.0%} normal: the real+synthetic arms see
-  relatively more hyperplasia than the real arm does (the classifier's loss is class-weighted in every arm).
-- Evaluation: `medvol evaluate --utility --seeds {settings['seeds']}{epochs_note}`{other_defaults}: the classifier recipe is
+  relatively more hyperplasia than the real arm does (the classifier's loss is class-weighted in every arm); the
+  balancing arm adds synthetic volumes of the minority class only.
+- Evaluation: `medvol evaluate {options}` with every other default: the classifier recipe is
   medvol's 3D `ResNetClassifier` with class-weighted cross-entropy ({utility['recipe']}), tested on the official test
-  split. With equal epochs an arm of twice the images also takes twice the optimiser steps
-  ({steps_note}).
+  split. Every arm takes the same optimiser steps ({steps}), so an arm with more volumes is not also trained longer.
 
-## Utility: does a classifier trained on real + synthetic volumes do better on the real test split?
+## Utility: does a classifier trained with synthetic volumes do better on the real test split than augmentation?
 
-Mean ± sd over {len(utility['seeds'])} seeds (the same seeds in every arm). Sensitivity is the recall of hyperplasia,
-specificity that of normal.
-
-{utility_table}
-
-Paired differences against the `real` arm (same seed), mean and 95% t interval over the seeds:
-
-{difference_table}
+{utility_section(utility, len(utility['seeds']))}
 
 **Class imbalance.** The test split is {test.get('normal')} normal to {test.get('hyperplasia')} hyperplasia: a
 classifier that always answers "normal" scores accuracy {majority:.3f} and balanced accuracy 0.500, so accuracy alone
 rewards ignoring the minority class. Balanced accuracy (the mean of sensitivity and specificity) and AUC are the
 numbers to read; the real arm's balanced accuracy is {mean_sd(real_bal)}.
-
-What the numbers say for real+synthetic against real:
-{chr(10).join(reading)}
-
-{augmentation_note}
 
 ## Fidelity (feature space of a classifier trained on the real training split)
 
@@ -401,9 +389,10 @@ folder; it is not committed.
             "recognisability", "utility", "timing", "feature_extractor")
     results = {
         "settings": settings,
+        "target": augmentation_target(utility, "balanced_accuracy"),
         "training": {"iterations": iterations, "parameters": run_record.parameters,
                      "width": run_record.width},
-        "metrics": {key: metrics.get(key) for key in keep},
+        "metrics": {key: metrics.get(key) for key in keep} | {"utility": without_per_sample(utility)},
         "privacy": {k: v for k, v in privacy.items() if k != "nearest"},
         "counts": counts,
         "majority_baseline_accuracy": majority,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from medvol.evaluation.keys import METRICS_FILE
+from medvol.evaluation.utility import ALL_ARMS
 from medvol.runs import RunRecord
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,7 +116,7 @@ class Experiment:
             if not (self.data / item).exists():
                 sys.exit(f"{self.name}: {self.data / item} is missing: this experiment needs ../shared/data")
 
-    def medvol(self, *arguments: Any, skip_if: Path | None = None) -> float:
+    def medvol(self, *arguments: Any, skip_if: Path | None = None, same_command: bool = False) -> float:
         """Run `medvol ARGUMENTS`; its output goes to OUT/commands.log. Returns the wall time in seconds (of the run
         that made the outputs, when they are reused; OUT/timings.json keeps them).
 
@@ -123,12 +124,14 @@ class Experiment:
             arguments: command-line arguments after `medvol`.
             skip_if: when this path exists the command is not run again (a rerun regenerates tables and figures
                 from finished outputs).
+            same_command: reuse `skip_if` only when this very command made it (recorded in OUT/timings.json), so a
+                profile with other options runs it again.
         """
         command = medvol_command() + [str(a) for a in arguments]
         printable = "medvol " + shlex.join(str(a) for a in arguments)
         timings_file = self.out / "timings.json"
         timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
-        if skip_if is not None and Path(skip_if).exists():
+        if skip_if is not None and Path(skip_if).exists() and (printable in timings or not same_command):
             print(f"[{self.name}] reuse {skip_if} ({printable})", flush=True)
             self.steps.append({"command": printable, "reused": True, "seconds": timings.get(printable)})
             return float(timings.get(printable) or 0.0)
@@ -149,7 +152,7 @@ class Experiment:
 
     def evaluate(self, real: Path, synthetic: Path, out: Path, *options: Any) -> dict[str, Any]:
         """`medvol evaluate --real REAL/datalist.json --synthetic SYNTHETIC --out OUT --device D OPTIONS` (skipped when
-        OUT/metrics.json exists); returns the metrics.
+        this command wrote OUT/metrics.json after the samples); returns the metrics.
 
         Args:
             real: the prepared folder of the real data.
@@ -159,7 +162,7 @@ class Experiment:
         """
         self.medvol("evaluate", "--real", Path(real) / "datalist.json", "--synthetic", synthetic, "--out", out,
                     "--device", self.device, *options,
-                    skip_if=up_to_date(Path(out) / METRICS_FILE, Path(synthetic) / "datalist.json"))
+                    skip_if=up_to_date(Path(out) / METRICS_FILE, Path(synthetic) / "datalist.json"), same_command=True)
         return load_json(Path(out) / METRICS_FILE)
 
     def figure_path(self, name: str) -> Path:
@@ -225,9 +228,11 @@ def up_to_date(output: Path, *inputs: Path) -> Path | None:
 
 
 def check_run_options(run: Path, options: Sequence[Any]) -> None:
-    """Exit with one line when the finished run in `run` was trained with other `--objective`, `--augment` or
-    `--precision` options than `options` (a reused run would otherwise be labelled with the profile's settings)."""
+    """Exit with one line when the finished run in `run` was trained with other `--objective`, `--augment`,
+    `--critic-augment` or `--precision` options than `options` (a reused run would otherwise be labelled with the
+    profile's settings; without `--critic-augment` the bundles' default, off)."""
     from medvol.commands.train import key_value_overrides  # how `medvol train --objective` reads the pairs
+    from medvol.transforms.differentiable import parse_critic_augment  # how `medvol train --critic-augment` reads it
 
     record = RunRecord.load(run)
     options = [str(o) for o in options]
@@ -238,6 +243,10 @@ def check_run_options(run: Path, options: Sequence[Any]) -> None:
     augment = bool(record.dataset_options.get("augment"))
     if augment != ("--augment" in options):
         problems.append(f"augment {augment} (profile: {'--augment' in options})")
+    critic = parse_critic_augment(options[options.index("--critic-augment") + 1] if "--critic-augment" in options
+                                  else None)
+    if (record.critic_augment or {"mode": "off"}) != critic:
+        problems.append(f"critic augmentation {record.critic_augment} (profile: {critic})")
     if "--precision" in options:
         precision = options[options.index("--precision") + 1]
         plan = Path(run) / "plan.json"
@@ -289,3 +298,128 @@ def signed_interval(entry: dict[str, Any] | None, digits: int = 3) -> str:
         low, high = entry["ci95"]
         text += f" [{low:+.{digits}f}, {high:+.{digits}f}]"
     return text
+
+
+# The utility study's reading: every arm `medvol evaluate` ran, against the bar to clear (issue J): real+augmentation.
+REFERENCE_ARM = "real+augmentation"
+
+
+def utility_arms(utility: dict[str, Any]) -> list[str]:
+    """The arms of a utility result in the package's order (`ALL_ARMS`), arms it does not know at the end."""
+    ran = list(utility["arms"])
+    return [arm for arm in ALL_ARMS if arm in ran] + [arm for arm in ran if arm not in ALL_ARMS]
+
+
+def against_reference(entry: dict[str, Any] | None, reference: str = REFERENCE_ARM) -> str:
+    """Words for a paired difference `{mean, ci95}` against `reference` that follow its 95% interval: above or below
+    only when the whole interval is."""
+    if not entry or entry.get("mean") is None:
+        return "not measured"
+    ci = entry.get("ci95")
+    if not ci or ci[0] is None or ci[1] is None:
+        return f"no interval (one seed), so no side of {reference} is claimed"
+    if ci[0] > 0:
+        return f"above {reference} (the 95% interval lies above 0)"
+    if ci[1] < 0:
+        return f"below {reference} (the 95% interval lies below 0)"
+    return f"not distinguishable from {reference} (the 95% interval holds 0)"
+
+
+def selection_counts(utility: dict[str, Any]) -> str:
+    """The sample selection per class, `class kept / offered`, or why there is none."""
+    selection = utility.get("selection")
+    if not selection:
+        return "no sample selection"
+    kept, offered = selection["kept_per_class"], selection["available_per_class"]
+    per_class = ", ".join(f"{name} {kept[name]} / {offered.get(name, 0)}" for name in kept)
+    return (f"probability >= {selection['threshold']:g}: kept {sum(kept.values())} of {sum(offered.values())} "
+            f"({per_class})")
+
+
+def without_per_sample(utility: dict[str, Any]) -> dict[str, Any]:
+    """A utility result for results.json: the selection's per-sample lists (keep, probabilities) left out."""
+    if "selection" not in utility:
+        return utility
+    selection = {k: v for k, v in utility["selection"].items() if k not in ("keep", "probabilities")}
+    return {**utility, "selection": selection}
+
+
+def utility_cell(utility: dict[str, Any], arm: str, metric: str, digits: int = 3) -> str:
+    """`mean ± sd` of an arm, followed for the synthetic arms by their paired difference against real+augmentation."""
+    entry = utility["arms"].get(arm)
+    if entry is None:
+        return "not run"
+    text = mean_sd(entry.get(metric), digits)
+    difference = utility.get("paired_difference_augmentation", {}).get(arm, {}).get(metric)
+    return text + (f"; {signed_interval(difference, digits)}" if difference else "")
+
+
+def utility_runs_table(utilities: dict[str, dict[str, Any]], metric: str, digits: int = 3) -> str:
+    """Markdown: one row per arm that any run has, one column per run (`utility_cell`)."""
+    arms = utility_arms({"arms": {arm: None for u in utilities.values() for arm in utility_arms(u)}})
+    lines = ["| arm | " + " | ".join(utilities) + " |", "|---|" + "---|" * len(utilities)]
+    lines += [f"| {arm} | " + " | ".join(utility_cell(u, arm, metric, digits) for u in utilities.values()) + " |"
+              for arm in arms]
+    return "\n".join(lines)
+
+
+def utility_metrics_table(utility: dict[str, Any], metrics: Sequence[str]) -> str:
+    """Markdown: one row per arm run, its training images (real + synthetic), optimiser steps and `mean ± sd` of each
+    metric."""
+    lines = ["| arm | training images (real + synthetic) | steps | " + " | ".join(m.replace("_", " ") for m in metrics)
+             + " |", "|---|---|---|" + "---|" * len(metrics)]
+    for arm in utility_arms(utility):
+        counts = utility["counts"][arm]
+        lines.append(f"| {arm} | {counts['real']} + {counts['synthetic']} | {utility['steps'].get(arm, 'n/a')} | "
+                     + " | ".join(mean_sd(utility["arms"][arm].get(m)) for m in metrics) + " |")
+    return "\n".join(lines)
+
+
+def augmentation_difference_table(utility: dict[str, Any], metrics: Sequence[str]) -> str:
+    """Markdown: every arm with synthetic data minus real+augmentation (paired by seed, mean and 95% interval)."""
+    differences = utility.get("paired_difference_augmentation", {})
+    lines = [f"| arm minus {REFERENCE_ARM} | " + " | ".join(m.replace("_", " ") for m in metrics) + " |",
+             "|---|" + "---|" * len(metrics)]
+    lines += [f"| {arm} | " + " | ".join(signed_interval(differences[arm].get(m)) for m in metrics) + " |"
+              for arm in utility_arms(utility) if arm in differences]
+    return "\n".join(lines)
+
+
+def augmentation_target(utility: dict[str, Any], metric: str) -> dict[str, Any]:
+    """Issue J's target on `metric`: an arm with synthetic data above real+augmentation, its paired 95% interval above
+    0. Returns `{met, above (arms), best (highest mean difference), difference (its entry)}`."""
+    differences = {arm: entry[metric] for arm, entry in utility.get("paired_difference_augmentation", {}).items()
+                   if entry.get(metric) and entry[metric].get("mean") is not None}
+    above = [arm for arm, entry in differences.items() if entry.get("ci95") and entry["ci95"][0] > 0]
+    best = max(differences, key=lambda arm: differences[arm]["mean"], default=None)
+    return {"metric": metric, "met": bool(above), "above": above, "best": best,
+            "difference": differences.get(best)}
+
+
+def utility_reading(utility: dict[str, Any], metric: str, digits: int = 3) -> list[str]:
+    """Markdown bullets computed from the numbers: augmentation against real, every synthetic arm against
+    real+augmentation, the target, and the study's notes."""
+    name = metric.replace("_", " ")
+    lines = []
+    augmentation = utility["paired_difference"].get(REFERENCE_ARM, {}).get(metric)
+    if augmentation:
+        lines.append(f"- {REFERENCE_ARM} minus real, {name}: {signed_interval(augmentation, digits)}, "
+                     f"{against_reference(augmentation, 'real')}.")
+    differences = utility.get("paired_difference_augmentation", {})
+    for arm in utility_arms(utility):
+        if arm in differences:
+            entry = differences[arm].get(metric)
+            lines.append(f"- {arm} minus {REFERENCE_ARM}, {name}: {signed_interval(entry, digits)}, "
+                         f"{against_reference(entry)}.")
+    target = augmentation_target(utility, metric)
+    if target["met"]:
+        lines.append(f"- Target (an arm with synthetic data above {REFERENCE_ARM}, paired 95% interval above 0): "
+                     f"**met** by {', '.join(target['above'])}.")
+    elif target["best"] is not None:
+        best = target["difference"]
+        side = "a positive" if best["mean"] > 0 else "a negative" if best["mean"] < 0 else "a zero"
+        lines.append(f"- Target (an arm with synthetic data above {REFERENCE_ARM}, paired 95% interval above 0): "
+                     f"**not met**; the closest arm, {target['best']}, has {side} mean difference "
+                     f"{signed_interval(best, digits)}.")
+    lines += [f"- Note: {note.rstrip('.')}." for note in utility.get("notes", [])]
+    return lines
