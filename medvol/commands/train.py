@@ -34,7 +34,7 @@ import yaml
 from medvol import bundles
 from medvol.defaults import SEED
 from medvol.errors import MedvolInputError
-from medvol.io.datalist import read_datalist
+from medvol.io.datalist import prepared_size, read_datalist
 from medvol.io.files import atomic_write_bytes
 from medvol.runs import RunRecord
 
@@ -90,20 +90,6 @@ def prepared_data(data: str | Path, run_dir: Path, spatial_dims: int | None, see
     return target
 
 
-def _datalist_image_size(datalist: Mapping, spatial_dims: int) -> list[int] | None:
-    """The sample size the data was prepared at, in the dimensionality trained (a 2D size from a 3D one drops the
-    slice axis, the last)."""
-    size = (datalist.get("preprocessing") or {}).get("size")
-    if not size:
-        return None
-    size = [int(s) for s in size]
-    if len(size) == spatial_dims:
-        return size
-    if len(size) == 3 and spatial_dims == 2:
-        return size[:2]
-    return None
-
-
 def training_overrides(
     data_dir: Path,
     run_dir: Path,
@@ -140,7 +126,7 @@ def training_overrides(
         "precision": precision,
         "max_memory_gb": max_memory,
     }
-    size = _datalist_image_size(datalist, spatial_dims)
+    size = prepared_size(datalist, spatial_dims)
     if image_size:
         if len(image_size) != spatial_dims or min(image_size) < 4:
             raise MedvolInputError("--image-size", f"expected {spatial_dims} sizes of at least 4, got {image_size}")

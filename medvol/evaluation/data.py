@@ -21,7 +21,7 @@ import torch
 
 from medvol.data.datasets import seeded_subset, stack_samples
 from medvol.errors import MedvolInputError
-from medvol.io.datalist import datalist_file, read_datalist
+from medvol.io.datalist import datalist_file, prepared_size, read_datalist
 from medvol.runs import RunRecord
 
 __all__ = ["HELDOUT_SPLIT", "ImageSet", "RealData", "SyntheticData", "load_real", "load_synthetic"]
@@ -170,16 +170,6 @@ def _run_image_size(run_dir: Path | None, spatial_dims: int) -> list[int] | None
     return [int(s) for s in size] if len(size) == spatial_dims else None
 
 
-def _prepared_size(datalist: Mapping, spatial_dims: int) -> list[int] | None:
-    size = (datalist.get("preprocessing") or {}).get("size")
-    if not size:
-        return None
-    size = [int(s) for s in size]
-    if len(size) == spatial_dims:
-        return size
-    return size[:2] if len(size) == 3 and spatial_dims == 2 else None
-
-
 def load_real(
     datalist: str | os.PathLike,
     cache_dir: str | os.PathLike | None = None,
@@ -211,7 +201,7 @@ def load_real(
         if not document.get(split):
             raise MedvolInputError(path, f"the {split} split is empty: it is {purpose}; prepare the data with a "
                                          f"non-zero {split} fraction (e.g. --split 0.6,0.2,0.2)")
-    size = _prepared_size(document, spatial_dims) or (list(size) if size else None)
+    size = prepared_size(document, spatial_dims) or (list(size) if size else None)
     options = _dataset_options(document, mode, size, None if cache_dir is None else Path(cache_dir))
     splits = {}
     settings = None

@@ -220,3 +220,15 @@ def read_datalist(path: str | os.PathLike) -> dict:
     if bad:
         raise MedvolInputError(path, f"datalist splits {bad} are not lists")
     return dict(document)
+
+
+def prepared_size(document: Mapping, spatial_dims: int) -> list[int] | None:
+    """The sample size a datalist was prepared at (``preprocessing.size``) in `spatial_dims` dimensions: a 2D size
+    from a 3D one drops the slice axis (the last); None when it names none or another dimensionality."""
+    size = (document.get("preprocessing") or {}).get("size")
+    if not size:
+        return None
+    size = [int(s) for s in size]
+    if len(size) == spatial_dims:
+        return size
+    return size[:2] if len(size) == 3 and spatial_dims == 2 else None
