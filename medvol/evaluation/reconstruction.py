@@ -201,6 +201,35 @@ def training_seconds(run_dir: str | os.PathLike) -> tuple[int, float | None]:
     return len(steps), (float(sum(seconds)) if steps else None)
 
 
+def _reconstruction_document(record: RunRecord, run_dir: Path, checkpoint_path: Path, datalist: str | os.PathLike,
+                             split: str, how: str, paths: Sequence[str], metrics: dict,
+                             output_range: tuple[float, float]) -> dict:
+    """The metrics.json of `evaluate_reconstruction` up to its ``timing``: the run, the images, the metrics."""
+    from medvol.io.datalist import datalist_file
+    from medvol.sampling import relative_provenance
+
+    low, high = output_range
+    parameters = dict(record.parameters)
+    steps, seconds = training_seconds(run_dir)
+    provenance = relative_provenance({"run": str(run_dir), "checkpoint": str(checkpoint_path)})
+    return {
+        "evaluation": "reconstruction",
+        "run": {**provenance, "family": record.family, "spatial_dims": int(record.spatial_dims),
+                "image_size": record.image_size, "training_samples": record.training_samples,
+                "iterations": record.iterations, "logged_iterations": steps, "training_seconds": seconds},
+        "parameters": parameters,
+        "parameters_total": int(sum(parameters.values())),
+        "inputs": {"datalist": str(datalist_file(datalist).resolve()), "split": split, "n": len(paths),
+                   "images": how},
+        "intensity": f"the autoencoder's range [{low:g}, {high:g}] mapped to [0, 1]; data range 1",
+        **{key: metrics[key] for key in ("psnr", "ssim", "mae")},
+        "per_image": [{"path": p, "psnr": a, "ssim": b, "mae": c} for p, a, b, c in
+                      zip(paths, metrics["psnr"]["values"], metrics["ssim"]["values"], metrics["mae"]["values"])],
+        "settings": metrics["settings"],
+        "montage": MONTAGE_FILE,
+    }
+
+
 def evaluate_reconstruction(
     datalist: str | os.PathLike,
     run_dir: str | os.PathLike,
@@ -231,14 +260,13 @@ def evaluate_reconstruction(
     Raises:
         MedvolInputError: not an autoencoder run, an unusable datalist (see `heldout_images`), a missing checkpoint.
     """
-    from medvol.io.datalist import datalist_file
-    from medvol.io.files import write_json
     from medvol.data.datasets import seeded_subset
-    from medvol.evaluation.keys import METRICS_FILE
     from medvol.devices import default_device
+    from medvol.evaluation.keys import METRICS_FILE
     from medvol.families import FamilyKind, family_names
+    from medvol.io.files import write_json
     from medvol.report.figures import save_png
-    from medvol.sampling import load_networks, relative_provenance, resolve_checkpoint
+    from medvol.sampling import load_networks, resolve_checkpoint
 
     started = time.perf_counter()
     run_dir = Path(run_dir).expanduser().resolve()
@@ -262,26 +290,9 @@ def evaluate_reconstruction(
     inputs = [(image - low) / (high - low) for image in images]
     outputs = [(output - low) / (high - low) for output in outputs]
     metrics = reconstruction_metrics(inputs, outputs, data_range=1.0)
-    parameters = dict(record.parameters)
-    steps, seconds = training_seconds(run_dir)
-    provenance = relative_provenance({"run": str(run_dir), "checkpoint": str(checkpoint_path)})
-    document = {
-        "evaluation": "reconstruction",
-        "run": {**provenance, "family": record.family, "spatial_dims": int(record.spatial_dims),
-                "image_size": record.image_size, "training_samples": record.training_samples,
-                "iterations": record.iterations, "logged_iterations": steps, "training_seconds": seconds},
-        "parameters": parameters,
-        "parameters_total": int(sum(parameters.values())),
-        "inputs": {"datalist": str(datalist_file(datalist).resolve()), "split": split, "n": len(images),
-                   "images": how},
-        "intensity": f"the autoencoder's range [{low:g}, {high:g}] mapped to [0, 1]; data range 1",
-        **{key: metrics[key] for key in ("psnr", "ssim", "mae")},
-        "per_image": [{"path": p, "psnr": a, "ssim": b, "mae": c} for p, a, b, c in
-                      zip(paths, metrics["psnr"]["values"], metrics["ssim"]["values"], metrics["mae"]["values"])],
-        "settings": metrics["settings"],
-        "montage": MONTAGE_FILE,
-        "timing": {"loading": loaded - started, "reconstruction": reconstructed - loaded},
-    }
+    document = {**_reconstruction_document(record, run_dir, checkpoint_path, datalist, split, how, paths, metrics,
+                                           (low, high)),
+                "timing": {"loading": loaded - started, "reconstruction": reconstructed - loaded}}
     save_png(reconstruction_montage(inputs, outputs), out / MONTAGE_FILE)
     document["timing"]["total"] = time.perf_counter() - started
     write_json(out / METRICS_FILE, document, indent=2)
