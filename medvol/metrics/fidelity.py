@@ -1,6 +1,6 @@
 """Fidelity of synthetic images in a feature space: FID, KID, MMD, precision/recall/density/coverage, bootstrap intervals.
 
-Features are float64 arrays ``[N, F]`` from one feature extractor (`medvol.metrics.features`). Every number that
+Features are float64 arrays ``[N, F]`` from one feature extractor (`medvol.evaluation.features`). Every number that
 depends on the sample size (all of them: FID and the k-NN radii shrink or grow with N) is reported next to the same
 number for real held-out images against the real training images at the same N (`fidelity_with_baseline`).
 """
