@@ -16,11 +16,11 @@
 """
 
 from medvol.evaluation.classifier import train_classifier
-from medvol.evaluation.features import FeatureExtractor, build_feature_extractor, load_feature_extractor
-from medvol.evaluation.utility import ARMS, realness_filter, recognisability, utility_study
 from medvol.evaluation.data import ImageSet, RealData, SyntheticData, load_real, load_synthetic
+from medvol.evaluation.features import FeatureExtractor, build_feature_extractor, load_feature_extractor
 from medvol.evaluation.pipeline import evaluate, run_datalist
 from medvol.evaluation.reconstruction import evaluate_reconstruction
+from medvol.evaluation.utility import ARMS, realness_filter, recognisability, utility_study
 
 __all__ = [
     "train_classifier",

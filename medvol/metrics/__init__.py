@@ -13,6 +13,7 @@ Pure computations on images, features and labels; the evaluation that trains net
 metrics.json is `medvol.evaluation`.
 """
 
+from medvol.metrics.classification import classification_metrics, paired_difference, roc_auc, summarise
 from medvol.metrics.coherence import adjacent_slice_similarity, coherence_report, slice_coherence
 from medvol.metrics.diversity import diversity_report, mean_pairwise_distance, pairwise_ms_ssim
 from medvol.metrics.fidelity import (
@@ -25,7 +26,6 @@ from medvol.metrics.fidelity import (
 )
 from medvol.metrics.privacy import nearest_neighbour_privacy, nearest_training_neighbours
 from medvol.metrics.reconstruction import reconstruction_metrics
-from medvol.metrics.classification import classification_metrics, paired_difference, roc_auc, summarise
 
 __all__ = [
     "frechet_distance",
