@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         problem = user_fixable_os_error(err)
         if problem is None:
             raise
-        print(f"medvol {args.command}: error: {os_error_line(problem, getattr(args, 'out', None))}", file=sys.stderr)
+        print(f"medvol {args.command}: error: {os_error_line(problem, options.get('out'))}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

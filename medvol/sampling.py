@@ -418,6 +418,7 @@ def sample_run(
     run_dir: str | os.PathLike,
     n: int,
     out_dir: str | os.PathLike,
+    *,
     fmt: str = "nifti",
     label: str | int | None = None,
     seed: int = 0,

@@ -15,7 +15,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from medvol import families
+from medvol import defaults, families
 from medvol.families import FamilyKind, FamilySpec, LatentPrior
 
 __all__ = ["TEMPLATE_DIR", "KIND_WORDS", "rendered_files", "write_bundle"]
@@ -187,6 +187,10 @@ def _values(spec: FamilySpec) -> dict[str, Any]:
         if spec.conditional else {},
         "output_shape": [size, size],
         "output_range": [low, high],
+        # the defaults that `medvol train`, `sample` and `evaluate` state too (padded to the comment column)
+        "seed": defaults.SEED,
+        "utility_seeds": f"{defaults.UTILITY_SEEDS}".ljust(25),
+        "synthetic_ratio": f"{defaults.SYNTHETIC_RATIO}".ljust(15),
     }
 
 

@@ -17,6 +17,7 @@ they agree on the iteration to stop after, rank 0 saves it, and they exit normal
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -90,78 +91,83 @@ def prepared_data(data: str | Path, run_dir: Path, spatial_dims: int | None, see
     return target
 
 
-def training_overrides(
-    data_dir: Path,
-    run_dir: Path,
-    *,
-    spatial_dims: int | None = None,
-    image_size: list[int] | None = None,
-    iterations: int | None = None,
-    seed: int = SEED,
-    checkpoint_every: int | None = None,
-    evaluate_every: int | None = None,
-    batch_size: str | int = "auto",
-    max_memory: float | None = None,
-    precision: str = "auto",
-    device: str | None = None,
-    width: int | None = None,
-    augment: bool = False,
-    critic_augment: str | None = None,
-) -> dict[str, Any]:
-    """The bundle config overrides that `medvol train`'s options stand for (`run` describes them).
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainingOptions:
+    """The options of `medvol train` that become overrides of the bundle's train config (`overrides`); ``medvol train
+    --help`` explains each."""
 
-    Args:
-        data_dir: the prepared data folder.
-        run_dir: the run folder.
-    """
-    datalist = read_datalist(data_dir)
-    spatial_dims = spatial_dims or int(datalist.get("spatial_dims") or (3 if datalist.get("mode") == "volume" else 2))
-    if spatial_dims == 3 and int(datalist.get("source_spatial_dims") or 3) == 2:
-        raise MedvolInputError(data_dir, "holds 2D images: it can train only with --spatial-dims 2")
-    overrides: dict[str, Any] = {
-        "dataset_dir": str(data_dir),
-        "output_dir": str(run_dir),
-        "spatial_dims": spatial_dims,
-        "seed": int(seed),
-        "precision": precision,
-        "max_memory_gb": max_memory,
-    }
-    size = prepared_size(datalist, spatial_dims)
-    if image_size:
-        if len(image_size) != spatial_dims or min(image_size) < 4:
-            raise MedvolInputError("--image-size", f"expected {spatial_dims} sizes of at least 4, got {image_size}")
-        size = image_size
-    if size is not None:
-        overrides["image_size"] = size
-        from medvol.commands.prepare import MIN_TRAINING_BATCH, check_size_fits_memory
+    spatial_dims: int | None = None
+    image_size: list[int] | None = None
+    iterations: int | None = None
+    seed: int = SEED
+    checkpoint_every: int | None = None
+    evaluate_every: int | None = None
+    batch_size: str | int = "auto"
+    max_memory: float | None = None
+    precision: str = "auto"
+    device: str | None = None
+    width: int | None = None
+    augment: bool = False
+    critic_augment: str | None = None
 
-        batch = int(batch_size) if str(batch_size).isdigit() else MIN_TRAINING_BATCH
-        check_size_fits_memory(size, "--image-size" if image_size else f"{data_dir} (its prepared --size)", batch)
-    if iterations is not None:
-        if iterations < 1:
-            raise MedvolInputError("--iterations", f"must be at least 1, got {iterations}")
-        overrides["iterations"] = int(iterations)
-    if checkpoint_every is not None:
-        overrides["checkpoint_every"] = int(checkpoint_every)
-    if evaluate_every is not None:
-        if evaluate_every < 0:
-            raise MedvolInputError("--evaluate-every", f"must be 0 (off) or a positive number of iterations, got {evaluate_every}")
-        overrides["evaluate_every"] = int(evaluate_every)
-    if batch_size != "auto":
-        overrides["batch_size"] = int(batch_size)
-    if device is not None:
-        overrides["device"] = device
-    if augment:
-        overrides["augment"] = True
-    if critic_augment is not None:
-        from medvol.transforms.differentiable import parse_critic_augment
+    def overrides(self, data_dir: Path, run_dir: Path) -> dict[str, Any]:
+        """The bundle config overrides these options stand for, on the data prepared in `data_dir`.
 
-        overrides["critic_augment"] = parse_critic_augment(critic_augment)
-    if width is not None:
-        if width < 1:
-            raise MedvolInputError("--width", f"must be a positive number of channels, got {width}")
-        overrides["width"] = int(width)
-    return overrides
+        Raises:
+            MedvolInputError: an option out of range, or one the data cannot train with.
+        """
+        datalist = read_datalist(data_dir)
+        spatial_dims = self.spatial_dims or int(
+            datalist.get("spatial_dims") or (3 if datalist.get("mode") == "volume" else 2))
+        if spatial_dims == 3 and int(datalist.get("source_spatial_dims") or 3) == 2:
+            raise MedvolInputError(data_dir, "holds 2D images: it can train only with --spatial-dims 2")
+        overrides: dict[str, Any] = {
+            "dataset_dir": str(data_dir),
+            "output_dir": str(run_dir),
+            "spatial_dims": spatial_dims,
+            "seed": int(self.seed),
+            "precision": self.precision,
+            "max_memory_gb": self.max_memory,
+        }
+        size = prepared_size(datalist, spatial_dims)
+        if self.image_size:
+            if len(self.image_size) != spatial_dims or min(self.image_size) < 4:
+                raise MedvolInputError("--image-size",
+                                       f"expected {spatial_dims} sizes of at least 4, got {self.image_size}")
+            size = self.image_size
+        if size is not None:
+            overrides["image_size"] = size
+            from medvol.commands.prepare import MIN_TRAINING_BATCH, check_size_fits_memory
+
+            batch = int(self.batch_size) if str(self.batch_size).isdigit() else MIN_TRAINING_BATCH
+            where = "--image-size" if self.image_size else f"{data_dir} (its prepared --size)"
+            check_size_fits_memory(size, where, batch)
+        if self.iterations is not None:
+            if self.iterations < 1:
+                raise MedvolInputError("--iterations", f"must be at least 1, got {self.iterations}")
+            overrides["iterations"] = int(self.iterations)
+        if self.checkpoint_every is not None:
+            overrides["checkpoint_every"] = int(self.checkpoint_every)
+        if self.evaluate_every is not None:
+            if self.evaluate_every < 0:
+                raise MedvolInputError("--evaluate-every", "must be 0 (off) or a positive number of iterations, got "
+                                       f"{self.evaluate_every}")
+            overrides["evaluate_every"] = int(self.evaluate_every)
+        if self.batch_size != "auto":
+            overrides["batch_size"] = int(self.batch_size)
+        if self.device is not None:
+            overrides["device"] = self.device
+        if self.augment:
+            overrides["augment"] = True
+        if self.critic_augment is not None:
+            from medvol.transforms.differentiable import parse_critic_augment
+
+            overrides["critic_augment"] = parse_critic_augment(self.critic_augment)
+        if self.width is not None:
+            if self.width < 1:
+                raise MedvolInputError("--width", f"must be a positive number of channels, got {self.width}")
+            overrides["width"] = int(self.width)
+        return overrides
 
 
 def key_value_overrides(
@@ -477,42 +483,31 @@ def run(
     bundle: str,
     data: str,
     out: str,
-    spatial_dims: int | None = None,
-    image_size: list[int] | None = None,
-    iterations: int | None = None,
-    seed: int = SEED,
-    checkpoint_every: int | None = None,
-    evaluate_every: int | None = None,
-    batch_size: str | int = "auto",
-    max_memory: float | None = None,
-    precision: str = "auto",
-    device: str | None = None,
     nproc: int = 1,
-    width: int | None = None,
     network: Sequence[str] = (),
     objective: Sequence[str] = (),
-    augment: bool = False,
-    critic_augment: str | None = None,
+    **options: Any,
 ) -> int:
     """`medvol train` (see the module docstring); the arguments are its options (``--help`` explains them).
+
+    Args:
+        options: the `TrainingOptions` (``--spatial-dims``, ``--iterations``, ``--seed``...).
 
     Raises:
         MedvolInputError: unknown bundle, missing or unusable data, a run folder of another model, bad numbers.
     """
+    settings = TrainingOptions(**options)
     bundle_dir = bundles.resolve_bundle(bundle)
     if nproc < 1:
         raise MedvolInputError("--nproc", f"must be at least 1, got {nproc}")
+    max_memory = settings.max_memory
     if max_memory is not None and not (math.isfinite(max_memory) and max_memory > 0):
         raise MedvolInputError("--max-memory", f"must be a positive number of GB, got {max_memory}")
     run_dir = Path(out).expanduser().resolve()
     if run_dir.exists() and not run_dir.is_dir():
         raise MedvolInputError(run_dir, "--out exists and is not a folder")
-    data_dir = prepared_data(data, run_dir, spatial_dims, seed)
-    overrides = training_overrides(
-        data_dir, run_dir, spatial_dims=spatial_dims, image_size=image_size, iterations=iterations, seed=seed,
-        checkpoint_every=checkpoint_every, evaluate_every=evaluate_every, batch_size=batch_size, max_memory=max_memory,
-        precision=precision, device=device, width=width, augment=augment, critic_augment=critic_augment,
-    )
+    data_dir = prepared_data(data, run_dir, settings.spatial_dims, settings.seed)
+    overrides = settings.overrides(data_dir, run_dir)
     if network or objective:
         bundle_config = yaml.safe_load((bundle_dir / "configs" / "train.yaml").read_text()) or {}
         network_settings, objective_settings = (bundle_config.get(key) for key in ("network", "objective"))

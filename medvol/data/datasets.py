@@ -211,6 +211,7 @@ def _datalist_defaults(datalist: Mapping) -> tuple[dict, dict]:
 
 def build_dataset(
     datalist: str | os.PathLike | Mapping,
+    *,
     split: str = "training",
     mode: DatasetMode | str | None = None,
     size: Sequence[int] | None = None,

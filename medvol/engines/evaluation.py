@@ -161,6 +161,7 @@ class TrainingEvaluator:
 
     def __init__(
         self,
+        *,
         evaluate_every: int | str | None = "auto",
         run_dir: str | os.PathLike | None = None,
         datalist: str | os.PathLike | None = None,

@@ -258,6 +258,7 @@ def train_classifier(
     images: torch.Tensor,
     labels: Any,
     num_classes: int,
+    *,
     seed: int = 0,
     epochs: int | None = None,
     augment: bool | Sequence[bool] | np.ndarray = False,

@@ -154,6 +154,7 @@ def _autoencoder(spatial_dims: int, image_size: Sequence[int]) -> tuple[ConvAuto
 
 def train_autoencoder_encoder(
     images: torch.Tensor,
+    *,
     seed: int = 0,
     epochs: int = DEFAULT_AUTOENCODER_EPOCHS,
     device: str | torch.device | None = None,
@@ -406,6 +407,7 @@ def build_feature_extractor(
     train_labels: Any,
     num_classes: int,
     out_dir: str | os.PathLike,
+    *,
     seed: int = 0,
     epochs: int | None = None,
     features_path: str | os.PathLike | None = None,

@@ -129,6 +129,7 @@ def confidence_selection(
     synthetic_labels: Any,
     classes: Sequence[str],
     threshold: float,
+    *,
     offered: Any = None,
     classifier: torch.nn.Module | None = None,
     seed: int = 0,
@@ -446,6 +447,7 @@ def utility_study(
     synthetic_images: torch.Tensor,
     synthetic_labels: Any,
     classes: Sequence[str],
+    *,
     seeds: int | Sequence[int] = UTILITY_SEEDS,
     epochs: int | None = None,
     synthetic_ratio: float = SYNTHETIC_RATIO,
@@ -627,6 +629,7 @@ def recognisability(
 def realness_filter(
     real_images: torch.Tensor,
     synthetic_images: torch.Tensor,
+    *,
     drop_fraction: float = 0.1,
     seed: int = 0,
     folds: int = DEFAULT_FILTER_FOLDS,

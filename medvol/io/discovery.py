@@ -475,7 +475,7 @@ def datalist_from_decathlon_json(json_path: str | Path) -> Datalist:
 
 
 # ------------------------------------------------------------------------------------------------ layout detection
-def build_datalist(source: str | Path, images_dir: str | Path | None = None, labels_csv: str | Path | None = None,
+def build_datalist(source: str | Path, *, images_dir: str | Path | None = None, labels_csv: str | Path | None = None,
                    class_order: Sequence[str] | None = None, require_entries: bool = True,
                    exclude: Sequence[Path] = (), find_labels_csv: bool = True, id_column: str | None = None,
                    label_column: str | None = None, unlabelled: str | None = None,

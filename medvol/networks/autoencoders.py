@@ -49,6 +49,7 @@ class ConvAutoencoder(nn.Module):
         self,
         spatial_dims: int,
         image_size: int | Sequence[int],
+        *,
         in_channels: int = 1,
         channels: Sequence[int] = (64, 128, 256, 256),
         latent_size: int | None = None,

@@ -89,6 +89,7 @@ class ResNetClassifier(nn.Module):
         self,
         spatial_dims: int,
         num_classes: int,
+        *,
         in_channels: int = 1,
         channels: Sequence[int] = (16, 32, 64),
         blocks_per_stage: int = 1,

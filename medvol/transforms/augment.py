@@ -21,6 +21,7 @@ DEFAULT_SHEAR = 0.05
 def classical_augmentation(
     spatial_dims: int,
     image_size: Sequence[int],
+    *,
     keys: KeysCollection = ("image",),
     prob: float = 0.8,
     rotate_degrees: float = DEFAULT_ROTATE_DEGREES,

@@ -67,6 +67,7 @@ class DifferentiableAugment(nn.Module):
     def __init__(
         self,
         spatial_dims: int,
+        *,
         operations: Sequence[str] = AUGMENT_OPERATIONS,
         translation: float = 0.125,
         rotation: float = 10.0,
@@ -265,6 +266,7 @@ class CriticAugmentation:
     def __init__(
         self,
         spatial_dims: int,
+        *,
         mode: str = "fixed",
         p: float = 0.0,
         target: float = DEFAULT_TARGET,

@@ -225,6 +225,7 @@ class PreprocessingSettings:
 
 def preprocessing(
     spatial_dims: int,
+    *,
     size: Sequence[int] | None = None,
     spacing: Sequence[float] | None = None,
     intensity: IntensityKind | str = IntensityKind.MR,

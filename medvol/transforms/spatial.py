@@ -289,6 +289,7 @@ class CropBodyd(MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
+        *,
         foreground_level: float = 0.05,
         margin: float = 0.02,
         slice_axis: int | None = None,

@@ -24,7 +24,10 @@ def test_every_option_is_a_keyword_parameter_of_its_command_function():
     assert list(commands) == ["inspect", "convert", "prepare", "train", "sample", "evaluate", "bench", "demo"]
     for name, parser in commands.items():
         options = {a.dest for a in parser._actions if not isinstance(a, argparse._HelpAction)}
-        parameters = inspect.signature(importlib.import_module(f"medvol.commands.{name}").run).parameters
+        module = importlib.import_module(f"medvol.commands.{name}")
+        parameters = dict(inspect.signature(module.run).parameters)
+        if parameters.pop("options", None) is not None:  # `train`'s **options are its TrainingOptions
+            parameters.update(inspect.signature(module.TrainingOptions).parameters)
         assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in parameters.values()), name
         assert options == set(parameters), name
         required = {p.name for p in parameters.values() if p.default is inspect.Parameter.empty}
