@@ -478,6 +478,18 @@ def train(
     }
 
 
+def _check_gpus_for_processes(nproc: int, device: str | None) -> None:
+    """Refuse ``--nproc`` above the number of visible GPUs when the workers would run on CUDA (one GPU each)."""
+    import torch
+
+    if device == "cpu" or (device is None and not torch.cuda.is_available()):
+        return
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus < nproc:
+        raise MedvolInputError("--nproc", f"{nproc} processes on CUDA need one GPU each, but {gpus} are visible; "
+                               f"use --nproc {max(gpus, 1)} or --device cpu")
+
+
 def run(
     *,
     bundle: str,
@@ -500,6 +512,8 @@ def run(
     bundle_dir = bundles.resolve_bundle(bundle)
     if nproc < 1:
         raise MedvolInputError("--nproc", f"must be at least 1, got {nproc}")
+    if nproc > 1:
+        _check_gpus_for_processes(nproc, settings.device)
     max_memory = settings.max_memory
     if max_memory is not None and not (math.isfinite(max_memory) and max_memory > 0):
         raise MedvolInputError("--max-memory", f"must be a positive number of GB, got {max_memory}")

@@ -1,5 +1,6 @@
 """Distributed and CUDA-only code paths, checked on the CPU with the CUDA functions they call faked: CUDA generator
-states restored on fewer GPUs, the training device seeded (not the current one), the process group's timeout."""
+states restored on fewer GPUs, the training device seeded (not the current one), the process group's timeout, cuDNN
+autotuning as an option, and ``--nproc`` checked against the visible GPUs."""
 
 from __future__ import annotations
 
@@ -116,3 +117,17 @@ def test_the_trainer_keeps_determinism_unless_asked(cudnn_flags):
     assert trainer.cudnn_benchmark is False
     trainer.run()
     assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (False, True)
+
+
+@pytest.mark.parametrize("device", ["cuda", None])
+def test_nproc_beyond_the_visible_gpus_is_one_line_and_exit_2(device, monkeypatch, tmp_path, capsys):
+    from medvol.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    command = ["train", "--bundle", "wgan_gp", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--nproc", "2"]
+    code = main(command + (["--device", device] if device else []))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "--nproc: 2 processes on CUDA need one GPU each, but 1 are visible" in err[0]
+    assert not (tmp_path / "run").exists()
