@@ -268,8 +268,16 @@ def test_exported_series_holds_no_source_identifier(oblique, tmp_path, source_da
     )  # fmt: skip
     long_identifiers = [value.encode() for value in source_identifiers if len(value) >= 6]
     for path in export.files:
-        assert identifying_tags_in(pydicom.dcmread(path), source_identifiers) == []
+        exported = pydicom.dcmread(path)
+        assert identifying_tags_in(exported, source_identifiers) == []
         raw = path.read_bytes()  # also outside any element the parser knows: preamble, private data, padding
+        # the UIDs the writer draws hold random digits, so a 6-8 digit source date or time turns up inside one by
+        # chance (seen once in CI): inside UIDs only identifiers that are not short digit strings are looked for
+        uids = {str(e.value) for ds in (exported, exported.file_meta) for e in ds.iterall() if e.VR == "UI"}
+        by_chance = [value for value in long_identifiers if value.isdigit() and len(value) <= 8]
+        assert [value for value in long_identifiers if value not in by_chance and any(value in u.encode() for u in uids)] == []
+        for uid in uids:
+            raw = raw.replace(uid.encode(), b"")
         assert [value for value in long_identifiers if value in raw] == []
 
 
