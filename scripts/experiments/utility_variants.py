@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -75,4 +76,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from medvol.errors import MedvolInputError
+
+    try:
+        main()
+    except MedvolInputError as error:  # bad input: one line, as the medvol commands answer it
+        print(f"utility_variants.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
